@@ -1,0 +1,1092 @@
+//! The [`Client`]: signaling, the two peer connections, media tasks and receive accounting.
+
+use crate::ivf::{IvfClip, IvfError};
+use crate::media::{self, LocalTrack, SentTrackStats};
+use crate::stats::{offered_tracks, OfferedTrack, ReceivedTrackStats};
+use chorus_signal::protocol::{
+    ClientMessage, ErrorCode, IceCandidate, IceServer, ParticipantInfo, ServerMessage, Target,
+    TrackKind, PROTOCOL_VERSION,
+};
+use futures::{SinkExt, StreamExt};
+use rtc::rtp_transceiver::rtp_sender::RtpCodecKind;
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::AbortHandle;
+use tokio_tungstenite::tungstenite::Message;
+use webrtc::media_stream::track_local::TrackLocal;
+use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
+use webrtc::peer_connection::{
+    register_default_interceptors, MediaEngine, PeerConnection, PeerConnectionBuilder,
+    PeerConnectionEventHandler, RTCConfigurationBuilder, RTCIceCandidateInit, RTCIceServer,
+    RTCPeerConnectionIceEvent, RTCPeerConnectionState, RTCSessionDescription, Registry,
+};
+use webrtc::rtp_transceiver::{RTCRtpTransceiverDirection, RTCRtpTransceiverInit, RtpSender};
+
+/// How often the client pings the server to keep the WebSocket alive.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(15);
+/// How long [`Client::leave`] waits for the `leave` message to be flushed and the connections
+/// to close.
+const LEAVE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Errors from the client.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The signaling URL could not be parsed.
+    #[error("invalid signaling URL: {0}")]
+    InvalidUrl(#[from] url::ParseError),
+    /// The WebSocket failed.
+    #[error("websocket: {0}")]
+    WebSocket(#[from] Box<tokio_tungstenite::tungstenite::Error>),
+    /// A message could not be encoded or decoded.
+    #[error("json: {0}")]
+    Json(#[from] serde_json::Error),
+    /// The server refused the join (or reported another error while joining).
+    #[error("server error {}: {message}", code.as_str())]
+    Rejected {
+        /// The server's error code.
+        code: ErrorCode,
+        /// The server's detail.
+        message: String,
+    },
+    /// The server sent something that does not fit the protocol.
+    #[error("protocol violation: {0}")]
+    Protocol(String),
+    /// The WebRTC stack failed.
+    #[error("webrtc: {0}")]
+    WebRtc(#[from] webrtc::error::Error),
+    /// The configured video clip is not a usable IVF file.
+    #[error("video clip: {0}")]
+    Ivf(#[from] IvfError),
+    /// A peer connection failed or closed while waiting for it.
+    #[error("{0:?} connection is {1}")]
+    ConnectionFailed(Target, RTCPeerConnectionState),
+    /// Something did not happen in time.
+    #[error("timed out waiting for {0}")]
+    Timeout(&'static str),
+    /// The signaling connection is closed.
+    #[error("signaling connection closed")]
+    Closed,
+}
+
+/// How to join.
+#[derive(Debug, Clone)]
+pub struct ClientOptions {
+    /// WebSocket signaling URL, e.g. `ws://127.0.0.1:7880/ws`.
+    pub url: String,
+    /// Join token (JWT).
+    pub token: String,
+    /// Ask the server to subscribe to everyone else's tracks automatically.
+    pub auto_subscribe: bool,
+    /// Publish an Opus track (silence frames every 20 ms).
+    pub publish_audio: bool,
+    /// Publish a VP8 track (the looped [`video_clip`](Self::video_clip)).
+    pub publish_video: bool,
+    /// VP8 IVF clip to loop; `None` uses the built-in 160x120 clip
+    /// ([`media::DEFAULT_VP8_CLIP`]).
+    pub video_clip: Option<Arc<IvfClip>>,
+    /// Local UDP address for both peer connections. `None` picks `127.0.0.1:0` when the
+    /// signaling host is a loopback address and `0.0.0.0:0` (every non-loopback interface)
+    /// otherwise.
+    pub udp_addr: Option<String>,
+    /// Limit for connecting the WebSocket and receiving `joined`.
+    pub join_timeout: Duration,
+}
+
+impl ClientOptions {
+    /// Options that publish audio and video and auto-subscribe.
+    pub fn new(url: impl Into<String>, token: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            token: token.into(),
+            ..Self::default()
+        }
+    }
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        Self {
+            url: String::new(),
+            token: String::new(),
+            auto_subscribe: true,
+            publish_audio: true,
+            publish_video: true,
+            video_clip: None,
+            udp_addr: None,
+            join_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// The state of both peer connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectionStates {
+    /// Publisher connection state.
+    pub publisher: RTCPeerConnectionState,
+    /// Subscriber connection state.
+    pub subscriber: RTCPeerConnectionState,
+    /// Whether the server's answer to the publisher offer has been applied.
+    pub publisher_answered: bool,
+    /// Subscriber offers applied so far (each answered).
+    pub subscriber_offers: u32,
+}
+
+impl Default for ConnectionStates {
+    fn default() -> Self {
+        Self {
+            publisher: RTCPeerConnectionState::New,
+            subscriber: RTCPeerConnectionState::New,
+            publisher_answered: false,
+            subscriber_offers: 0,
+        }
+    }
+}
+
+/// What the signaling writer sends.
+enum Outgoing {
+    Message(ClientMessage),
+    /// Flush, close the WebSocket and acknowledge.
+    Close(oneshot::Sender<()>),
+}
+
+/// Holds a connection's local ICE candidates until its first local description has been sent,
+/// so the server never sees a candidate before the SDP it belongs to.
+struct CandidateGate {
+    target: Target,
+    queued: Mutex<Option<Vec<IceCandidate>>>,
+}
+
+impl CandidateGate {
+    fn new(target: Target) -> Self {
+        Self {
+            target,
+            queued: Mutex::new(Some(Vec::new())),
+        }
+    }
+
+    fn send(&self, candidate: IceCandidate, out: &mpsc::UnboundedSender<Outgoing>) {
+        let mut queued = lock(&self.queued);
+        match queued.as_mut() {
+            Some(q) => q.push(candidate),
+            None => {
+                let _ = out.send(Outgoing::Message(ClientMessage::Candidate {
+                    target: self.target,
+                    candidate,
+                }));
+            }
+        }
+    }
+
+    fn open(&self, out: &mpsc::UnboundedSender<Outgoing>) {
+        let mut queued = lock(&self.queued);
+        for candidate in queued.take().unwrap_or_default() {
+            let _ = out.send(Outgoing::Message(ClientMessage::Candidate {
+                target: self.target,
+                candidate,
+            }));
+        }
+    }
+}
+
+/// State shared by the client handle, the signaling tasks and the peer connection handlers.
+struct Shared {
+    out: mpsc::UnboundedSender<Outgoing>,
+    states: watch::Sender<ConnectionStates>,
+    publisher_gate: CandidateGate,
+    subscriber_gate: CandidateGate,
+    received: Mutex<Vec<Arc<Mutex<ReceivedTrackStats>>>>,
+    offered: Mutex<Vec<OfferedTrack>>,
+    room: Mutex<BTreeMap<String, ParticipantInfo>>,
+    tasks: Mutex<Vec<AbortHandle>>,
+}
+
+impl Shared {
+    fn send(&self, msg: ClientMessage) -> Result<(), ClientError> {
+        self.out
+            .send(Outgoing::Message(msg))
+            .map_err(|_| ClientError::Closed)
+    }
+
+    fn spawn<F>(&self, fut: F)
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let handle = tokio::spawn(fut);
+        let mut tasks = lock(&self.tasks);
+        tasks.retain(|t| !t.is_finished());
+        tasks.push(handle.abort_handle());
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Peer connection callbacks.
+struct Handler {
+    target: Target,
+    shared: Arc<Shared>,
+}
+
+#[async_trait::async_trait]
+impl PeerConnectionEventHandler for Handler {
+    async fn on_ice_candidate(&self, event: RTCPeerConnectionIceEvent) {
+        let init = match event.candidate.to_json() {
+            Ok(init) => init,
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot serialize local candidate");
+                return;
+            }
+        };
+        let candidate = IceCandidate {
+            candidate: init.candidate,
+            sdp_mid: init.sdp_mid.filter(|m| !m.is_empty()),
+            sdp_m_line_index: init.sdp_mline_index,
+            username_fragment: init.username_fragment,
+        };
+        let gate = match self.target {
+            Target::Publisher => &self.shared.publisher_gate,
+            Target::Subscriber => &self.shared.subscriber_gate,
+        };
+        gate.send(candidate, &self.shared.out);
+    }
+
+    async fn on_connection_state_change(&self, state: RTCPeerConnectionState) {
+        tracing::debug!(target = ?self.target, %state, "peer connection state");
+        self.shared.states.send_modify(|s| match self.target {
+            Target::Publisher => s.publisher = state,
+            Target::Subscriber => s.subscriber = state,
+        });
+    }
+
+    async fn on_track(&self, track: Arc<dyn TrackRemote>) {
+        let shared = Arc::clone(&self.shared);
+        self.shared.spawn(read_remote_track(track, shared));
+    }
+}
+
+/// Accounts every RTP packet of one remote track until it ends.
+async fn read_remote_track(track: Arc<dyn TrackRemote>, shared: Arc<Shared>) {
+    let kind = match track.kind().await {
+        RtpCodecKind::Audio => TrackKind::Audio,
+        _ => TrackKind::Video,
+    };
+    let mut stats = ReceivedTrackStats::new(track.stream_id().await, track.track_id().await, kind);
+    if let Some(ssrc) = track.ssrcs().await.first().copied() {
+        stats.mime_type = track.codec(ssrc).await.map(|c| c.mime_type);
+    }
+    tracing::debug!(participant = %stats.participant_id, track = %stats.track_id, ?kind, "remote track");
+    let entry = Arc::new(Mutex::new(stats));
+    lock(&shared.received).push(Arc::clone(&entry));
+    while let Some(event) = track.poll().await {
+        match event {
+            TrackRemoteEvent::OnRtpPacket(p) => {
+                let now = Instant::now();
+                lock(&entry).on_packet(
+                    p.header.ssrc,
+                    p.header.payload_type,
+                    p.header.sequence_number,
+                    p.header.marker,
+                    &p.payload,
+                    now,
+                );
+            }
+            TrackRemoteEvent::OnOpen(init) => {
+                if let Some(codec) = track.codec(init.ssrc).await {
+                    lock(&entry).mime_type = Some(codec.mime_type);
+                }
+            }
+            TrackRemoteEvent::OnEnded => break,
+            _ => {}
+        }
+    }
+}
+
+/// Media the publisher starts once the server has answered.
+struct PendingMedia {
+    tracks: Vec<(Arc<LocalTrack>, Arc<dyn RtpSender>)>,
+    clip: Arc<IvfClip>,
+}
+
+impl PendingMedia {
+    fn start(self, shared: &Arc<Shared>) {
+        for (local, sender) in self.tracks {
+            let mut states = shared.states.subscribe();
+            let clip = Arc::clone(&self.clip);
+            shared.spawn(async move {
+                // Wait for DTLS before writing: earlier samples would only be dropped.
+                let connected = states
+                    .wait_for(|s| s.publisher == RTCPeerConnectionState::Connected)
+                    .await
+                    .is_ok();
+                if !connected {
+                    return;
+                }
+                let (fallback, audio) = match local.kind {
+                    TrackKind::Audio => (media::OPUS_PAYLOAD_TYPE, true),
+                    TrackKind::Video => (media::VP8_PAYLOAD_TYPE, false),
+                };
+                let pt = media::negotiated_payload_type(&sender, fallback).await;
+                let (track, ssrc, counters) =
+                    (local.track.clone(), local.ssrc, local.counters.clone());
+                if audio {
+                    media::send_audio(track, ssrc, pt, counters).await;
+                } else {
+                    media::send_video(track, ssrc, pt, clip, counters).await;
+                }
+            });
+        }
+    }
+}
+
+/// A participant in a Chorus room.
+///
+/// Dropping the client aborts its tasks and closes its peer connections without telling the
+/// server; [`leave`](Self::leave) says goodbye first.
+pub struct Client {
+    room: String,
+    participant: ParticipantInfo,
+    ice_servers: Vec<IceServer>,
+    shared: Arc<Shared>,
+    events: mpsc::UnboundedReceiver<ServerMessage>,
+    publisher: Arc<dyn PeerConnection>,
+    subscriber: Arc<dyn PeerConnection>,
+    local_tracks: Vec<Arc<LocalTrack>>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("room", &self.room)
+            .field("participant_id", &self.participant.id)
+            .field("states", &*self.shared.states.borrow())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Client {
+    /// Connects, joins, and starts publishing.
+    ///
+    /// Returns once the server has sent `joined` and the publisher offer has been sent;
+    /// media flows as soon as the publisher connection is up.
+    pub async fn join(opts: ClientOptions) -> Result<Client, ClientError> {
+        let url = url::Url::parse(&opts.url)?;
+        let clip = match (&opts.video_clip, opts.publish_video) {
+            (Some(clip), _) => Arc::clone(clip),
+            (None, true) => Arc::new(IvfClip::parse(media::DEFAULT_VP8_CLIP)?),
+            (None, false) => Arc::new(IvfClip {
+                header: crate::ivf::IvfHeader {
+                    fourcc: *b"VP80",
+                    width: 0,
+                    height: 0,
+                    timebase_denominator: 30,
+                    timebase_numerator: 1,
+                    frame_count: 0,
+                },
+                frames: Vec::new(),
+            }),
+        };
+
+        let (ws, _) = tokio::time::timeout(
+            opts.join_timeout,
+            tokio_tungstenite::connect_async(opts.url.as_str()),
+        )
+        .await
+        .map_err(|_| ClientError::Timeout("the websocket to connect"))?
+        .map_err(Box::new)?;
+        let (mut sink, mut stream) = ws.split();
+
+        let join = ClientMessage::Join {
+            version: PROTOCOL_VERSION,
+            token: opts.token.clone(),
+            auto_subscribe: opts.auto_subscribe,
+        };
+        sink.send(Message::text(serde_json::to_string(&join)?))
+            .await
+            .map_err(Box::new)?;
+
+        let joined = tokio::time::timeout(opts.join_timeout, async {
+            while let Some(msg) = stream.next().await {
+                let text = match msg.map_err(Box::new)? {
+                    Message::Text(t) => t,
+                    Message::Close(_) => return Err(ClientError::Closed),
+                    _ => continue,
+                };
+                match serde_json::from_str::<ServerMessage>(text.as_str())? {
+                    ServerMessage::Error { code, message } => {
+                        return Err(ClientError::Rejected { code, message })
+                    }
+                    m @ ServerMessage::Joined { .. } => return Ok(m),
+                    other => {
+                        return Err(ClientError::Protocol(format!(
+                            "expected joined, got {other:?}"
+                        )))
+                    }
+                }
+            }
+            Err(ClientError::Closed)
+        })
+        .await
+        .map_err(|_| ClientError::Timeout("joined"))??;
+        let ServerMessage::Joined {
+            room,
+            participant,
+            participants,
+            ice_servers,
+            version,
+        } = joined
+        else {
+            return Err(ClientError::Protocol("expected joined".into()));
+        };
+        if version != PROTOCOL_VERSION {
+            tracing::warn!(version, "server speaks another protocol version");
+        }
+
+        let (out_tx, out_rx) = mpsc::unbounded_channel();
+        let (events_tx, events_rx) = mpsc::unbounded_channel();
+        let mut room_map = BTreeMap::new();
+        for p in participants.iter().chain(std::iter::once(&participant)) {
+            room_map.insert(p.id.clone(), p.clone());
+        }
+        let shared = Arc::new(Shared {
+            out: out_tx,
+            states: watch::Sender::new(ConnectionStates::default()),
+            publisher_gate: CandidateGate::new(Target::Publisher),
+            subscriber_gate: CandidateGate::new(Target::Subscriber),
+            received: Mutex::new(Vec::new()),
+            offered: Mutex::new(Vec::new()),
+            room: Mutex::new(room_map),
+            tasks: Mutex::new(Vec::new()),
+        });
+
+        let udp_addr = opts
+            .udp_addr
+            .clone()
+            .unwrap_or_else(|| default_udp_addr(&url));
+        let rtc_ice_servers: Vec<RTCIceServer> = ice_servers
+            .iter()
+            .map(|s| RTCIceServer {
+                urls: s.urls.clone(),
+                username: s.username.clone().unwrap_or_default(),
+                credential: s.credential.clone().unwrap_or_default(),
+            })
+            .collect();
+
+        let mut pub_engine = MediaEngine::default();
+        pub_engine.register_codec(media::opus_codec(), RtpCodecKind::Audio)?;
+        pub_engine.register_codec(media::vp8_codec(), RtpCodecKind::Video)?;
+        let publisher = build_pc(
+            pub_engine,
+            &rtc_ice_servers,
+            &udp_addr,
+            Handler {
+                target: Target::Publisher,
+                shared: Arc::clone(&shared),
+            },
+        )
+        .await?;
+        let mut sub_engine = MediaEngine::default();
+        sub_engine.register_default_codecs()?;
+        let subscriber = build_pc(
+            sub_engine,
+            &rtc_ice_servers,
+            &udp_addr,
+            Handler {
+                target: Target::Subscriber,
+                shared: Arc::clone(&shared),
+            },
+        )
+        .await?;
+
+        // Local tracks; the msid stream id is our participant id, like a browser would pick
+        // any id, the server maps it via `publisher_track_id`.
+        let mut local_tracks = Vec::new();
+        let mut pending = PendingMedia {
+            tracks: Vec::new(),
+            clip,
+        };
+        for (wanted, kind) in [
+            (opts.publish_audio, TrackKind::Audio),
+            (opts.publish_video, TrackKind::Video),
+        ] {
+            if !wanted {
+                continue;
+            }
+            let local = LocalTrack::new(kind, &participant.id)?;
+            // `sendonly`, as the protocol describes (a browser's addTrack would offer sendrecv).
+            let transceiver = publisher
+                .add_transceiver_from_track(
+                    Arc::clone(&local.track) as Arc<dyn TrackLocal>,
+                    Some(RTCRtpTransceiverInit {
+                        direction: RTCRtpTransceiverDirection::Sendonly,
+                        streams: vec![participant.id.clone()],
+                        send_encodings: vec![],
+                    }),
+                )
+                .await?;
+            let sender = transceiver
+                .sender()
+                .await?
+                .ok_or_else(|| ClientError::Protocol("transceiver has no sender".into()))?;
+            shared.spawn(media::read_local_rtcp(
+                Arc::clone(&local.track),
+                Arc::clone(&local.counters),
+            ));
+            let local = Arc::new(local);
+            pending.tracks.push((Arc::clone(&local), sender));
+            local_tracks.push(local);
+        }
+
+        shared.spawn(write_signaling(sink, out_rx));
+        let publishing = !local_tracks.is_empty();
+        shared.spawn(read_signaling(
+            stream,
+            SignalingContext {
+                shared: Arc::clone(&shared),
+                publisher: Arc::clone(&publisher),
+                subscriber: Arc::clone(&subscriber),
+                events: events_tx,
+                pending_media: publishing.then_some(pending),
+                pending_publisher: Vec::new(),
+                pending_subscriber: Vec::new(),
+            },
+        ));
+
+        if publishing {
+            let offer = publisher.create_offer(None).await?;
+            publisher.set_local_description(offer.clone()).await?;
+            shared.send(ClientMessage::Offer { sdp: offer.sdp })?;
+            shared.publisher_gate.open(&shared.out);
+        }
+
+        Ok(Client {
+            room,
+            participant,
+            ice_servers,
+            shared,
+            events: events_rx,
+            publisher,
+            subscriber,
+            local_tracks,
+        })
+    }
+
+    /// My participant id.
+    pub fn participant_id(&self) -> &str {
+        &self.participant.id
+    }
+
+    /// The room's name.
+    pub fn room(&self) -> &str {
+        &self.room
+    }
+
+    /// My participant as of `joined` (tracks published later appear in
+    /// [`local_participant`](Self::local_participant)).
+    pub fn joined_participant(&self) -> &ParticipantInfo {
+        &self.participant
+    }
+
+    /// The ICE servers the server handed out.
+    pub fn ice_servers(&self) -> &[IceServer] {
+        &self.ice_servers
+    }
+
+    /// My participant as the room currently sees it, tracks included.
+    pub fn local_participant(&self) -> ParticipantInfo {
+        lock(&self.shared.room)
+            .get(&self.participant.id)
+            .cloned()
+            .unwrap_or_else(|| self.participant.clone())
+    }
+
+    /// Everyone else in the room, kept current from the room events.
+    pub fn participants(&self) -> Vec<ParticipantInfo> {
+        lock(&self.shared.room)
+            .values()
+            .filter(|p| p.id != self.participant.id)
+            .cloned()
+            .collect()
+    }
+
+    /// The next server message, in order. Every message is delivered except ICE candidates
+    /// and pongs (the client handles those). SDP offers and answers are delivered after the
+    /// client has applied them. `None` once the signaling connection is closed and drained.
+    ///
+    /// Messages queue without limit until read.
+    pub async fn next_event(&mut self) -> Option<ServerMessage> {
+        self.events.recv().await
+    }
+
+    /// Reads events until one matches `pred`, discarding the others.
+    pub async fn wait_event<F>(
+        &mut self,
+        timeout: Duration,
+        mut pred: F,
+    ) -> Result<ServerMessage, ClientError>
+    where
+        F: FnMut(&ServerMessage) -> bool,
+    {
+        tokio::time::timeout(timeout, async {
+            while let Some(ev) = self.events.recv().await {
+                if pred(&ev) {
+                    return Ok(ev);
+                }
+            }
+            Err(ClientError::Closed)
+        })
+        .await
+        .map_err(|_| ClientError::Timeout("a matching event"))?
+    }
+
+    /// Both peer connections' current state.
+    pub fn connection_states(&self) -> ConnectionStates {
+        *self.shared.states.borrow()
+    }
+
+    /// Waits until the publisher connection is connected (when publishing) and the
+    /// subscriber connection is connected (once the server has offered it).
+    pub async fn wait_connected(&self, timeout: Duration) -> Result<(), ClientError> {
+        let publishing = !self.local_tracks.is_empty();
+        let mut rx = self.shared.states.subscribe();
+        let bad = |s: RTCPeerConnectionState| {
+            matches!(
+                s,
+                RTCPeerConnectionState::Failed | RTCPeerConnectionState::Closed
+            )
+        };
+        let states = tokio::time::timeout(timeout, async {
+            rx.wait_for(|s| {
+                bad(s.publisher)
+                    || bad(s.subscriber)
+                    || ((!publishing || s.publisher == RTCPeerConnectionState::Connected)
+                        && (s.subscriber_offers == 0
+                            || s.subscriber == RTCPeerConnectionState::Connected))
+            })
+            .await
+            .map(|s| *s)
+            .map_err(|_| ClientError::Closed)
+        })
+        .await
+        .map_err(|_| ClientError::Timeout("the peer connections to connect"))??;
+        if bad(states.publisher) {
+            return Err(ClientError::ConnectionFailed(
+                Target::Publisher,
+                states.publisher,
+            ));
+        }
+        if bad(states.subscriber) {
+            return Err(ClientError::ConnectionFailed(
+                Target::Subscriber,
+                states.subscriber,
+            ));
+        }
+        Ok(())
+    }
+
+    /// Polls `pred` every 20 ms until it holds.
+    pub async fn wait_until<F>(&self, timeout: Duration, mut pred: F) -> Result<(), ClientError>
+    where
+        F: FnMut(&Client) -> bool,
+    {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if pred(self) {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(ClientError::Timeout("a condition"));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Per remote track, what has been received so far, in the order tracks appeared.
+    pub fn received(&self) -> Vec<ReceivedTrackStats> {
+        let offered = lock(&self.shared.offered).clone();
+        let entries = lock(&self.shared.received).clone();
+        entries
+            .iter()
+            .map(|e| {
+                let mut s = lock(e).clone();
+                s.active = offered
+                    .iter()
+                    .any(|o| o.track_id == s.track_id && o.participant_id == s.participant_id);
+                s
+            })
+            .collect()
+    }
+
+    /// The tracks the latest subscriber offer carries in active media sections.
+    pub fn offered_tracks(&self) -> Vec<OfferedTrack> {
+        lock(&self.shared.offered).clone()
+    }
+
+    /// Per published track, what has been sent so far.
+    pub fn sent(&self) -> Vec<SentTrackStats> {
+        self.local_tracks.iter().map(|t| t.stats()).collect()
+    }
+
+    /// Asks to receive these tracks.
+    pub fn subscribe<I, S>(&self, track_ids: I) -> Result<(), ClientError>
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        let track_ids = track_ids.into_iter().map(Into::into).collect();
+        self.shared.send(ClientMessage::Subscribe { track_ids })
+    }
+
+    /// Asks to stop receiving these tracks.
+    pub fn unsubscribe<I, S>(&self, track_ids: I) -> Result<(), ClientError>
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        let track_ids = track_ids.into_iter().map(Into::into).collect();
+        self.shared.send(ClientMessage::Unsubscribe { track_ids })
+    }
+
+    /// Mutes or unmutes one of my published tracks (server track id). When the room already
+    /// knows which local track that is, sending media on it pauses while muted.
+    pub fn mute(&self, track_id: &str, muted: bool) -> Result<(), ClientError> {
+        let local_id = self
+            .local_participant()
+            .tracks
+            .into_iter()
+            .find(|t| t.id == track_id)
+            .map(|t| t.publisher_track_id);
+        if let Some(local_id) = local_id {
+            for t in self.local_tracks.iter().filter(|t| t.track_id == local_id) {
+                t.counters
+                    .paused
+                    .store(muted, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+        self.shared.send(ClientMessage::Mute {
+            track_id: track_id.to_owned(),
+            muted,
+        })
+    }
+
+    /// Sends a keep-alive ping (answered with a pong the client swallows).
+    pub fn ping(&self) -> Result<(), ClientError> {
+        self.shared.send(ClientMessage::Ping {
+            timestamp: unix_millis(),
+        })
+    }
+
+    /// Leaves the room: sends `leave`, closes the WebSocket and both peer connections.
+    pub async fn leave(self) {
+        let _ = self.shared.send(ClientMessage::Leave {});
+        let (ack_tx, ack_rx) = oneshot::channel();
+        if self.shared.out.send(Outgoing::Close(ack_tx)).is_ok() {
+            let _ = tokio::time::timeout(LEAVE_TIMEOUT, ack_rx).await;
+        }
+        let _ = tokio::time::timeout(LEAVE_TIMEOUT, async {
+            let _ = self.publisher.close().await;
+            let _ = self.subscriber.close().await;
+        })
+        .await;
+        // Drop aborts the tasks.
+    }
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        for task in lock(&self.shared.tasks).drain(..) {
+            task.abort();
+        }
+        // Closing is async; do it in the background when a runtime is around. Closing an
+        // already closed connection is harmless.
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            let (publisher, subscriber) =
+                (Arc::clone(&self.publisher), Arc::clone(&self.subscriber));
+            rt.spawn(async move {
+                let _ = publisher.close().await;
+                let _ = subscriber.close().await;
+            });
+        }
+    }
+}
+
+async fn build_pc(
+    mut media_engine: MediaEngine,
+    ice_servers: &[RTCIceServer],
+    udp_addr: &str,
+    handler: Handler,
+) -> Result<Arc<dyn PeerConnection>, ClientError> {
+    let registry = register_default_interceptors(Registry::new(), &mut media_engine)?.with(
+        rtc::interceptor::Slot::from(crate::keyframe::SLOT),
+        crate::keyframe::KeyframeRequestForwarder::default(),
+    );
+    let config = RTCConfigurationBuilder::new()
+        .with_ice_servers(ice_servers.to_vec())
+        .build();
+    let pc = PeerConnectionBuilder::new()
+        .with_configuration(config)
+        .with_media_engine(media_engine)
+        .with_interceptor_registry(registry)
+        .with_handler(Arc::new(handler))
+        .with_udp_addrs(vec![udp_addr.to_owned()])
+        .build()
+        .await?;
+    Ok(Arc::new(pc))
+}
+
+/// `127.0.0.1:0` for a loopback signaling host (the wildcard skips loopback interfaces), else
+/// `0.0.0.0:0`.
+fn default_udp_addr(url: &url::Url) -> String {
+    let loopback = match url.host() {
+        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        Some(url::Host::Ipv4(ip)) => IpAddr::V4(ip).is_loopback(),
+        Some(url::Host::Ipv6(ip)) => IpAddr::V6(ip).is_loopback(),
+        None => false,
+    };
+    if loopback { "127.0.0.1:0" } else { "0.0.0.0:0" }.to_owned()
+}
+
+fn unix_millis() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+type WsStream =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn write_signaling(
+    mut sink: futures::stream::SplitSink<WsStream, Message>,
+    mut out: mpsc::UnboundedReceiver<Outgoing>,
+) {
+    let mut keepalive = tokio::time::interval(KEEPALIVE_INTERVAL);
+    keepalive.tick().await;
+    loop {
+        let msg = tokio::select! {
+            m = out.recv() => match m {
+                Some(Outgoing::Message(m)) => m,
+                Some(Outgoing::Close(ack)) => {
+                    let _ = sink.close().await;
+                    let _ = ack.send(());
+                    return;
+                }
+                None => return,
+            },
+            _ = keepalive.tick() => ClientMessage::Ping { timestamp: unix_millis() },
+        };
+        let text = match serde_json::to_string(&msg) {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot encode client message");
+                continue;
+            }
+        };
+        if let Err(e) = sink.send(Message::text(text)).await {
+            tracing::debug!(error = %e, "signaling write failed");
+            return;
+        }
+    }
+}
+
+struct SignalingContext {
+    shared: Arc<Shared>,
+    publisher: Arc<dyn PeerConnection>,
+    subscriber: Arc<dyn PeerConnection>,
+    events: mpsc::UnboundedSender<ServerMessage>,
+    pending_media: Option<PendingMedia>,
+    /// Remote candidates that arrived before the connection's remote description.
+    pending_publisher: Vec<RTCIceCandidateInit>,
+    pending_subscriber: Vec<RTCIceCandidateInit>,
+}
+
+async fn read_signaling(
+    mut stream: futures::stream::SplitStream<WsStream>,
+    mut ctx: SignalingContext,
+) {
+    while let Some(msg) = stream.next().await {
+        let text = match msg {
+            Ok(Message::Text(t)) => t,
+            Ok(Message::Close(_)) => break,
+            Ok(_) => continue,
+            Err(e) => {
+                tracing::debug!(error = %e, "signaling read failed");
+                break;
+            }
+        };
+        let msg = match serde_json::from_str::<ServerMessage>(text.as_str()) {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(error = %e, "undecodable server message");
+                continue;
+            }
+        };
+        if let Err(e) = ctx.handle(&msg).await {
+            tracing::warn!(error = %e, kind = ?std::mem::discriminant(&msg), "handling server message failed");
+        }
+        if !matches!(
+            msg,
+            ServerMessage::Candidate { .. } | ServerMessage::Pong { .. }
+        ) {
+            let _ = ctx.events.send(msg);
+        }
+    }
+    ctx.shared.states.send_modify(|_| {});
+}
+
+impl SignalingContext {
+    async fn handle(&mut self, msg: &ServerMessage) -> Result<(), ClientError> {
+        match msg {
+            ServerMessage::Answer { sdp } => {
+                self.publisher
+                    .set_remote_description(RTCSessionDescription::answer(sdp.clone())?)
+                    .await?;
+                for c in std::mem::take(&mut self.pending_publisher) {
+                    add_candidate(&self.publisher, c).await;
+                }
+                self.shared
+                    .states
+                    .send_modify(|s| s.publisher_answered = true);
+                if let Some(media) = self.pending_media.take() {
+                    media.start(&self.shared);
+                }
+            }
+            ServerMessage::Offer { sdp } => {
+                self.subscriber
+                    .set_remote_description(RTCSessionDescription::offer(sdp.clone())?)
+                    .await?;
+                let answer = self.subscriber.create_answer(None).await?;
+                self.subscriber
+                    .set_local_description(answer.clone())
+                    .await?;
+                self.shared
+                    .send(ClientMessage::Answer { sdp: answer.sdp })?;
+                self.shared.subscriber_gate.open(&self.shared.out);
+                *lock(&self.shared.offered) = offered_tracks(sdp);
+                for c in std::mem::take(&mut self.pending_subscriber) {
+                    add_candidate(&self.subscriber, c).await;
+                }
+                self.shared.states.send_modify(|s| s.subscriber_offers += 1);
+            }
+            ServerMessage::Candidate { target, candidate } => {
+                if candidate.candidate.is_empty() {
+                    return Ok(());
+                }
+                let init = RTCIceCandidateInit {
+                    candidate: candidate.candidate.clone(),
+                    sdp_mid: candidate.sdp_mid.clone(),
+                    sdp_mline_index: candidate.sdp_m_line_index,
+                    username_fragment: candidate.username_fragment.clone(),
+                    url: None,
+                };
+                let states = *self.shared.states.borrow();
+                match target {
+                    Target::Publisher if states.publisher_answered => {
+                        add_candidate(&self.publisher, init).await
+                    }
+                    Target::Publisher => self.pending_publisher.push(init),
+                    Target::Subscriber if states.subscriber_offers > 0 => {
+                        add_candidate(&self.subscriber, init).await
+                    }
+                    Target::Subscriber => self.pending_subscriber.push(init),
+                }
+            }
+            ServerMessage::ParticipantJoined { participant } => {
+                lock(&self.shared.room).insert(participant.id.clone(), participant.clone());
+            }
+            ServerMessage::ParticipantLeft { participant_id } => {
+                lock(&self.shared.room).remove(participant_id);
+            }
+            ServerMessage::TrackPublished {
+                participant_id,
+                track,
+            } => {
+                if let Some(p) = lock(&self.shared.room).get_mut(participant_id) {
+                    p.tracks.retain(|t| t.id != track.id);
+                    p.tracks.push(track.clone());
+                }
+            }
+            ServerMessage::TrackUnpublished {
+                participant_id,
+                track_id,
+            } => {
+                if let Some(p) = lock(&self.shared.room).get_mut(participant_id) {
+                    p.tracks.retain(|t| &t.id != track_id);
+                }
+            }
+            ServerMessage::TrackMuted {
+                participant_id,
+                track_id,
+                muted,
+            } => {
+                if let Some(p) = lock(&self.shared.room).get_mut(participant_id) {
+                    for t in p.tracks.iter_mut().filter(|t| &t.id == track_id) {
+                        t.muted = *muted;
+                    }
+                }
+            }
+            ServerMessage::Joined { .. } => {
+                return Err(ClientError::Protocol("second joined".into()));
+            }
+            ServerMessage::Pong { .. } | ServerMessage::Error { .. } => {}
+        }
+        Ok(())
+    }
+}
+
+async fn add_candidate(pc: &Arc<dyn PeerConnection>, init: RTCIceCandidateInit) {
+    if let Err(e) = pc.add_ice_candidate(init).await {
+        tracing::debug!(error = %e, "remote candidate rejected");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn udp_address_follows_the_signaling_host() {
+        let parse = |s: &str| url::Url::parse(s).expect("url");
+        assert_eq!(
+            default_udp_addr(&parse("ws://127.0.0.1:1/ws")),
+            "127.0.0.1:0"
+        );
+        assert_eq!(
+            default_udp_addr(&parse("ws://localhost:1/ws")),
+            "127.0.0.1:0"
+        );
+        assert_eq!(default_udp_addr(&parse("ws://[::1]:1/ws")), "127.0.0.1:0");
+        assert_eq!(
+            default_udp_addr(&parse("wss://sfu.example.com/ws")),
+            "0.0.0.0:0"
+        );
+    }
+
+    #[test]
+    fn candidates_wait_for_the_gate() {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let gate = CandidateGate::new(Target::Subscriber);
+        let cand = |c: &str| IceCandidate {
+            candidate: c.into(),
+            sdp_mid: None,
+            sdp_m_line_index: Some(0),
+            username_fragment: None,
+        };
+        gate.send(cand("a"), &tx);
+        assert!(rx.try_recv().is_err());
+        gate.open(&tx);
+        gate.send(cand("b"), &tx);
+        gate.open(&tx);
+        let mut got = Vec::new();
+        while let Ok(Outgoing::Message(ClientMessage::Candidate { target, candidate })) =
+            rx.try_recv()
+        {
+            assert_eq!(target, Target::Subscriber);
+            got.push(candidate.candidate);
+        }
+        assert_eq!(got, vec!["a", "b"]);
+    }
+}

@@ -1,0 +1,45 @@
+//! Chorus client: joins a Chorus room over WebSocket signaling the way a browser does, using the
+//! async [`webrtc`] crate for the two peer connections.
+//!
+//! - The **publisher** connection carries the client's own media: Opus silence frames every
+//!   20 ms and a looped VP8 clip at 30 fps (real encoded media, see [`media`]). The client offers,
+//!   the server answers.
+//! - The **subscriber** connection receives the other participants' tracks. The server offers
+//!   (again on every change), the client answers. Every received RTP packet is accounted in
+//!   [`ReceivedTrackStats`] (sequence continuity, VP8 frames and keyframes).
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), chorus_client::ClientError> {
+//! use chorus_client::{Client, ClientOptions};
+//! use std::time::Duration;
+//!
+//! let mut client = Client::join(ClientOptions::new("ws://127.0.0.1:7880/ws", "<jwt>")).await?;
+//! client.wait_connected(Duration::from_secs(10)).await?;
+//! while let Some(event) = client.next_event().await {
+//!     println!("{event:?}");
+//! }
+//! for track in client.received() {
+//!     println!("{} {}: {} packets, {} gaps", track.participant_id, track.track_id,
+//!              track.packets(), track.seq.gaps);
+//! }
+//! client.leave().await;
+//! # Ok(())
+//! # }
+//! ```
+
+mod client;
+pub mod ivf;
+mod keyframe;
+pub mod media;
+pub mod stats;
+
+pub use client::{Client, ClientError, ClientOptions, ConnectionStates};
+pub use media::SentTrackStats;
+pub use stats::{OfferedTrack, ReceivedTrackStats, SeqStats};
+
+/// Re-exported protocol types of `chorus-signal`.
+pub use chorus_signal::protocol::{
+    ErrorCode, ParticipantInfo, ServerMessage, Target, TrackInfo, TrackKind,
+};
+/// Re-exported connection state of the `webrtc` crate.
+pub use webrtc::peer_connection::RTCPeerConnectionState;

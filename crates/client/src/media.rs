@@ -1,0 +1,328 @@
+//! Local media: Opus silence and a looped VP8 clip, written through sample-based local tracks.
+
+use crate::ivf::IvfClip;
+use bytes::Bytes;
+use rtc::media::Sample;
+use rtc::media_stream::MediaStreamTrack;
+use rtc::peer_connection::configuration::media_engine::{MIME_TYPE_OPUS, MIME_TYPE_VP8};
+use rtc::rtp_transceiver::rtp_sender::{
+    RTCPFeedback, RTCRtpCodec, RTCRtpCodecParameters, RTCRtpCodingParameters,
+    RTCRtpEncodingParameters, RtpCodecKind,
+};
+use rtc::rtp_transceiver::PayloadType;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use webrtc::media_stream::track_local::static_sample::TrackLocalStaticSample;
+use webrtc::media_stream::track_local::{TrackLocal, TrackLocalEvent};
+use webrtc::rtp_transceiver::RtpSender;
+
+/// A 20 ms Opus CELT silence frame (TOC 0xF8: config 31, mono, one frame), as browsers send.
+pub const OPUS_SILENCE_FRAME: [u8; 3] = [0xF8, 0xFF, 0xFE];
+/// Opus frame duration.
+pub const OPUS_FRAME_DURATION: Duration = Duration::from_millis(20);
+/// The VP8 clip published when no other is configured: 160x120, 30 fps, 3 s, keyframe every 1 s.
+pub const DEFAULT_VP8_CLIP: &[u8] = include_bytes!("../tests/data/vp8_160x120_30fps.ivf");
+
+/// Payload type the publisher offers for Opus.
+pub(crate) const OPUS_PAYLOAD_TYPE: PayloadType = 111;
+/// Payload type the publisher offers for VP8.
+pub(crate) const VP8_PAYLOAD_TYPE: PayloadType = 96;
+
+pub(crate) fn opus_codec() -> RTCRtpCodecParameters {
+    RTCRtpCodecParameters {
+        rtp_codec: RTCRtpCodec {
+            mime_type: MIME_TYPE_OPUS.to_owned(),
+            clock_rate: 48_000,
+            channels: 2,
+            sdp_fmtp_line: "minptime=10;useinbandfec=1".to_owned(),
+            rtcp_feedback: vec![],
+        },
+        payload_type: OPUS_PAYLOAD_TYPE,
+    }
+}
+
+pub(crate) fn vp8_codec() -> RTCRtpCodecParameters {
+    let fb = |typ: &str, parameter: &str| RTCPFeedback {
+        typ: typ.to_owned(),
+        parameter: parameter.to_owned(),
+    };
+    RTCRtpCodecParameters {
+        rtp_codec: RTCRtpCodec {
+            mime_type: MIME_TYPE_VP8.to_owned(),
+            clock_rate: 90_000,
+            channels: 0,
+            sdp_fmtp_line: String::new(),
+            rtcp_feedback: vec![fb("nack", ""), fb("nack", "pli"), fb("ccm", "fir")],
+        },
+        payload_type: VP8_PAYLOAD_TYPE,
+    }
+}
+
+/// Counters for one published track.
+#[derive(Debug, Default)]
+pub(crate) struct SendCounters {
+    pub frames: AtomicU64,
+    pub keyframes: AtomicU64,
+    pub bytes: AtomicU64,
+    pub keyframe_requests: AtomicU64,
+    pub write_errors: AtomicU64,
+    pub paused: AtomicBool,
+    pub keyframe_wanted: AtomicBool,
+}
+
+/// What the client has sent on one published track.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SentTrackStats {
+    /// Audio or video.
+    pub kind: chorus_signal::protocol::TrackKind,
+    /// The track id in the publisher's own SDP (matches [`TrackInfo::publisher_track_id`]).
+    ///
+    /// [`TrackInfo::publisher_track_id`]: chorus_signal::protocol::TrackInfo::publisher_track_id
+    pub local_track_id: String,
+    /// Encoded frames written (Opus frames or VP8 frames).
+    pub frames: u64,
+    /// VP8 keyframes written.
+    pub keyframes: u64,
+    /// Encoded bytes written.
+    pub bytes: u64,
+    /// PLI/FIR requests received from the server.
+    pub keyframe_requests: u64,
+    /// Frames that could not be written.
+    pub write_errors: u64,
+    /// Whether sending is paused because the track is muted.
+    pub paused: bool,
+}
+
+/// One local track on the publisher connection.
+pub(crate) struct LocalTrack {
+    pub kind: chorus_signal::protocol::TrackKind,
+    pub track_id: String,
+    pub track: Arc<TrackLocalStaticSample>,
+    pub ssrc: u32,
+    pub counters: Arc<SendCounters>,
+}
+
+impl LocalTrack {
+    pub fn new(
+        kind: chorus_signal::protocol::TrackKind,
+        stream_id: &str,
+    ) -> Result<Self, webrtc::error::Error> {
+        let (codec, rtp_kind, prefix) = match kind {
+            chorus_signal::protocol::TrackKind::Audio => {
+                (opus_codec(), RtpCodecKind::Audio, "audio")
+            }
+            chorus_signal::protocol::TrackKind::Video => {
+                (vp8_codec(), RtpCodecKind::Video, "video")
+            }
+        };
+        let ssrc = rand::random::<u32>();
+        let track_id = format!("{prefix}-{:08x}", rand::random::<u32>());
+        let track = TrackLocalStaticSample::new(
+            Instant::now(),
+            MediaStreamTrack::new(
+                stream_id.to_owned(),
+                track_id.clone(),
+                prefix.to_owned(),
+                rtp_kind,
+                vec![RTCRtpEncodingParameters {
+                    rtp_coding_parameters: RTCRtpCodingParameters {
+                        ssrc: Some(ssrc),
+                        ..Default::default()
+                    },
+                    active: true,
+                    codec: codec.rtp_codec,
+                    ..Default::default()
+                }],
+            ),
+        )?;
+        Ok(Self {
+            kind,
+            track_id,
+            track: Arc::new(track),
+            ssrc,
+            counters: Arc::new(SendCounters::default()),
+        })
+    }
+
+    pub fn stats(&self) -> SentTrackStats {
+        let c = &self.counters;
+        SentTrackStats {
+            kind: self.kind,
+            local_track_id: self.track_id.clone(),
+            frames: c.frames.load(Ordering::Relaxed),
+            keyframes: c.keyframes.load(Ordering::Relaxed),
+            bytes: c.bytes.load(Ordering::Relaxed),
+            keyframe_requests: c.keyframe_requests.load(Ordering::Relaxed),
+            write_errors: c.write_errors.load(Ordering::Relaxed),
+            paused: c.paused.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// The payload type the answer negotiated for a sender, falling back to what was offered.
+pub(crate) async fn negotiated_payload_type(
+    sender: &Arc<dyn RtpSender>,
+    fallback: PayloadType,
+) -> PayloadType {
+    match sender.get_parameters().await {
+        Ok(p) => p
+            .rtp_parameters
+            .codecs
+            .first()
+            .map(|c| c.payload_type)
+            .unwrap_or(fallback),
+        Err(_) => fallback,
+    }
+}
+
+/// Reads RTCP the server sends about a local track; flags keyframe requests. Runs until the
+/// track is unbound.
+pub(crate) async fn read_local_rtcp(
+    track: Arc<TrackLocalStaticSample>,
+    counters: Arc<SendCounters>,
+) {
+    while let Some(event) = track.poll().await {
+        let TrackLocalEvent::OnRtcpPacket(packets) = event else {
+            continue;
+        };
+        let wants_keyframe = packets
+            .iter()
+            .any(|p| crate::keyframe::is_keyframe_request(p.as_ref()));
+        if wants_keyframe {
+            counters.keyframe_requests.fetch_add(1, Ordering::Relaxed);
+            counters.keyframe_wanted.store(true, Ordering::Relaxed);
+        }
+    }
+}
+
+async fn write(
+    track: &TrackLocalStaticSample,
+    ssrc: u32,
+    payload_type: PayloadType,
+    data: Bytes,
+    duration: Duration,
+    counters: &SendCounters,
+) {
+    let len = data.len() as u64;
+    let sample = Sample {
+        data,
+        duration,
+        ..Sample::new(Instant::now())
+    };
+    match track
+        .sample_writer(ssrc, payload_type)
+        .write_sample(&sample)
+        .await
+    {
+        Ok(()) => {
+            counters.frames.fetch_add(1, Ordering::Relaxed);
+            counters.bytes.fetch_add(len, Ordering::Relaxed);
+        }
+        Err(e) => {
+            counters.write_errors.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(error = %e, "writing sample failed");
+        }
+    }
+}
+
+/// Sends an Opus silence frame every 20 ms, forever.
+pub(crate) async fn send_audio(
+    track: Arc<TrackLocalStaticSample>,
+    ssrc: u32,
+    payload_type: PayloadType,
+    counters: Arc<SendCounters>,
+) {
+    let mut ticker = tokio::time::interval(OPUS_FRAME_DURATION);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let frame = Bytes::from_static(&OPUS_SILENCE_FRAME);
+    loop {
+        ticker.tick().await;
+        if counters.paused.load(Ordering::Relaxed) {
+            continue;
+        }
+        write(
+            &track,
+            ssrc,
+            payload_type,
+            frame.clone(),
+            OPUS_FRAME_DURATION,
+            &counters,
+        )
+        .await;
+    }
+}
+
+/// Loops a VP8 clip forever at its frame rate. A keyframe request makes the loop jump to the
+/// next keyframe in the clip (wrapping to the first) unless the next frame already is one.
+pub(crate) async fn send_video(
+    track: Arc<TrackLocalStaticSample>,
+    ssrc: u32,
+    payload_type: PayloadType,
+    clip: Arc<IvfClip>,
+    counters: Arc<SendCounters>,
+) {
+    let duration = clip.frame_duration();
+    let keyframes = clip.keyframe_indices();
+    let mut ticker = tokio::time::interval(duration);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut next = 0usize;
+    loop {
+        ticker.tick().await;
+        if counters.paused.load(Ordering::Relaxed) {
+            continue;
+        }
+        if counters.keyframe_wanted.swap(false, Ordering::Relaxed) {
+            next = next_keyframe(&keyframes, next).unwrap_or(next);
+        }
+        let Some(frame) = clip.frames.get(next) else {
+            next = 0;
+            continue;
+        };
+        if frame.is_vp8_keyframe() {
+            counters.keyframes.fetch_add(1, Ordering::Relaxed);
+        }
+        write(
+            &track,
+            ssrc,
+            payload_type,
+            frame.data.clone(),
+            duration,
+            &counters,
+        )
+        .await;
+        next = (next + 1) % clip.frames.len();
+    }
+}
+
+/// The first keyframe index at or after `from`, wrapping around; `None` without keyframes.
+fn next_keyframe(keyframes: &[usize], from: usize) -> Option<usize> {
+    keyframes
+        .iter()
+        .copied()
+        .find(|&k| k >= from)
+        .or_else(|| keyframes.first().copied())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keyframe_jumps_wrap_around() {
+        let kf = [0, 30, 60];
+        assert_eq!(next_keyframe(&kf, 0), Some(0));
+        assert_eq!(next_keyframe(&kf, 1), Some(30));
+        assert_eq!(next_keyframe(&kf, 30), Some(30));
+        assert_eq!(next_keyframe(&kf, 61), Some(0));
+        assert_eq!(next_keyframe(&[], 5), None);
+    }
+
+    #[test]
+    fn the_default_clip_is_valid_vp8() {
+        let clip = IvfClip::parse(DEFAULT_VP8_CLIP).expect("default clip parses");
+        assert_eq!(&clip.header.fourcc, b"VP80");
+        assert!(clip.frames[0].is_vp8_keyframe());
+        assert!(clip.keyframe_indices().len() >= 2);
+    }
+}

@@ -1,0 +1,274 @@
+//! Every kind of bad input gets a clear error and harms nothing else.
+
+mod common;
+
+use std::time::Duration;
+
+use chorus_server::config::DEV_API_KEY;
+use chorus_signal::auth::{claims, mint, Grants};
+use chorus_signal::protocol::{ErrorCode, ServerMessage, MAX_MESSAGE_BYTES};
+use futures::{SinkExt, StreamExt};
+use tokio_tungstenite::tungstenite::Message;
+
+type Ws = tokio_tungstenite::WebSocketStream<
+    tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+>;
+
+async fn connect(base: &str) -> Ws {
+    let url = format!("{}/ws", base.replacen("http", "ws", 1));
+    tokio_tungstenite::connect_async(url).await.expect("ws connects").0
+}
+
+async fn next_server_message(ws: &mut Ws) -> Option<ServerMessage> {
+    loop {
+        let frame = tokio::time::timeout(Duration::from_secs(5), ws.next()).await.ok()??.ok()?;
+        match frame {
+            Message::Text(t) => return Some(serde_json::from_str(&t).expect("server sends protocol JSON")),
+            Message::Close(_) => return None,
+            _ => continue,
+        }
+    }
+}
+
+async fn expect_error(ws: &mut Ws, want: ErrorCode) {
+    match next_server_message(ws).await {
+        Some(ServerMessage::Error { code, message }) => {
+            assert_eq!(code, want, "error message: {message}");
+            assert!(!message.is_empty());
+        }
+        other => panic!("expected error {want:?}, got {other:?}"),
+    }
+}
+
+async fn join(ws: &mut Ws, token: &str) -> ServerMessage {
+    let msg = serde_json::json!({"type": "join", "version": 1, "token": token});
+    ws.send(Message::text(msg.to_string())).await.expect("send");
+    next_server_message(ws).await.expect("reply to join")
+}
+
+#[tokio::test]
+async fn bad_websocket_messages_get_their_error_codes() {
+    let server = common::server().await;
+    let base = server.base_url();
+    let room = common::room();
+
+    // Before join: malformed JSON and unknown types are errors but the socket stays usable.
+    let mut ws = connect(&base).await;
+    for bad in ["{", "[]", r#"{"type":"teleport"}"#, r#"{"type":"offer","sdp":5}"#] {
+        ws.send(Message::text(bad)).await.expect("send");
+        expect_error(&mut ws, ErrorCode::BadMessage).await;
+    }
+    ws.send(Message::binary(vec![1u8, 2, 3])).await.expect("send");
+    expect_error(&mut ws, ErrorCode::BadMessage).await;
+    let big = format!(r#"{{"type":"ping","pad":"{}"}}"#, "x".repeat(MAX_MESSAGE_BYTES));
+    ws.send(Message::text(big)).await.expect("send");
+    expect_error(&mut ws, ErrorCode::MessageTooLarge).await;
+    // A valid join still works on the same socket afterwards.
+    let joined = join(&mut ws, &common::token(&room, "alice")).await;
+    assert!(matches!(joined, ServerMessage::Joined { .. }), "{joined:?}");
+    // After join: a second join is refused, ping is answered, invalid SDP is an error.
+    ws.send(Message::text(r#"{"type":"join","version":1,"token":"x"}"#)).await.expect("send");
+    expect_error(&mut ws, ErrorCode::InvalidState).await;
+    ws.send(Message::text(r#"{"type":"ping","timestamp":42}"#)).await.expect("send");
+    assert_eq!(next_server_message(&mut ws).await, Some(ServerMessage::Pong { timestamp: 42 }));
+    ws.send(Message::text(r#"{"type":"offer","sdp":"this is not sdp"}"#)).await.expect("send");
+    expect_error(&mut ws, ErrorCode::InvalidSdp).await;
+    ws.send(Message::text(r#"{"type":"answer","sdp":"v=0"}"#)).await.expect("send");
+    expect_error(&mut ws, ErrorCode::InvalidState).await;
+    ws.send(Message::text(r#"{"type":"subscribe","track_ids":["TR_nope"]}"#)).await.expect("send");
+    expect_error(&mut ws, ErrorCode::UnknownTrack).await;
+    ws.send(Message::text(r#"{"type":"mute","track_id":"TR_nope","muted":true}"#)).await.expect("send");
+    expect_error(&mut ws, ErrorCode::UnknownTrack).await;
+
+    // Fatal join errors close the socket.
+    let expired = {
+        let mut c = claims("bob", &room, Duration::from_secs(1), Grants {
+            room: room.clone(),
+            can_publish: true,
+            can_subscribe: true,
+            can_publish_data: false,
+        });
+        c.exp = 1_000;
+        c.nbf = 0;
+        mint(DEV_API_KEY, chorus_server::config::DEV_API_SECRET, &c).expect("mints")
+    };
+    let wrong_secret = {
+        let c = claims("bob", &room, Duration::from_secs(60), Grants {
+            room: room.clone(),
+            can_publish: true,
+            can_subscribe: true,
+            can_publish_data: false,
+        });
+        mint(DEV_API_KEY, "some-other-secret-entirely", &c).expect("mints")
+    };
+    for (token, want) in [
+        ("garbage".to_owned(), ErrorCode::InvalidToken),
+        (expired, ErrorCode::InvalidToken),
+        (wrong_secret, ErrorCode::InvalidToken),
+        (common::token_with(&room, "carol", false, false), ErrorCode::PermissionDenied),
+    ] {
+        let mut ws = connect(&base).await;
+        let reply = join(&mut ws, &token).await;
+        assert!(
+            matches!(&reply, ServerMessage::Error { code, .. } if *code == want),
+            "want {want:?}, got {reply:?}"
+        );
+        assert_eq!(next_server_message(&mut ws).await, None, "socket closes after a fatal error");
+    }
+    let mut ws = connect(&base).await;
+    let msg = serde_json::json!({"type": "join", "version": 99, "token": common::token(&room, "dave")});
+    ws.send(Message::text(msg.to_string())).await.expect("send");
+    expect_error(&mut ws, ErrorCode::UnsupportedVersion).await;
+    let mut ws = connect(&base).await;
+    ws.send(Message::text(r#"{"type":"leave"}"#)).await.expect("send");
+    expect_error(&mut ws, ErrorCode::InvalidState).await;
+
+    // The errors were counted, and the server is still healthy.
+    assert!(common::metric(&base, "chorus_signal_errors_total{code=\"bad_message\"}").await >= Some(5.0));
+    let health = reqwest::get(format!("{base}/healthz")).await.expect("healthz");
+    assert!(health.status().is_success());
+}
+
+#[tokio::test]
+async fn a_full_room_refuses_the_next_join() {
+    let server = common::server_with(|c| c.media.max_participants_per_room = 2).await;
+    let base = server.base_url();
+    let room = common::room();
+    let mut a = connect(&base).await;
+    let mut b = connect(&base).await;
+    assert!(matches!(join(&mut a, &common::token(&room, "a")).await, ServerMessage::Joined { .. }));
+    assert!(matches!(join(&mut b, &common::token(&room, "b")).await, ServerMessage::Joined { .. }));
+    let mut c = connect(&base).await;
+    let reply = join(&mut c, &common::token(&room, "c")).await;
+    assert!(matches!(reply, ServerMessage::Error { code: ErrorCode::RoomFull, .. }), "{reply:?}");
+    // Another room is unaffected.
+    let mut d = connect(&base).await;
+    assert!(matches!(join(&mut d, &common::token("other", "d")).await, ServerMessage::Joined { .. }));
+}
+
+#[tokio::test]
+async fn rooms_close_when_their_last_participant_vanishes() {
+    let server = common::server().await;
+    let base = server.base_url();
+    let room = common::room();
+    let mut a = connect(&base).await;
+    let mut b = connect(&base).await;
+    join(&mut a, &common::token(&room, "a")).await;
+    join(&mut b, &common::token(&room, "b")).await;
+    match next_server_message(&mut a).await {
+        Some(ServerMessage::ParticipantJoined { participant }) => assert_eq!(participant.identity, "b"),
+        other => panic!("expected participant_joined, got {other:?}"),
+    }
+    drop(b); // vanishes without leave
+    match next_server_message(&mut a).await {
+        Some(ServerMessage::ParticipantLeft { .. }) => {}
+        other => panic!("expected participant_left, got {other:?}"),
+    }
+    a.send(Message::text(r#"{"type":"leave"}"#)).await.expect("send");
+    assert_eq!(next_server_message(&mut a).await, None);
+    let mut stats = server.state.sfu.stats().await.expect("stats");
+    for _ in 0..50 {
+        if stats.rooms == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        stats = server.state.sfu.stats().await.expect("stats");
+    }
+    assert_eq!((stats.rooms, stats.participants, stats.peers), (0, 0, 0), "{stats:?}");
+}
+
+#[tokio::test]
+async fn whip_and_whep_refuse_bad_requests_with_http_errors() {
+    let server = common::server().await;
+    let base = server.base_url();
+    let room = common::room();
+    let http = reqwest::Client::new();
+    let post = |path: &str, token: Option<String>, ctype: &str, body: &str| {
+        let mut r = http
+            .post(format!("{base}{path}"))
+            .header("content-type", ctype.to_owned())
+            .body(body.to_owned());
+        if let Some(t) = token {
+            r = r.bearer_auth(t);
+        }
+        r.send()
+    };
+    let sdp = "application/sdp";
+    let cases = [
+        ("no token", post(&format!("/whip/{room}"), None, sdp, "v=0").await, 401),
+        ("bad token", post(&format!("/whip/{room}"), Some("x".into()), sdp, "v=0").await, 401),
+        (
+            "other room",
+            post("/whip/elsewhere", Some(common::token(&room, "p")), sdp, "v=0").await,
+            403,
+        ),
+        (
+            "no publish grant",
+            post(&format!("/whip/{room}"), Some(common::token_with(&room, "p", false, true)), sdp, "v=0")
+                .await,
+            403,
+        ),
+        (
+            "not sdp",
+            post(&format!("/whip/{room}"), Some(common::token(&room, "p")), "text/plain", "v=0").await,
+            415,
+        ),
+        (
+            "invalid sdp",
+            post(&format!("/whip/{room}"), Some(common::token(&room, "p")), sdp, "nonsense").await,
+            400,
+        ),
+        (
+            "whep with nobody publishing",
+            post(&format!("/whep/{room}"), Some(common::token(&room, "v")), sdp, "nonsense").await,
+            404,
+        ),
+    ];
+    for (name, resp, want) in cases {
+        let resp = resp.expect("request completes");
+        assert_eq!(resp.status().as_u16(), want, "{name}");
+    }
+    let missing = http.delete(format!("{base}/whip/{room}/session/PA_nothing")).send().await.expect("delete");
+    assert_eq!(missing.status().as_u16(), 404);
+    // CORS preflight from another origin is allowed for WHIP.
+    let preflight = http
+        .request(reqwest::Method::OPTIONS, format!("{base}/whip/{room}"))
+        .header("origin", "https://encoder.example")
+        .header("access-control-request-method", "POST")
+        .header("access-control-request-headers", "authorization,content-type")
+        .send()
+        .await
+        .expect("preflight");
+    assert!(preflight.headers().contains_key("access-control-allow-origin"));
+    // Failed sessions left nothing behind.
+    let stats = server.state.sfu.stats().await.expect("stats");
+    assert_eq!((stats.rooms, stats.participants), (0, 0), "{stats:?}");
+}
+
+#[tokio::test]
+async fn garbage_on_the_media_port_is_dropped_and_counted() {
+    let server = common::server().await;
+    let base = server.base_url();
+    let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+    let garbage: [&[u8]; 5] = [
+        b"",
+        b"\x00\x01\x00\x08\x21\x12\xa4\x42garbage-stun-ish",
+        b"\x16\xfe\xfd random dtls-looking bytes",
+        &[0x80u8; 200],
+        &[0xffu8; 1400],
+    ];
+    for _ in 0..20 {
+        for g in garbage {
+            sock.send_to(g, server.media_addr).await.expect("send");
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let dropped = common::metric(&base, "chorus_packets_dropped_total{reason=\"unknown_source\"}")
+        .await
+        .unwrap_or(0.0)
+        + common::metric(&base, "chorus_packets_dropped_total{reason=\"unknown_ufrag\"}")
+            .await
+            .unwrap_or(0.0);
+    assert!(dropped >= 80.0, "dropped {dropped}");
+    assert!(reqwest::get(format!("{base}/readyz")).await.expect("readyz").status().is_success());
+}

@@ -1,0 +1,117 @@
+//! Media-plane configuration, owned by this crate and embedded in the server's config file as
+//! the `[media]` table.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Settings of the media plane.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MediaConfig {
+    /// Address the media UDP socket binds to.
+    pub bind_ip: IpAddr,
+    /// UDP port every peer shares. 0 picks a free port (tests).
+    pub udp_port: u16,
+    /// Optional `[first, last]` range: the media socket binds the first free port in it,
+    /// instead of `udp_port`.
+    pub udp_port_range: Option<[u16; 2]>,
+    /// Public addresses written into the candidates handed to clients (1:1 NAT, e.g. a cloud
+    /// VM's public IP). Empty: the bind address (or, for an unspecified bind address, 127.0.0.1).
+    pub external_ips: Vec<IpAddr>,
+    /// Most participants in one room.
+    pub max_participants_per_room: usize,
+    /// Most rooms on this server.
+    pub max_rooms: usize,
+    /// Least time between two keyframe requests sent to one publisher's track, in milliseconds.
+    pub pli_throttle_ms: u64,
+}
+
+impl Default for MediaConfig {
+    fn default() -> Self {
+        Self {
+            bind_ip: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            udp_port: 7882,
+            udp_port_range: None,
+            external_ips: Vec::new(),
+            max_participants_per_room: 100,
+            max_rooms: 1000,
+            pli_throttle_ms: 500,
+        }
+    }
+}
+
+impl MediaConfig {
+    /// Checks values that serde cannot.
+    pub fn validate(&self) -> Result<(), String> {
+        if let Some([first, last]) = self.udp_port_range {
+            if first == 0 || first > last {
+                return Err(format!(
+                    "media.udp_port_range [{first}, {last}] is not a valid range"
+                ));
+            }
+        }
+        if self.max_participants_per_room == 0 || self.max_rooms == 0 {
+            return Err("media.max_participants_per_room and media.max_rooms must be > 0".into());
+        }
+        Ok(())
+    }
+
+    /// The PLI throttle interval.
+    pub fn pli_throttle(&self) -> Duration {
+        Duration::from_millis(self.pli_throttle_ms)
+    }
+
+    /// The addresses to advertise as candidates for a socket bound at `local`.
+    pub fn advertised_addrs(&self, local: SocketAddr) -> Vec<SocketAddr> {
+        if !self.external_ips.is_empty() {
+            return self
+                .external_ips
+                .iter()
+                .map(|ip| SocketAddr::new(*ip, local.port()))
+                .collect();
+        }
+        let ip = if local.ip().is_unspecified() {
+            match local.ip() {
+                IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::LOCALHOST),
+                IpAddr::V6(_) => IpAddr::V6(std::net::Ipv6Addr::LOCALHOST),
+            }
+        } else {
+            local.ip()
+        };
+        vec![SocketAddr::new(ip, local.port())]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn advertises_external_ips_with_the_bound_port() {
+        let local: SocketAddr = "0.0.0.0:7882".parse().expect("addr");
+        let mut c = MediaConfig::default();
+        assert_eq!(
+            c.advertised_addrs(local),
+            vec!["127.0.0.1:7882".parse::<SocketAddr>().expect("addr")]
+        );
+        c.external_ips = vec!["203.0.113.7".parse().expect("ip")];
+        assert_eq!(
+            c.advertised_addrs(local),
+            vec!["203.0.113.7:7882".parse::<SocketAddr>().expect("addr")]
+        );
+    }
+
+    #[test]
+    fn rejects_bad_ranges_and_unknown_keys() {
+        let c = MediaConfig {
+            udp_port_range: Some([9000, 8000]),
+            ..Default::default()
+        };
+        assert!(c.validate().is_err());
+        assert!(toml::from_str::<MediaConfig>("udp_prot = 1").is_err());
+        let ok: MediaConfig = toml::from_str("udp_port = 9000").expect("parses");
+        assert_eq!(ok.udp_port, 9000);
+    }
+}

@@ -1,0 +1,80 @@
+//! # chorus-sfu: the media plane of Chorus
+//!
+//! Rooms, participants and the forwarding path, on webrtc-rs's sans-IO `rtc` core. Nothing
+//! here knows HTTP or the signaling protocol: the signaling layer drives it through a
+//! [`Sfu`] handle and a [`Session`] per participant, and hears back through [`RoomEvent`]s.
+//!
+//! ## Layout
+//! - [`engine`]: the one task that owns the media UDP socket, every peer connection, every
+//!   room and every track. Commands come in over a channel; datagrams come in on the socket;
+//!   timers fire from one ordered set. No locks: one owner.
+//! - [`session`]: the handle types the signaling layer holds ([`Sfu`], [`Session`]).
+//! - [`peer`]: how a peer connection is built (codecs, extensions, interceptors, ICE-lite).
+//! - [`munger`]: sequence number and timestamp rewriting per downtrack.
+//! - [`keyframe`]: keyframe request throttling.
+//! - [`feedback`]: the interceptor that counts NACK/PLI/FIR and lets PLI/FIR through.
+//! - [`stun`]: routing a datagram from an unknown address by its STUN USERNAME.
+//! - [`metrics`], [`config`].
+//!
+//! ## Errors
+//! Bad input from the network is never a panic: a datagram that cannot be routed or parsed is
+//! dropped and counted in `chorus_packets_dropped_total{reason}`; a bad SDP or request is an
+//! [`SfuError`] returned to the caller.
+
+pub mod config;
+pub mod engine;
+pub mod feedback;
+pub mod keyframe;
+pub mod metrics;
+pub mod munger;
+pub mod peer;
+pub mod session;
+pub mod stun;
+
+pub use config::MediaConfig;
+pub use metrics::Metrics;
+pub use session::{
+    CandidateInit, JoinRequest, Origin, ParticipantDesc, PeerRole, Permissions, RoomEvent, Session,
+    SessionHandle, Sfu, TrackDesc, TrackKind,
+};
+
+/// Errors the media plane returns to its callers.
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+pub enum SfuError {
+    /// The room has its maximum number of participants, or the server its maximum of rooms.
+    #[error("room is full")]
+    RoomFull,
+    /// The participant's grants do not allow this.
+    #[error("not permitted: {0}")]
+    NotPermitted(&'static str),
+    /// The SDP could not be parsed or applied.
+    #[error("invalid SDP: {0}")]
+    InvalidSdp(String),
+    /// No such track in the room.
+    #[error("unknown track {0}")]
+    UnknownTrack(String),
+    /// Nothing to play: no such publisher, or no publisher at all.
+    #[error("not found: {0}")]
+    NotFound(String),
+    /// The request does not fit the connection's state (e.g. an answer with no offer out).
+    #[error("invalid state: {0}")]
+    InvalidState(&'static str),
+    /// The participant is gone (left, or its connection failed).
+    #[error("participant is gone")]
+    Gone,
+    /// The media engine has stopped.
+    #[error("media engine stopped")]
+    EngineStopped,
+    /// The socket could not be bound.
+    #[error("cannot bind media socket: {0}")]
+    Bind(String),
+    /// The WebRTC stack failed.
+    #[error("webrtc: {0}")]
+    Rtc(String),
+}
+
+impl SfuError {
+    pub(crate) fn rtc(e: impl std::fmt::Display) -> Self {
+        Self::Rtc(e.to_string())
+    }
+}

@@ -1,0 +1,138 @@
+//! Prometheus metrics of the media plane. Labels are low-cardinality only (kind, direction,
+//! reason): room and participant ids go into tracing spans, never into labels.
+
+use prometheus::{
+    Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+};
+
+/// Every metric the media plane updates. Cloning shares the underlying counters.
+#[derive(Clone)]
+pub struct Metrics {
+    /// Open rooms.
+    pub rooms: IntGauge,
+    /// Connected participants.
+    pub participants: IntGauge,
+    /// Published tracks, by kind.
+    pub published_tracks: IntGaugeVec,
+    /// Subscribed tracks (downtracks), by kind.
+    pub subscribed_tracks: IntGaugeVec,
+    /// RTP packets, by direction (`in`/`out`) and kind.
+    pub rtp_packets: IntCounterVec,
+    /// RTP payload bytes, by direction and kind.
+    pub rtp_bytes: IntCounterVec,
+    /// Datagrams or packets dropped, by reason.
+    pub dropped: IntCounterVec,
+    /// RTCP feedback, by type (`nack`, `pli`, `fir`) and direction (`in` from clients, `out`).
+    pub rtcp_feedback: IntCounterVec,
+    /// Join request to first connected peer connection, seconds.
+    pub join_latency: Histogram,
+    /// WHIP and WHEP sessions open, by kind.
+    pub http_sessions: IntGaugeVec,
+    /// UDP datagrams received on the media port.
+    pub udp_datagrams_in: IntCounter,
+}
+
+impl Metrics {
+    /// Creates the metrics and registers them in `registry`.
+    pub fn new(registry: &Registry) -> prometheus::Result<Self> {
+        let m = Self {
+            rooms: IntGauge::new("chorus_rooms", "Open rooms")?,
+            participants: IntGauge::new("chorus_participants", "Connected participants")?,
+            published_tracks: IntGaugeVec::new(
+                Opts::new("chorus_published_tracks", "Published tracks"),
+                &["kind"],
+            )?,
+            subscribed_tracks: IntGaugeVec::new(
+                Opts::new("chorus_subscribed_tracks", "Subscribed tracks (downtracks)"),
+                &["kind"],
+            )?,
+            rtp_packets: IntCounterVec::new(
+                Opts::new(
+                    "chorus_rtp_packets_total",
+                    "RTP packets by direction and kind",
+                ),
+                &["direction", "kind"],
+            )?,
+            rtp_bytes: IntCounterVec::new(
+                Opts::new(
+                    "chorus_rtp_bytes_total",
+                    "RTP payload bytes by direction and kind",
+                ),
+                &["direction", "kind"],
+            )?,
+            dropped: IntCounterVec::new(
+                Opts::new(
+                    "chorus_packets_dropped_total",
+                    "Packets and datagrams dropped, by reason",
+                ),
+                &["reason"],
+            )?,
+            rtcp_feedback: IntCounterVec::new(
+                Opts::new(
+                    "chorus_rtcp_feedback_total",
+                    "NACK, PLI and FIR by direction",
+                ),
+                &["type", "direction"],
+            )?,
+            join_latency: Histogram::with_opts(
+                HistogramOpts::new(
+                    "chorus_join_latency_seconds",
+                    "Join request to first connected peer connection",
+                )
+                .buckets(vec![0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0, 5.0, 10.0]),
+            )?,
+            http_sessions: IntGaugeVec::new(
+                Opts::new("chorus_http_sessions", "Open WHIP and WHEP sessions"),
+                &["kind"],
+            )?,
+            udp_datagrams_in: IntCounter::new(
+                "chorus_udp_datagrams_received_total",
+                "UDP datagrams received on the media port",
+            )?,
+        };
+        registry.register(Box::new(m.rooms.clone()))?;
+        registry.register(Box::new(m.participants.clone()))?;
+        registry.register(Box::new(m.published_tracks.clone()))?;
+        registry.register(Box::new(m.subscribed_tracks.clone()))?;
+        registry.register(Box::new(m.rtp_packets.clone()))?;
+        registry.register(Box::new(m.rtp_bytes.clone()))?;
+        registry.register(Box::new(m.dropped.clone()))?;
+        registry.register(Box::new(m.rtcp_feedback.clone()))?;
+        registry.register(Box::new(m.join_latency.clone()))?;
+        registry.register(Box::new(m.http_sessions.clone()))?;
+        registry.register(Box::new(m.udp_datagrams_in.clone()))?;
+        Ok(m)
+    }
+
+    /// Metrics registered in a private registry (tests, benchmarks).
+    pub fn unregistered() -> Self {
+        // Registration in a fresh registry cannot collide.
+        #[allow(clippy::expect_used)]
+        Self::new(&Registry::new()).expect("fresh registry")
+    }
+}
+
+/// Counters resolved once per track kind, so the packet path touches no label lookup.
+#[derive(Clone)]
+pub struct KindCounters {
+    /// Packets in.
+    pub packets_in: IntCounter,
+    /// Bytes in.
+    pub bytes_in: IntCounter,
+    /// Packets out.
+    pub packets_out: IntCounter,
+    /// Bytes out.
+    pub bytes_out: IntCounter,
+}
+
+impl KindCounters {
+    /// The counters for `kind` (`audio` or `video`).
+    pub fn new(m: &Metrics, kind: &str) -> Self {
+        Self {
+            packets_in: m.rtp_packets.with_label_values(&["in", kind]),
+            bytes_in: m.rtp_bytes.with_label_values(&["in", kind]),
+            packets_out: m.rtp_packets.with_label_values(&["out", kind]),
+            bytes_out: m.rtp_bytes.with_label_values(&["out", kind]),
+        }
+    }
+}

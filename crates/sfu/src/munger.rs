@@ -1,0 +1,182 @@
+//! Per-downtrack rewriting of sequence numbers and timestamps.
+//!
+//! Every subscriber gets its own numbering that starts where it likes and never jumps: the
+//! outgoing sequence number is the incoming one plus a fixed offset, so gaps the publisher made
+//! (loss) show up as the same gaps, and nothing else does. Sequence numbers are tracked as
+//! extended 64-bit counters inside and become `u16` only on the wire.
+
+/// Extends a 16-bit sequence number to 64 bits, relative to the highest seen so far.
+#[derive(Debug, Clone, Default)]
+pub struct SeqExtender {
+    highest: Option<u64>,
+}
+
+impl SeqExtender {
+    /// The extended value of `seq`, without recording it.
+    pub fn extend(&self, seq: u16) -> u64 {
+        let Some(highest) = self.highest else {
+            return u64::from(seq) + (1 << 16);
+        };
+        let cycle = highest & !0xffff;
+        let candidate = cycle | u64::from(seq);
+        let diff = i64::from(seq.wrapping_sub(highest as u16) as i16);
+        let expected = highest as i64 + diff;
+        // Pick the candidate in the neighbouring cycle closest to where `diff` says it is.
+        [
+            candidate.wrapping_sub(1 << 16),
+            candidate,
+            candidate + (1 << 16),
+        ]
+        .into_iter()
+        .min_by_key(|c| (*c as i64 - expected).unsigned_abs())
+        .unwrap_or(candidate)
+    }
+
+    /// Extends `seq` and records it if it is the highest so far.
+    pub fn update(&mut self, seq: u16) -> u64 {
+        let ext = self.extend(seq);
+        if self.highest.is_none_or(|h| ext > h) {
+            self.highest = Some(ext);
+        }
+        ext
+    }
+}
+
+/// What to do with one incoming packet on a downtrack.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Munged {
+    /// Send it with these header values.
+    Forward {
+        /// Outgoing sequence number.
+        seq: u16,
+        /// Outgoing timestamp.
+        timestamp: u32,
+    },
+    /// Older than the first packet this downtrack forwarded: drop it.
+    TooOld,
+}
+
+/// Sequence number and timestamp rewriting for one downtrack.
+#[derive(Debug, Clone)]
+pub struct RtpMunger {
+    incoming: SeqExtender,
+    /// Extended incoming sequence number of the first forwarded packet.
+    first_in: Option<u64>,
+    /// Outgoing sequence number of the first forwarded packet.
+    out_start: u16,
+    /// Added (wrapping) to every incoming timestamp.
+    ts_offset: u32,
+    out_ts_start: u32,
+}
+
+impl RtpMunger {
+    /// A munger whose first outgoing packet carries `out_seq` and `out_ts`.
+    pub fn new(out_seq: u16, out_ts: u32) -> Self {
+        Self {
+            incoming: SeqExtender::default(),
+            first_in: None,
+            out_start: out_seq,
+            ts_offset: 0,
+            out_ts_start: out_ts,
+        }
+    }
+
+    /// Rewrites the header of an incoming packet.
+    pub fn munge(&mut self, seq: u16, timestamp: u32) -> Munged {
+        let ext = self.incoming.update(seq);
+        let first = *self.first_in.get_or_insert_with(|| {
+            self.ts_offset = self.out_ts_start.wrapping_sub(timestamp);
+            ext
+        });
+        if ext < first {
+            return Munged::TooOld;
+        }
+        Munged::Forward {
+            seq: self.out_start.wrapping_add((ext - first) as u16),
+            timestamp: timestamp.wrapping_add(self.ts_offset),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn extends_across_rollover_in_both_directions() {
+        let mut e = SeqExtender::default();
+        let table: [(u16, u64); 7] = [
+            (65534, 65536 + 65534),
+            (65535, 65536 + 65535),
+            (0, 2 * 65536),
+            (65533, 65536 + 65533), // late packet from before the rollover
+            (1, 2 * 65536 + 1),
+            (30000, 2 * 65536 + 30000),
+            (1000, 2 * 65536 + 1000),
+        ];
+        for (seq, want) in table {
+            assert_eq!(e.update(seq), want, "seq {seq}");
+        }
+    }
+
+    #[test]
+    fn output_is_continuous_and_keeps_only_the_publishers_gaps() {
+        let mut m = RtpMunger::new(100, 5000);
+        let input: [(u16, u32); 6] = [
+            (65534, 1_000),
+            (65535, 1_000),
+            (0, 4_000),
+            (2, 7_000),
+            (1, 7_000),
+            (3, 10_000),
+        ];
+        let out: Vec<Munged> = input.iter().map(|(s, t)| m.munge(*s, *t)).collect();
+        let want = [
+            Munged::Forward {
+                seq: 100,
+                timestamp: 5000,
+            },
+            Munged::Forward {
+                seq: 101,
+                timestamp: 5000,
+            },
+            Munged::Forward {
+                seq: 102,
+                timestamp: 8000,
+            },
+            Munged::Forward {
+                seq: 104,
+                timestamp: 11000,
+            },
+            Munged::Forward {
+                seq: 103,
+                timestamp: 11000,
+            }, // reordered, same order out
+            Munged::Forward {
+                seq: 105,
+                timestamp: 14000,
+            },
+        ];
+        assert_eq!(out, want);
+    }
+
+    #[test]
+    fn packets_from_before_the_start_are_dropped() {
+        let mut m = RtpMunger::new(0xffff, u32::MAX);
+        assert_eq!(
+            m.munge(10, 0),
+            Munged::Forward {
+                seq: 0xffff,
+                timestamp: u32::MAX
+            }
+        );
+        assert_eq!(m.munge(9, 0), Munged::TooOld);
+        assert_eq!(
+            m.munge(11, 1),
+            Munged::Forward {
+                seq: 0,
+                timestamp: 0
+            }
+        );
+    }
+}

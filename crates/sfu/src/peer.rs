@@ -1,0 +1,175 @@
+//! Building the sans-IO peer connections the engine drives: codecs, header extensions, the
+//! interceptor chain and ICE settings shared by every participant.
+
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use interceptor::{Registry, Slot};
+use rtc::dtls::extension::extension_use_srtp::SrtpProtectionProfile;
+use rtc::peer_connection::configuration::interceptor_registry::register_default_interceptors;
+use rtc::peer_connection::configuration::media_engine::{
+    MediaEngine, MIME_TYPE_AV1, MIME_TYPE_H264, MIME_TYPE_OPUS, MIME_TYPE_VP8, MIME_TYPE_VP9,
+};
+use rtc::peer_connection::configuration::setting_engine::SettingEngineBuilder;
+use rtc::peer_connection::configuration::RTCConfigurationBuilder;
+use rtc::peer_connection::transport::{CandidateConfig, CandidateHostConfig, RTCIceCandidate};
+use rtc::peer_connection::{RTCPeerConnection, RTCPeerConnectionBuilder};
+use rtc::rtp_transceiver::rtp_sender::{
+    RTCPFeedback, RTCRtpCodec, RTCRtpCodecParameters, RTCRtpHeaderExtensionCapability, RtpCodecKind,
+};
+use rtc::sdp::extmap::{ABS_SEND_TIME_URI, AUDIO_LEVEL_URI, SDES_MID_URI};
+
+use crate::feedback::{FeedbackTap, FEEDBACK_TAP_SLOT};
+use crate::metrics::Metrics;
+use crate::SfuError;
+
+fn video_feedback() -> Vec<RTCPFeedback> {
+    [
+        ("goog-remb", ""),
+        ("ccm", "fir"),
+        ("nack", ""),
+        ("nack", "pli"),
+    ]
+    .into_iter()
+    .map(|(typ, parameter)| RTCPFeedback {
+        typ: typ.into(),
+        parameter: parameter.into(),
+    })
+    .collect()
+}
+
+fn codec(mime: &str, clock_rate: u32, channels: u16, fmtp: &str, pt: u8) -> RTCRtpCodecParameters {
+    RTCRtpCodecParameters {
+        rtp_codec: RTCRtpCodec {
+            mime_type: mime.into(),
+            clock_rate,
+            channels,
+            sdp_fmtp_line: fmtp.into(),
+            rtcp_feedback: if channels == 0 {
+                video_feedback()
+            } else {
+                vec![]
+            },
+        },
+        payload_type: pt,
+    }
+}
+
+/// The codecs Chorus negotiates: Opus, and VP8 first, then VP9, H264 and AV1.
+pub fn supported_codecs() -> Vec<(RTCRtpCodecParameters, RtpCodecKind)> {
+    vec![
+        (
+            codec(MIME_TYPE_OPUS, 48000, 2, "minptime=10;useinbandfec=1", 111),
+            RtpCodecKind::Audio,
+        ),
+        (codec(MIME_TYPE_VP8, 90000, 0, "", 96), RtpCodecKind::Video),
+        (
+            codec(MIME_TYPE_VP9, 90000, 0, "profile-id=0", 98),
+            RtpCodecKind::Video,
+        ),
+        (
+            codec(
+                MIME_TYPE_H264,
+                90000,
+                0,
+                "level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f",
+                102,
+            ),
+            RtpCodecKind::Video,
+        ),
+        (
+            codec(
+                MIME_TYPE_H264,
+                90000,
+                0,
+                "level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=640032",
+                104,
+            ),
+            RtpCodecKind::Video,
+        ),
+        (codec(MIME_TYPE_AV1, 90000, 0, "", 45), RtpCodecKind::Video),
+    ]
+}
+
+fn media_engine() -> Result<MediaEngine, SfuError> {
+    let mut me = MediaEngine::default();
+    for (c, kind) in supported_codecs() {
+        me.register_codec(c, kind).map_err(SfuError::rtc)?;
+    }
+    for (uri, kinds) in [
+        (
+            SDES_MID_URI,
+            &[RtpCodecKind::Audio, RtpCodecKind::Video][..],
+        ),
+        (AUDIO_LEVEL_URI, &[RtpCodecKind::Audio][..]),
+        (
+            ABS_SEND_TIME_URI,
+            &[RtpCodecKind::Audio, RtpCodecKind::Video][..],
+        ),
+    ] {
+        for kind in kinds {
+            me.register_header_extension(
+                RTCRtpHeaderExtensionCapability { uri: uri.into() },
+                *kind,
+                None,
+            )
+            .map_err(SfuError::rtc)?;
+        }
+    }
+    Ok(me)
+}
+
+/// Builds a peer connection that knows its ICE credentials up front (so the router can match
+/// the first STUN check to it), runs ICE-lite, prefers AEAD GCM SRTP, and counts feedback.
+pub fn build_peer_connection(
+    ufrag: &str,
+    pwd: &str,
+    metrics: &Metrics,
+    now: Instant,
+) -> Result<RTCPeerConnection, SfuError> {
+    let mut me = media_engine()?;
+    let registry = Registry::new().with(Slot::Custom(FEEDBACK_TAP_SLOT), FeedbackTap::new(metrics));
+    let registry = register_default_interceptors(registry, &mut me).map_err(SfuError::rtc)?;
+    let settings = SettingEngineBuilder::new()
+        .with_lite(true)
+        .with_ice_credentials(ufrag.to_owned(), pwd.to_owned())
+        .with_srtp_protection_profiles(vec![
+            SrtpProtectionProfile::Srtp_Aead_Aes_128_Gcm,
+            SrtpProtectionProfile::Srtp_Aead_Aes_256_Gcm,
+            SrtpProtectionProfile::Srtp_Aes128_Cm_Hmac_Sha1_80,
+        ])
+        .build();
+    RTCPeerConnectionBuilder::new()
+        .with_configuration(RTCConfigurationBuilder::new().build())
+        .with_setting_engine(settings)
+        .with_media_engine(me)
+        .with_interceptor_registry(registry)
+        .build(now)
+        .map_err(SfuError::rtc)
+}
+
+/// Adds host candidates for `addrs` (the shared media socket, or its external addresses).
+pub fn add_local_candidates(
+    pc: &mut RTCPeerConnection,
+    addrs: &[SocketAddr],
+) -> Result<(), SfuError> {
+    for addr in addrs {
+        let candidate = CandidateHostConfig {
+            base_config: CandidateConfig {
+                network: "udp".to_owned(),
+                address: addr.ip().to_string(),
+                port: addr.port(),
+                component: 1,
+                ..Default::default()
+            },
+            ..Default::default()
+        }
+        .new_candidate_host()
+        .map_err(SfuError::rtc)?;
+        let init = RTCIceCandidate::from(&candidate)
+            .to_json()
+            .map_err(SfuError::rtc)?;
+        pc.add_local_candidate(init).map_err(SfuError::rtc)?;
+    }
+    Ok(())
+}

@@ -10,20 +10,27 @@ use chorus_signal::protocol::{ErrorCode, ServerMessage, MAX_MESSAGE_BYTES};
 use futures::{SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite::Message;
 
-type Ws = tokio_tungstenite::WebSocketStream<
-    tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
->;
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 async fn connect(base: &str) -> Ws {
     let url = format!("{}/ws", base.replacen("http", "ws", 1));
-    tokio_tungstenite::connect_async(url).await.expect("ws connects").0
+    tokio_tungstenite::connect_async(url)
+        .await
+        .expect("ws connects")
+        .0
 }
 
 async fn next_server_message(ws: &mut Ws) -> Option<ServerMessage> {
     loop {
-        let frame = tokio::time::timeout(Duration::from_secs(5), ws.next()).await.ok()??.ok()?;
+        let frame = tokio::time::timeout(Duration::from_secs(5), ws.next())
+            .await
+            .ok()??
+            .ok()?;
         match frame {
-            Message::Text(t) => return Some(serde_json::from_str(&t).expect("server sends protocol JSON")),
+            Message::Text(t) => {
+                return Some(serde_json::from_str(&t).expect("server sends protocol JSON"))
+            }
             Message::Close(_) => return None,
             _ => continue,
         }
@@ -54,58 +61,100 @@ async fn bad_websocket_messages_get_their_error_codes() {
 
     // Before join: malformed JSON and unknown types are errors but the socket stays usable.
     let mut ws = connect(&base).await;
-    for bad in ["{", "[]", r#"{"type":"teleport"}"#, r#"{"type":"offer","sdp":5}"#] {
+    for bad in [
+        "{",
+        "[]",
+        r#"{"type":"teleport"}"#,
+        r#"{"type":"offer","sdp":5}"#,
+    ] {
         ws.send(Message::text(bad)).await.expect("send");
         expect_error(&mut ws, ErrorCode::BadMessage).await;
     }
-    ws.send(Message::binary(vec![1u8, 2, 3])).await.expect("send");
+    ws.send(Message::binary(vec![1u8, 2, 3]))
+        .await
+        .expect("send");
     expect_error(&mut ws, ErrorCode::BadMessage).await;
-    let big = format!(r#"{{"type":"ping","pad":"{}"}}"#, "x".repeat(MAX_MESSAGE_BYTES));
+    let big = format!(
+        r#"{{"type":"ping","pad":"{}"}}"#,
+        "x".repeat(MAX_MESSAGE_BYTES)
+    );
     ws.send(Message::text(big)).await.expect("send");
     expect_error(&mut ws, ErrorCode::MessageTooLarge).await;
     // A valid join still works on the same socket afterwards.
     let joined = join(&mut ws, &common::token(&room, "alice")).await;
     assert!(matches!(joined, ServerMessage::Joined { .. }), "{joined:?}");
     // After join: a second join is refused, ping is answered, invalid SDP is an error.
-    ws.send(Message::text(r#"{"type":"join","version":1,"token":"x"}"#)).await.expect("send");
+    ws.send(Message::text(r#"{"type":"join","version":1,"token":"x"}"#))
+        .await
+        .expect("send");
     expect_error(&mut ws, ErrorCode::InvalidState).await;
-    ws.send(Message::text(r#"{"type":"ping","timestamp":42}"#)).await.expect("send");
-    assert_eq!(next_server_message(&mut ws).await, Some(ServerMessage::Pong { timestamp: 42 }));
-    ws.send(Message::text(r#"{"type":"offer","sdp":"this is not sdp"}"#)).await.expect("send");
+    ws.send(Message::text(r#"{"type":"ping","timestamp":42}"#))
+        .await
+        .expect("send");
+    assert_eq!(
+        next_server_message(&mut ws).await,
+        Some(ServerMessage::Pong { timestamp: 42 })
+    );
+    ws.send(Message::text(r#"{"type":"offer","sdp":"this is not sdp"}"#))
+        .await
+        .expect("send");
     expect_error(&mut ws, ErrorCode::InvalidSdp).await;
-    ws.send(Message::text(r#"{"type":"answer","sdp":"v=0"}"#)).await.expect("send");
+    ws.send(Message::text(r#"{"type":"answer","sdp":"v=0"}"#))
+        .await
+        .expect("send");
     expect_error(&mut ws, ErrorCode::InvalidState).await;
-    ws.send(Message::text(r#"{"type":"subscribe","track_ids":["TR_nope"]}"#)).await.expect("send");
+    ws.send(Message::text(
+        r#"{"type":"subscribe","track_ids":["TR_nope"]}"#,
+    ))
+    .await
+    .expect("send");
     expect_error(&mut ws, ErrorCode::UnknownTrack).await;
-    ws.send(Message::text(r#"{"type":"mute","track_id":"TR_nope","muted":true}"#)).await.expect("send");
+    ws.send(Message::text(
+        r#"{"type":"mute","track_id":"TR_nope","muted":true}"#,
+    ))
+    .await
+    .expect("send");
     expect_error(&mut ws, ErrorCode::UnknownTrack).await;
 
     // Fatal join errors close the socket.
     let expired = {
-        let mut c = claims("bob", &room, Duration::from_secs(1), Grants {
-            room: room.clone(),
-            can_publish: true,
-            can_subscribe: true,
-            can_publish_data: false,
-        });
+        let mut c = claims(
+            "bob",
+            &room,
+            Duration::from_secs(1),
+            Grants {
+                room: room.clone(),
+                can_publish: true,
+                can_subscribe: true,
+                can_publish_data: false,
+            },
+        );
         c.exp = 1_000;
         c.nbf = 0;
         mint(DEV_API_KEY, chorus_server::config::DEV_API_SECRET, &c).expect("mints")
     };
     let wrong_secret = {
-        let c = claims("bob", &room, Duration::from_secs(60), Grants {
-            room: room.clone(),
-            can_publish: true,
-            can_subscribe: true,
-            can_publish_data: false,
-        });
+        let c = claims(
+            "bob",
+            &room,
+            Duration::from_secs(60),
+            Grants {
+                room: room.clone(),
+                can_publish: true,
+                can_subscribe: true,
+                can_publish_data: false,
+            },
+        );
         mint(DEV_API_KEY, "some-other-secret-entirely", &c).expect("mints")
     };
     for (token, want) in [
         ("garbage".to_owned(), ErrorCode::InvalidToken),
         (expired, ErrorCode::InvalidToken),
         (wrong_secret, ErrorCode::InvalidToken),
-        (common::token_with(&room, "carol", false, false), ErrorCode::PermissionDenied),
+        (
+            common::token_with(&room, "carol", false, false),
+            ErrorCode::PermissionDenied,
+        ),
     ] {
         let mut ws = connect(&base).await;
         let reply = join(&mut ws, &token).await;
@@ -113,19 +162,31 @@ async fn bad_websocket_messages_get_their_error_codes() {
             matches!(&reply, ServerMessage::Error { code, .. } if *code == want),
             "want {want:?}, got {reply:?}"
         );
-        assert_eq!(next_server_message(&mut ws).await, None, "socket closes after a fatal error");
+        assert_eq!(
+            next_server_message(&mut ws).await,
+            None,
+            "socket closes after a fatal error"
+        );
     }
     let mut ws = connect(&base).await;
-    let msg = serde_json::json!({"type": "join", "version": 99, "token": common::token(&room, "dave")});
+    let msg =
+        serde_json::json!({"type": "join", "version": 99, "token": common::token(&room, "dave")});
     ws.send(Message::text(msg.to_string())).await.expect("send");
     expect_error(&mut ws, ErrorCode::UnsupportedVersion).await;
     let mut ws = connect(&base).await;
-    ws.send(Message::text(r#"{"type":"leave"}"#)).await.expect("send");
+    ws.send(Message::text(r#"{"type":"leave"}"#))
+        .await
+        .expect("send");
     expect_error(&mut ws, ErrorCode::InvalidState).await;
 
     // The errors were counted, and the server is still healthy.
-    assert!(common::metric(&base, "chorus_signal_errors_total{code=\"bad_message\"}").await >= Some(5.0));
-    let health = reqwest::get(format!("{base}/healthz")).await.expect("healthz");
+    assert!(
+        common::metric(&base, "chorus_signal_errors_total{code=\"bad_message\"}").await
+            >= Some(5.0)
+    );
+    let health = reqwest::get(format!("{base}/healthz"))
+        .await
+        .expect("healthz");
     assert!(health.status().is_success());
 }
 
@@ -136,14 +197,32 @@ async fn a_full_room_refuses_the_next_join() {
     let room = common::room();
     let mut a = connect(&base).await;
     let mut b = connect(&base).await;
-    assert!(matches!(join(&mut a, &common::token(&room, "a")).await, ServerMessage::Joined { .. }));
-    assert!(matches!(join(&mut b, &common::token(&room, "b")).await, ServerMessage::Joined { .. }));
+    assert!(matches!(
+        join(&mut a, &common::token(&room, "a")).await,
+        ServerMessage::Joined { .. }
+    ));
+    assert!(matches!(
+        join(&mut b, &common::token(&room, "b")).await,
+        ServerMessage::Joined { .. }
+    ));
     let mut c = connect(&base).await;
     let reply = join(&mut c, &common::token(&room, "c")).await;
-    assert!(matches!(reply, ServerMessage::Error { code: ErrorCode::RoomFull, .. }), "{reply:?}");
+    assert!(
+        matches!(
+            reply,
+            ServerMessage::Error {
+                code: ErrorCode::RoomFull,
+                ..
+            }
+        ),
+        "{reply:?}"
+    );
     // Another room is unaffected.
     let mut d = connect(&base).await;
-    assert!(matches!(join(&mut d, &common::token("other", "d")).await, ServerMessage::Joined { .. }));
+    assert!(matches!(
+        join(&mut d, &common::token("other", "d")).await,
+        ServerMessage::Joined { .. }
+    ));
 }
 
 #[tokio::test]
@@ -156,7 +235,9 @@ async fn rooms_close_when_their_last_participant_vanishes() {
     join(&mut a, &common::token(&room, "a")).await;
     join(&mut b, &common::token(&room, "b")).await;
     match next_server_message(&mut a).await {
-        Some(ServerMessage::ParticipantJoined { participant }) => assert_eq!(participant.identity, "b"),
+        Some(ServerMessage::ParticipantJoined { participant }) => {
+            assert_eq!(participant.identity, "b")
+        }
         other => panic!("expected participant_joined, got {other:?}"),
     }
     drop(b); // vanishes without leave
@@ -164,7 +245,9 @@ async fn rooms_close_when_their_last_participant_vanishes() {
         Some(ServerMessage::ParticipantLeft { .. }) => {}
         other => panic!("expected participant_left, got {other:?}"),
     }
-    a.send(Message::text(r#"{"type":"leave"}"#)).await.expect("send");
+    a.send(Message::text(r#"{"type":"leave"}"#))
+        .await
+        .expect("send");
     assert_eq!(next_server_message(&mut a).await, None);
     let mut stats = server.state.sfu.stats().await.expect("stats");
     for _ in 0..50 {
@@ -174,7 +257,11 @@ async fn rooms_close_when_their_last_participant_vanishes() {
         tokio::time::sleep(Duration::from_millis(20)).await;
         stats = server.state.sfu.stats().await.expect("stats");
     }
-    assert_eq!((stats.rooms, stats.participants, stats.peers), (0, 0, 0), "{stats:?}");
+    assert_eq!(
+        (stats.rooms, stats.participants, stats.peers),
+        (0, 0, 0),
+        "{stats:?}"
+    );
 }
 
 #[tokio::test]
@@ -195,32 +282,69 @@ async fn whip_and_whep_refuse_bad_requests_with_http_errors() {
     };
     let sdp = "application/sdp";
     let cases = [
-        ("no token", post(&format!("/whip/{room}"), None, sdp, "v=0").await, 401),
-        ("bad token", post(&format!("/whip/{room}"), Some("x".into()), sdp, "v=0").await, 401),
+        (
+            "no token",
+            post(&format!("/whip/{room}"), None, sdp, "v=0").await,
+            401,
+        ),
+        (
+            "bad token",
+            post(&format!("/whip/{room}"), Some("x".into()), sdp, "v=0").await,
+            401,
+        ),
         (
             "other room",
-            post("/whip/elsewhere", Some(common::token(&room, "p")), sdp, "v=0").await,
+            post(
+                "/whip/elsewhere",
+                Some(common::token(&room, "p")),
+                sdp,
+                "v=0",
+            )
+            .await,
             403,
         ),
         (
             "no publish grant",
-            post(&format!("/whip/{room}"), Some(common::token_with(&room, "p", false, true)), sdp, "v=0")
-                .await,
+            post(
+                &format!("/whip/{room}"),
+                Some(common::token_with(&room, "p", false, true)),
+                sdp,
+                "v=0",
+            )
+            .await,
             403,
         ),
         (
             "not sdp",
-            post(&format!("/whip/{room}"), Some(common::token(&room, "p")), "text/plain", "v=0").await,
+            post(
+                &format!("/whip/{room}"),
+                Some(common::token(&room, "p")),
+                "text/plain",
+                "v=0",
+            )
+            .await,
             415,
         ),
         (
             "invalid sdp",
-            post(&format!("/whip/{room}"), Some(common::token(&room, "p")), sdp, "nonsense").await,
+            post(
+                &format!("/whip/{room}"),
+                Some(common::token(&room, "p")),
+                sdp,
+                "nonsense",
+            )
+            .await,
             400,
         ),
         (
             "whep with nobody publishing",
-            post(&format!("/whep/{room}"), Some(common::token(&room, "v")), sdp, "nonsense").await,
+            post(
+                &format!("/whep/{room}"),
+                Some(common::token(&room, "v")),
+                sdp,
+                "nonsense",
+            )
+            .await,
             404,
         ),
     ];
@@ -228,18 +352,27 @@ async fn whip_and_whep_refuse_bad_requests_with_http_errors() {
         let resp = resp.expect("request completes");
         assert_eq!(resp.status().as_u16(), want, "{name}");
     }
-    let missing = http.delete(format!("{base}/whip/{room}/session/PA_nothing")).send().await.expect("delete");
+    let missing = http
+        .delete(format!("{base}/whip/{room}/session/PA_nothing"))
+        .send()
+        .await
+        .expect("delete");
     assert_eq!(missing.status().as_u16(), 404);
     // CORS preflight from another origin is allowed for WHIP.
     let preflight = http
         .request(reqwest::Method::OPTIONS, format!("{base}/whip/{room}"))
         .header("origin", "https://encoder.example")
         .header("access-control-request-method", "POST")
-        .header("access-control-request-headers", "authorization,content-type")
+        .header(
+            "access-control-request-headers",
+            "authorization,content-type",
+        )
         .send()
         .await
         .expect("preflight");
-    assert!(preflight.headers().contains_key("access-control-allow-origin"));
+    assert!(preflight
+        .headers()
+        .contains_key("access-control-allow-origin"));
     // Failed sessions left nothing behind.
     let stats = server.state.sfu.stats().await.expect("stats");
     assert_eq!((stats.rooms, stats.participants), (0, 0), "{stats:?}");
@@ -249,7 +382,9 @@ async fn whip_and_whep_refuse_bad_requests_with_http_errors() {
 async fn garbage_on_the_media_port_is_dropped_and_counted() {
     let server = common::server().await;
     let base = server.base_url();
-    let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+    let sock = tokio::net::UdpSocket::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
     let garbage: [&[u8]; 5] = [
         b"",
         b"\x00\x01\x00\x08\x21\x12\xa4\x42garbage-stun-ish",
@@ -263,12 +398,22 @@ async fn garbage_on_the_media_port_is_dropped_and_counted() {
         }
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let dropped = common::metric(&base, "chorus_packets_dropped_total{reason=\"unknown_source\"}")
+    let dropped = common::metric(
+        &base,
+        "chorus_packets_dropped_total{reason=\"unknown_source\"}",
+    )
+    .await
+    .unwrap_or(0.0)
+        + common::metric(
+            &base,
+            "chorus_packets_dropped_total{reason=\"unknown_ufrag\"}",
+        )
         .await
-        .unwrap_or(0.0)
-        + common::metric(&base, "chorus_packets_dropped_total{reason=\"unknown_ufrag\"}")
-            .await
-            .unwrap_or(0.0);
+        .unwrap_or(0.0);
     assert!(dropped >= 80.0, "dropped {dropped}");
-    assert!(reqwest::get(format!("{base}/readyz")).await.expect("readyz").status().is_success());
+    assert!(reqwest::get(format!("{base}/readyz"))
+        .await
+        .expect("readyz")
+        .status()
+        .is_success());
 }

@@ -123,6 +123,8 @@ struct Peer {
     addrs: Vec<SocketAddr>,
     connected: bool,
     candidates_added: bool,
+    /// Publisher: how many tracks the client's offer announced.
+    expected_inbound: usize,
     /// Publisher: the rtc track id of each inbound track -> published track.
     inbound: HashMap<String, TrackKey>,
     /// Subscriber: the local track id of each downtrack -> published track.
@@ -395,7 +397,9 @@ impl Engine {
         let msg = TaggedBytesMut {
             now,
             transport: TransportContext {
-                local_addr: self.local_addr,
+                // ICE matches this against our candidate, so it is the advertised address
+                // (the socket may be bound to 0.0.0.0, or sit behind 1:1 NAT).
+                local_addr: self.advertised[0],
                 peer_addr: from,
                 ecn: None,
                 transport_protocol: TransportProtocol::UDP,
@@ -834,6 +838,7 @@ impl Engine {
                 addrs: Vec::new(),
                 connected: false,
                 candidates_added: false,
+                expected_inbound: 0,
                 inbound: HashMap::new(),
                 outbound: HashMap::new(),
                 awaiting_answer: false,
@@ -974,6 +979,17 @@ impl Engine {
         peer.pc
             .set_remote_description(now, offer)
             .map_err(|e| SfuError::InvalidSdp(e.to_string()))?;
+        peer.expected_inbound = peer
+            .pc
+            .get_transceivers()
+            .collect::<Vec<_>>()
+            .into_iter()
+            .filter(|t| {
+                peer.pc
+                    .rtp_transceiver(*t)
+                    .is_some_and(|t| t.direction().has_recv())
+            })
+            .count();
         if !peer.candidates_added {
             add_local_candidates(&mut peer.pc, &advertised)?;
             peer.candidates_added = true;
@@ -1061,6 +1077,21 @@ impl Engine {
                 .find(|p| *p != participant)
                 .ok_or_else(|| SfuError::NotFound("no publisher in room".into()))?,
         };
+        let (published, expected) = self
+            .participants
+            .get(&publisher)
+            .and_then(|p| {
+                Some((
+                    p.published.len(),
+                    self.peers.get(&p.publisher?)?.expected_inbound,
+                ))
+            })
+            .unwrap_or((0, 0));
+        if published < expected {
+            return Err(SfuError::NotReady(format!(
+                "publisher has {published} of its {expected} tracks flowing"
+            )));
+        }
         let offer =
             RTCSessionDescription::offer(sdp).map_err(|e| SfuError::InvalidSdp(e.to_string()))?;
         {

@@ -56,6 +56,10 @@ pub enum SfuError {
     /// Nothing to play: no such publisher, or no publisher at all.
     #[error("not found: {0}")]
     NotFound(String),
+    /// What was asked for exists but is not ready yet (e.g. a publisher whose media has not
+    /// started); retrying shortly may succeed.
+    #[error("not ready: {0}")]
+    NotReady(String),
     /// The request does not fit the connection's state (e.g. an answer with no offer out).
     #[error("invalid state: {0}")]
     InvalidState(&'static str),

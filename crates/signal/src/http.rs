@@ -22,6 +22,9 @@ use crate::{error_code, ws, HttpSession, SharedState};
 /// The call page.
 const INDEX_HTML: &str = include_str!("../assets/index.html");
 
+/// How long a WHEP request waits for a publisher (or its tracks) to appear.
+const WHEP_WAIT: Duration = Duration::from_secs(5);
+
 /// Largest SDP body accepted by WHIP/WHEP.
 const MAX_SDP_BYTES: usize = 64 * 1024;
 
@@ -217,7 +220,9 @@ fn authorize(
 fn sfu_status(e: &SfuError) -> StatusCode {
     match e {
         SfuError::InvalidSdp(_) => StatusCode::BAD_REQUEST,
-        SfuError::NotFound(_) | SfuError::UnknownTrack(_) => StatusCode::NOT_FOUND,
+        SfuError::NotFound(_) | SfuError::NotReady(_) | SfuError::UnknownTrack(_) => {
+            StatusCode::NOT_FOUND
+        }
         SfuError::RoomFull => StatusCode::SERVICE_UNAVAILABLE,
         SfuError::NotPermitted(_) => StatusCode::FORBIDDEN,
         _ => StatusCode::INTERNAL_SERVER_ERROR,
@@ -294,7 +299,23 @@ async fn start_session(
     let answer = if publish {
         session.handle.publisher_offer(sdp).await
     } else {
-        session.handle.playback_offer(sdp, identity).await
+        // A player may ask just after its publisher connected, before the publisher's media
+        // (and so its tracks) arrived: wait a little for them.
+        let deadline = tokio::time::Instant::now() + WHEP_WAIT;
+        loop {
+            match session
+                .handle
+                .playback_offer(sdp.clone(), identity.clone())
+                .await
+            {
+                Err(SfuError::NotFound(_) | SfuError::NotReady(_))
+                    if tokio::time::Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                other => break other,
+            }
+        }
     };
     let answer = match answer {
         Ok(a) => a,

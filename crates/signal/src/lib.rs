@@ -89,7 +89,9 @@ pub fn error_code(e: &SfuError) -> ErrorCode {
         SfuError::RoomFull => ErrorCode::RoomFull,
         SfuError::NotPermitted(_) => ErrorCode::PermissionDenied,
         SfuError::InvalidSdp(_) => ErrorCode::InvalidSdp,
-        SfuError::UnknownTrack(_) | SfuError::NotFound(_) => ErrorCode::UnknownTrack,
+        SfuError::UnknownTrack(_) | SfuError::NotFound(_) | SfuError::NotReady(_) => {
+            ErrorCode::UnknownTrack
+        }
         SfuError::InvalidState(_) => ErrorCode::InvalidState,
         SfuError::Gone | SfuError::EngineStopped | SfuError::Bind(_) | SfuError::Rtc(_) => {
             ErrorCode::Internal

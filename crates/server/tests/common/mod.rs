@@ -40,8 +40,12 @@ pub fn token_with(room: &str, identity: &str, publish: bool, subscribe: bool) ->
         can_subscribe: subscribe,
         can_publish_data: true,
     };
-    mint(DEV_API_KEY, DEV_API_SECRET, &claims(identity, room, Duration::from_secs(600), grants))
-        .expect("mints")
+    mint(
+        DEV_API_KEY,
+        DEV_API_SECRET,
+        &claims(identity, room, Duration::from_secs(600), grants),
+    )
+    .expect("mints")
 }
 
 /// A unique room name.
@@ -51,13 +55,21 @@ pub fn room() -> String {
 
 fn rand_suffix() -> u64 {
     use std::time::{SystemTime, UNIX_EPOCH};
-    let t = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+    let t = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
     (t as u64) ^ u64::from(std::process::id())
 }
 
 /// Scrapes `/metrics` and returns the value of the first sample line starting with `prefix`.
 pub async fn metric(base: &str, prefix: &str) -> Option<f64> {
-    let text = reqwest::get(format!("{base}/metrics")).await.ok()?.text().await.ok()?;
+    let text = reqwest::get(format!("{base}/metrics"))
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
     text.lines()
         .filter(|l| !l.starts_with('#'))
         .find(|l| l.starts_with(prefix))

@@ -10,7 +10,7 @@
 
 import {
   baseUrlFromArgs, requireChromium, launch, inboundStats, mediaFlowing, poll, progress,
-  randomName, run,
+  randomName, run, stalled, outboundPackets,
 } from './lib.mjs';
 
 const base = baseUrlFromArgs('tests/browser/call.mjs');
@@ -18,6 +18,7 @@ requireChromium();
 
 const MEDIA_TIMEOUT_MS = 30000;
 const UI_TIMEOUT_MS = 10000;
+const SUSTAIN_MS = 3000;
 
 const diagnose = () => (window.chorus ? {
   state: window.chorus.state(),
@@ -70,6 +71,27 @@ run('call', async (browsers) => {
   const mediaMs = Date.now() - started;
   progress('call', `media flowing after ${mediaMs} ms:`, JSON.stringify(stats));
 
+  // ... and keeps flowing.
+  await new Promise((r) => setTimeout(r, SUSTAIN_MS));
+  const later = {};
+  for (const br of [a, b]) {
+    later[br.name] = await inboundStats(br.page, subscriberPc);
+    const problem = stalled(stats[br.name], later[br.name], SUSTAIN_MS);
+    if (problem) {
+      const e = new Error(`${br.name}'s media stalled: ${problem}`);
+      e.diagnostics = {
+        first: stats,
+        later,
+        sent_by_publishers: {
+          alice: await outboundPackets(a.page, () => window.chorus.pcs.publisher),
+          bob: await outboundPackets(b.page, () => window.chorus.pcs.publisher),
+        },
+      };
+      throw e;
+    }
+  }
+  progress('call', `media still flowing ${SUSTAIN_MS} ms later:`, JSON.stringify(later));
+
   // Each page shows a tile for the other, with its name.
   for (const [br, other, otherName] of [[a, me.bob, 'Bob'], [b, me.alice, 'Alice']]) {
     const label = await br.page.textContent(`.tile[data-participant-id="${other.id}"] .name`, { timeout: UI_TIMEOUT_MS });
@@ -85,6 +107,13 @@ run('call', async (browsers) => {
   await b.page.waitForSelector(`${aliceTileOnBob}:not(.video-muted)`, { timeout: UI_TIMEOUT_MS });
   progress('call', 'camera unmute seen by the other participant');
 
+  // The mute went out with the server's id for Alice's camera track (else: unknown_track).
+  const alice = await a.page.evaluate(() => window.chorus.state());
+  if (alice.errors.length) throw new Error(`Alice's page showed errors: ${alice.errors.join('; ')}`);
+  if (!alice.ownTrackIds.video || !alice.ownTrackIds.audio) {
+    throw new Error(`Alice never learnt her server track ids: ${JSON.stringify(alice.ownTrackIds)}`);
+  }
+
   // Alice leaves; her page is back at the form and her tile disappears from Bob's page.
   await a.page.click('#leave-btn');
   await a.page.waitForSelector('#join-form', { state: 'visible', timeout: UI_TIMEOUT_MS });
@@ -96,7 +125,7 @@ run('call', async (browsers) => {
 
   console.log(JSON.stringify({
     test: 'call', ok: true, room, media_ms: mediaMs, total_ms: Date.now() - started,
-    alice: { id: me.alice.id, received: stats.alice },
-    bob: { id: me.bob.id, received: stats.bob },
+    alice: { id: me.alice.id, received: later.alice },
+    bob: { id: me.bob.id, received: later.bob },
   }));
 });

@@ -113,9 +113,43 @@ export async function inboundStats(page, getPc) {
   }
 }
 
+/** Packets sent per kind by the RTCPeerConnection that `getPc` returns: `{ audio, video }`. */
+export async function outboundPackets(page, getPc) {
+  const handle = await page.evaluateHandle(getPc);
+  try {
+    return await handle.evaluate(async (pc) => {
+      const out = { audio: 0, video: 0 };
+      if (!pc) return out;
+      for (const s of (await pc.getStats()).values()) {
+        if (s.type === 'outbound-rtp') out[s.kind] += s.packetsSent || 0;
+      }
+      return out;
+    });
+  } finally {
+    await handle.dispose();
+  }
+}
+
 /** True when stats show decoded video frames and received audio packets. */
 export function mediaFlowing(st) {
   return st.video.framesDecoded > 0 && st.audio.packetsReceived > 0;
+}
+
+/**
+ * Checks that media keeps flowing: between two stats samples `ms` apart, audio packets and
+ * decoded video frames must both have grown at half the sending rate or more (Chrome sends 50
+ * Opus packets/s and its fake camera 20 frames/s), so a stream that stops or stutters fails.
+ * Returns a description of the problem, or null.
+ */
+export function stalled(before, after, ms) {
+  const audio = after.audio.packetsReceived - before.audio.packetsReceived;
+  const frames = after.video.framesDecoded - before.video.framesDecoded;
+  const minAudio = Math.floor((ms / 1000) * 25);
+  const minFrames = Math.floor((ms / 1000) * 5);
+  const problems = [];
+  if (audio < minAudio) problems.push(`audio packets grew by ${audio} in ${ms} ms (want >= ${minAudio})`);
+  if (frames < minFrames) problems.push(`decoded video frames grew by ${frames} in ${ms} ms (want >= ${minFrames})`);
+  return problems.length ? problems.join('; ') : null;
 }
 
 /** Polls `fn` every `everyMs` until it returns a truthy value or `timeoutMs` passes. */

@@ -13,13 +13,14 @@
 import http from 'node:http';
 import {
   baseUrlFromArgs, requireChromium, launch, inboundStats, mediaFlowing, poll, progress,
-  randomName, run,
+  randomName, run, stalled, outboundPackets,
 } from './lib.mjs';
 
 const base = baseUrlFromArgs('tests/browser/whip_whep.mjs');
 requireChromium();
 
 const MEDIA_TIMEOUT_MS = 30000;
+const SUSTAIN_MS = 3000;
 
 // ---- code run inside the pages ------------------------------------------------------------
 // Each function is self-contained: page.evaluate serializes it into the page.
@@ -195,8 +196,21 @@ run('whip_whep', async (browsers) => {
   }, { timeoutMs: MEDIA_TIMEOUT_MS, what: 'WHEP player to decode video and receive audio' })
     .catch((e) => { e.diagnostics = { stats }; throw e; });
   summary.media_ms = Date.now() - started;
-  summary.received = stats;
   progress('whip_whep', `media flowing after ${summary.media_ms} ms:`, JSON.stringify(stats));
+  await new Promise((r) => setTimeout(r, SUSTAIN_MS));
+  const later = await inboundStats(b.page, () => window.sessions.whep.pc);
+  const problem = stalled(stats, later, SUSTAIN_MS);
+  if (problem) {
+    const e = new Error(`WHEP player's media stalled: ${problem}`);
+    e.diagnostics = {
+      first: stats,
+      later,
+      sent_by_publisher: await outboundPackets(a.page, () => window.sessions.whip.pc),
+    };
+    throw e;
+  }
+  summary.received = later;
+  progress('whip_whep', `media still flowing ${SUSTAIN_MS} ms later:`, JSON.stringify(later));
 
   // End both sessions.
   summary.delete_status = {

@@ -308,14 +308,15 @@ async fn read_remote_track(track: Arc<dyn TrackRemote>, shared: Arc<Shared>) {
 /// Media the publisher starts once the server has answered.
 struct PendingMedia {
     tracks: Vec<(Arc<LocalTrack>, Arc<dyn RtpSender>)>,
-    clip: Arc<IvfClip>,
+    /// The clip to loop on the video track (present when publishing video).
+    clip: Option<Arc<IvfClip>>,
 }
 
 impl PendingMedia {
     fn start(self, shared: &Arc<Shared>) {
         for (local, sender) in self.tracks {
             let mut states = shared.states.subscribe();
-            let clip = Arc::clone(&self.clip);
+            let clip = self.clip.clone();
             shared.spawn(async move {
                 // Wait for DTLS before writing: earlier samples would only be dropped.
                 let connected = states
@@ -332,10 +333,10 @@ impl PendingMedia {
                 let pt = media::negotiated_payload_type(&sender, fallback).await;
                 let (track, ssrc, counters) =
                     (local.track.clone(), local.ssrc, local.counters.clone());
-                if audio {
-                    media::send_audio(track, ssrc, pt, counters).await;
-                } else {
-                    media::send_video(track, ssrc, pt, clip, counters).await;
+                match (audio, clip) {
+                    (true, _) => media::send_audio(track, ssrc, pt, counters).await,
+                    (false, Some(clip)) => media::send_video(track, ssrc, pt, clip, counters).await,
+                    (false, None) => {}
                 }
             });
         }
@@ -375,19 +376,9 @@ impl Client {
     pub async fn join(opts: ClientOptions) -> Result<Client, ClientError> {
         let url = url::Url::parse(&opts.url)?;
         let clip = match (&opts.video_clip, opts.publish_video) {
-            (Some(clip), _) => Arc::clone(clip),
-            (None, true) => Arc::new(IvfClip::parse(media::DEFAULT_VP8_CLIP)?),
-            (None, false) => Arc::new(IvfClip {
-                header: crate::ivf::IvfHeader {
-                    fourcc: *b"VP80",
-                    width: 0,
-                    height: 0,
-                    timebase_denominator: 30,
-                    timebase_numerator: 1,
-                    frame_count: 0,
-                },
-                frames: Vec::new(),
-            }),
+            (_, false) => None,
+            (Some(clip), true) => Some(Arc::clone(clip)),
+            (None, true) => Some(Arc::new(IvfClip::parse(media::DEFAULT_VP8_CLIP)?)),
         };
 
         let (ws, _) = tokio::time::timeout(
@@ -925,7 +916,7 @@ async fn read_signaling(
             }
         };
         if let Err(e) = ctx.handle(&msg).await {
-            tracing::warn!(error = %e, kind = ?std::mem::discriminant(&msg), "handling server message failed");
+            tracing::warn!(error = %e, "handling a server message failed");
         }
         if !matches!(
             msg,
@@ -934,7 +925,6 @@ async fn read_signaling(
             let _ = ctx.events.send(msg);
         }
     }
-    ctx.shared.states.send_modify(|_| {});
 }
 
 impl SignalingContext {

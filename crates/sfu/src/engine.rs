@@ -16,8 +16,11 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 use rand::distr::{Alphanumeric, SampleString};
 use rand::Rng;
+use rtc::data_channel::{RTCDataChannelId, RTCDataChannelMessage};
 use rtc::media_stream::MediaStreamTrack;
-use rtc::peer_connection::event::{RTCPeerConnectionEvent, RTCTrackEvent, RTCTrackEventInit};
+use rtc::peer_connection::event::{
+    RTCDataChannelEvent, RTCPeerConnectionEvent, RTCTrackEvent, RTCTrackEventInit,
+};
 use rtc::peer_connection::message::RTCMessage;
 use rtc::peer_connection::sdp::RTCSessionDescription;
 use rtc::peer_connection::state::RTCPeerConnectionState;
@@ -29,7 +32,7 @@ use rtc::rtp_transceiver::rtp_sender::{
 };
 use rtc::rtp_transceiver::{RTCRtpReceiverId, RTCRtpSenderId};
 use rtc::sansio::Protocol;
-use rtc::sdp::extmap::SDES_MID_URI;
+use rtc::sdp::extmap::{SDES_MID_URI, TRANSPORT_CC_URI};
 use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
@@ -49,6 +52,10 @@ use crate::{stun, MediaConfig, Metrics, SfuError};
 const EVENT_QUEUE: usize = 256;
 /// Largest datagram read from the socket.
 const MAX_DATAGRAM: usize = 1600;
+/// Label of the data channel the server opens on each subscriber connection.
+pub const DATA_CHANNEL_LABEL: &str = "chorus";
+/// Largest data message relayed, in bytes.
+const MAX_DATA_MESSAGE: usize = 64 * 1024;
 /// Datagrams read per socket wake-up before other work gets a turn.
 const READ_BATCH: usize = 64;
 
@@ -133,6 +140,8 @@ struct Peer {
     awaiting_answer: bool,
     /// Subscriber: something changed while an offer was out.
     renegotiate: bool,
+    /// Subscriber: the server's `chorus` data channel, once open.
+    data_channel: Option<RTCDataChannelId>,
     /// Timer entry in the engine's timer set.
     timer: Option<Instant>,
     dirty: bool,
@@ -534,6 +543,20 @@ impl Engine {
                     _ => {}
                 }
             }
+            RTCPeerConnectionEvent::OnDataChannel(RTCDataChannelEvent::OnOpen(id)) => {
+                if let Some(peer) = self.peers.get_mut(&key) {
+                    if peer.role == PeerRole::Subscriber {
+                        peer.data_channel = Some(id);
+                    }
+                }
+            }
+            RTCPeerConnectionEvent::OnDataChannel(RTCDataChannelEvent::OnClose(id)) => {
+                if let Some(peer) = self.peers.get_mut(&key) {
+                    if peer.data_channel == Some(id) {
+                        peer.data_channel = None;
+                    }
+                }
+            }
             RTCPeerConnectionEvent::OnTrack(RTCTrackEvent::OnOpen(init)) => {
                 self.publish_track(now, key, init);
             }
@@ -553,6 +576,7 @@ impl Engine {
     fn on_peer_message(&mut self, now: Instant, key: PeerKey, msg: RTCMessage) {
         match msg {
             RTCMessage::RtpPacket(track_id, packet) => self.forward(now, key, &track_id, packet),
+            RTCMessage::DataChannelMessage(_, msg) => self.relay_data(now, key, msg),
             RTCMessage::RtcpPacket(track_id, _packets) => {
                 // Only keyframe requests are delivered here (see `feedback`): relay them.
                 let tk = self
@@ -640,24 +664,7 @@ impl Engine {
             out.header.payload_type = out_pt;
             out.header.sequence_number = seq;
             out.header.timestamp = timestamp;
-            out.header.extensions.retain_mut(|e| {
-                match params.ext.iter().find(|(i, _)| *i == e.id) {
-                    Some(&(_, o)) => {
-                        e.id = o;
-                        true
-                    }
-                    None => false,
-                }
-            });
-            if let Some((id, mid)) = &params.mid {
-                if !out.header.extensions.iter().any(|e| e.id == *id) {
-                    out.header.extensions.push(rtc::rtp::header::Extension {
-                        id: *id,
-                        payload: mid.clone(),
-                    });
-                }
-            }
-            out.header.extension = !out.header.extensions.is_empty();
+            rewrite_extensions(&mut out.header, params);
             let bytes = out.payload.len() as u64;
             let written = sub
                 .pc
@@ -681,6 +688,76 @@ impl Engine {
         }
         if wanted_keyframe {
             self.request_keyframe(now, tk);
+        }
+    }
+
+    /// Relays a data message from a publisher connection to everyone else in the room, wrapped
+    /// in a JSON envelope naming the sender.
+    fn relay_data(&mut self, now: Instant, key: PeerKey, msg: RTCDataChannelMessage) {
+        let Some(peer) = self.peers.get(&key) else {
+            return;
+        };
+        if peer.role != PeerRole::Publisher {
+            self.drop_reason("data_on_subscriber");
+            return;
+        }
+        let sender = peer.participant;
+        let Some(p) = self.participants.get(&sender) else {
+            return;
+        };
+        if !p.request.permissions.publish_data {
+            self.drop_reason("data_not_permitted");
+            return;
+        }
+        if msg.data.len() > MAX_DATA_MESSAGE {
+            self.drop_reason("data_too_large");
+            return;
+        }
+        let envelope = if msg.is_string {
+            match std::str::from_utf8(&msg.data) {
+                Ok(text) => serde_json::json!({ "from": p.id, "text": text }),
+                Err(_) => {
+                    self.drop_reason("data_malformed");
+                    return;
+                }
+            }
+        } else {
+            use base64::Engine as _;
+            let b64 = base64::engine::general_purpose::STANDARD.encode(&msg.data);
+            serde_json::json!({ "from": p.id, "binary": b64 })
+        }
+        .to_string();
+        self.metrics.data_messages.with_label_values(&["in"]).inc();
+        let members = self
+            .rooms
+            .get(&p.room)
+            .map(|r| r.participants.clone())
+            .unwrap_or_default();
+        for m in members {
+            if m == sender {
+                continue;
+            }
+            let Some(sub) = self.participants.get(&m).and_then(|p| p.subscriber) else {
+                continue;
+            };
+            let Some(peer) = self.peers.get_mut(&sub) else {
+                continue;
+            };
+            let Some(dc) = peer.data_channel else {
+                self.drop_reason("data_channel_not_open");
+                continue;
+            };
+            let sent = peer
+                .pc
+                .data_channel(dc)
+                .map(|mut c| c.send_text(now, envelope.clone()));
+            match sent {
+                Some(Ok(())) => {
+                    self.metrics.data_messages.with_label_values(&["out"]).inc();
+                    self.mark_dirty(sub);
+                }
+                _ => self.drop_reason("data_send_failed"),
+            }
         }
     }
 
@@ -843,6 +920,7 @@ impl Engine {
                 outbound: HashMap::new(),
                 awaiting_answer: false,
                 renegotiate: false,
+                data_channel: None,
                 timer: None,
                 dirty: false,
             },
@@ -894,6 +972,14 @@ impl Engine {
         } else {
             None
         };
+        if let (Some(sub), Origin::WebSocket) = (subscriber, request.origin) {
+            // Relayed data messages reach the client on this channel.
+            if let Some(peer) = self.peers.get_mut(&sub) {
+                if let Err(e) = peer.pc.create_data_channel(DATA_CHANNEL_LABEL, None) {
+                    warn!("cannot create data channel: {e}");
+                }
+            }
+        }
         let room_name = request.room.clone();
         let auto_subscribe = request.auto_subscribe && request.origin == Origin::WebSocket;
         self.participants.insert(
@@ -941,14 +1027,12 @@ impl Engine {
                 .get(&room_name)
                 .map(|r| r.tracks.clone())
                 .unwrap_or_default();
-            let mut added = false;
             for tk in tracks {
-                added |= self.add_downtrack(key, tk);
-            }
-            if added {
-                self.negotiate(now, key);
+                self.add_downtrack(key, tk);
             }
         }
+        // The first subscriber offer carries the data channel and any tracks so far.
+        self.negotiate(now, key);
         Ok(Joined {
             key,
             me,
@@ -1023,6 +1107,7 @@ impl Engine {
         peer.pc
             .set_remote_description(now, answer)
             .map_err(|e| SfuError::InvalidSdp(e.to_string()))?;
+        debug!(sdp = %peer.pc.remote_description().map(|d| d.sdp.as_str()).unwrap_or(""), "subscriber answer");
         peer.awaiting_answer = false;
         let again = std::mem::take(&mut peer.renegotiate);
         let outbound: Vec<TrackKey> = peer.outbound.values().copied().collect();
@@ -1463,6 +1548,7 @@ impl Engine {
         })();
         match result {
             Ok(sdp) => {
+                debug!(%sdp, "subscriber offer");
                 peer.awaiting_answer = true;
                 self.mark_dirty(key);
                 self.send_event(participant, RoomEvent::SubscriberOffer(sdp));
@@ -1589,6 +1675,26 @@ impl Engine {
     }
 }
 
+/// Rewrites a forwarded header's extensions for the subscriber's leg: ids remapped by URI,
+/// the ones that leg did not negotiate dropped, and `sdes:mid` set to the leg's mid. Goes
+/// through `set_extension` so the profile and padding stay consistent for marshalling.
+fn rewrite_extensions(header: &mut rtc::rtp::header::Header, params: &LegParams) {
+    let incoming = std::mem::take(&mut header.extensions);
+    header.extension = false;
+    header.extension_profile = 0;
+    header.extensions_padding = 0;
+    for e in incoming {
+        if let Some(&(_, out_id)) = params.ext.iter().find(|(i, _)| *i == e.id) {
+            // Ids come from our own negotiation (1..=14), so this cannot fail in practice;
+            // an extension that does not fit is dropped rather than the packet.
+            let _ = header.set_extension(out_id, e.payload);
+        }
+    }
+    if let Some((id, mid)) = &params.mid {
+        let _ = header.set_extension(*id, mid.clone());
+    }
+}
+
 /// Works out how packets of a published track map onto one subscriber's negotiated leg.
 fn resolve_leg(
     pc: &mut RTCPeerConnection,
@@ -1617,7 +1723,9 @@ fn resolve_leg(
     let exts = &params.rtp_parameters.header_extensions;
     let ext: Vec<(u8, u8)> = ext_uri
         .iter()
-        .filter(|(_, uri)| uri != SDES_MID_URI)
+        // mid is per leg (set separately); transport-wide sequence numbers are per transport
+        // and must not leak from the publisher's leg.
+        .filter(|(_, uri)| uri != SDES_MID_URI && uri != TRANSPORT_CC_URI)
         .filter_map(|(in_id, uri)| {
             exts.iter()
                 .find(|h| &h.uri == uri)

@@ -30,6 +30,8 @@ pub struct Metrics {
     pub http_sessions: IntGaugeVec,
     /// UDP datagrams received on the media port.
     pub udp_datagrams_in: IntCounter,
+    /// Data-channel messages relayed, by direction (`in` from a sender, `out` to each receiver).
+    pub data_messages: IntCounterVec,
 }
 
 impl Metrics {
@@ -89,7 +91,15 @@ impl Metrics {
                 "chorus_udp_datagrams_received_total",
                 "UDP datagrams received on the media port",
             )?,
+            data_messages: IntCounterVec::new(
+                Opts::new(
+                    "chorus_data_messages_total",
+                    "Data messages relayed, by direction",
+                ),
+                &["direction"],
+            )?,
         };
+        registry.register(Box::new(m.data_messages.clone()))?;
         registry.register(Box::new(m.rooms.clone()))?;
         registry.register(Box::new(m.participants.clone()))?;
         registry.register(Box::new(m.published_tracks.clone()))?;

@@ -1,7 +1,8 @@
 #!/usr/bin/env node
 // End-to-end check of the call page: two separate Chromiums join one room through the UI,
 // each must decode the other's video and receive its audio; then a camera mute shows on the
-// other side, and leaving removes the tile.
+// other side; chat messages go both ways over the data channels (and a third page whose token
+// lacks the data grant cannot get its messages relayed); and leaving removes the tile.
 //
 //   node tests/browser/call.mjs http://127.0.0.1:7880
 //
@@ -22,6 +23,9 @@ const SUSTAIN_MS = 3000;
 
 const diagnose = () => (window.chorus ? {
   state: window.chorus.state(),
+  chat: [...document.querySelectorAll('#chat-log .msg')].map((m) => ({
+    from: m.dataset.from, name: m.querySelector('.from')?.textContent, text: m.querySelector('.text')?.textContent,
+  })),
   log: window.chorus.log.slice(-80),
   error: document.querySelector('#error')?.textContent,
   tiles: [...document.querySelectorAll('.tile')].map((t) => ({
@@ -31,6 +35,48 @@ const diagnose = () => (window.chorus ? {
 } : { note: 'window.chorus is not defined', html: document.documentElement.outerHTML.slice(0, 300) });
 
 const subscriberPc = () => window.chorus.pcs.subscriber;
+
+/** The `chorus_data_messages_total` and data-related `chorus_packets_dropped_total` counters. */
+async function dataMetrics() {
+  const res = await fetch(`${base}/metrics`);
+  if (!res.ok) throw new Error(`GET /metrics: ${res.status}`);
+  const text = await res.text();
+  const out = {};
+  for (const line of text.split('\n')) {
+    const m = /^(chorus_data_messages_total|chorus_packets_dropped_total)\{(\w+)="(\w+)"\} (\d+)/.exec(line);
+    if (m && (m[1] === 'chorus_data_messages_total' || m[3].startsWith('data_'))) out[`${m[1]}{${m[2]}="${m[3]}"}`] = Number(m[4]);
+  }
+  return out;
+}
+
+/**
+ * Types `text` into `from`'s chat box and clicks Send; `to` must then show it in its chat list
+ * (DOM) and in `state().messages`, with the sender's participant id and display name.
+ */
+async function chat(from, to, fromMe, fromName, text) {
+  await from.page.waitForSelector('#chat-send:not([disabled])', { timeout: UI_TIMEOUT_MS });
+  await from.page.fill('#chat-input', text);
+  await from.page.click('#chat-send');
+  // The sender sees its own message and the input is cleared.
+  await from.page.waitForFunction((t) => [...document.querySelectorAll('#chat-log .msg.local .text')]
+    .some((e) => e.textContent === t) && document.querySelector('#chat-input').value === '', text, { timeout: UI_TIMEOUT_MS });
+  const started = Date.now();
+  await to.page.waitForFunction(({ id, t }) => [...document.querySelectorAll(`#chat-log .msg[data-from="${id}"] .text`)]
+    .some((e) => e.textContent === t), { id: fromMe.id, t: text }, { timeout: UI_TIMEOUT_MS })
+    .catch(async (e) => {
+      e.message = `${to.name} never showed ${from.name}'s chat message ${JSON.stringify(text)}: ${e.message}`;
+      e.diagnostics = { metrics: await dataMetrics().catch((m) => m.message) };
+      throw e;
+    });
+  const label = await to.page.textContent(`#chat-log .msg[data-from="${fromMe.id}"]:last-child .from`);
+  if (!label.includes(fromName)) throw new Error(`${to.name}: ${from.name}'s message is labelled ${JSON.stringify(label)}`);
+  const { messages } = await to.page.evaluate(() => window.chorus.state());
+  const got = messages.filter((m) => m.text === text);
+  if (got.length !== 1 || got[0].from !== fromMe.id || got[0].name !== fromName) {
+    throw new Error(`${to.name}'s state().messages has ${JSON.stringify(got)} for ${JSON.stringify(text)} (want one from ${fromMe.id}, ${fromName})`);
+  }
+  return Date.now() - started;
+}
 
 run('call', async (browsers) => {
   const started = Date.now();
@@ -114,6 +160,65 @@ run('call', async (browsers) => {
     throw new Error(`Alice never learnt her server track ids: ${JSON.stringify(alice.ownTrackIds)}`);
   }
 
+  // Chat over the data channels: Alice -> Bob, then Bob -> Alice, typed and sent through the UI.
+  const before = await dataMetrics();
+  const chatMs = {};
+  chatMs.alice_to_bob = await chat(a, b, me.alice, 'Alice', `hello Bob ${Date.now()} ✓`);
+  chatMs.bob_to_alice = await chat(b, a, me.bob, 'Bob', 'hi Alice, "quotes" & <tags>');
+  for (const [br, n] of [[a, 1], [b, 1]]) {
+    const st = await br.page.evaluate(() => window.chorus.state());
+    if (st.messages.length !== n) throw new Error(`${br.name} got ${st.messages.length} messages, want ${n}: ${JSON.stringify(st.messages)}`);
+  }
+  const afterChat = await dataMetrics();
+  // Server-wide counters (other rooms may add to them): at least our two messages in and out.
+  for (const dir of ['in', 'out']) {
+    const k = `chorus_data_messages_total{direction="${dir}"}`;
+    if ((afterChat[k] || 0) - (before[k] || 0) < 2) {
+      throw new Error(`${k} went from ${before[k] || 0} to ${afterChat[k] || 0} over two relayed messages`);
+    }
+  }
+  progress('call', `chat both ways (${JSON.stringify(chatMs)} ms); metrics ${JSON.stringify(afterChat)}`);
+
+  // A third page whose token lacks the data grant (`?data=0` → /dev/token?data=0): it receives
+  // the others' messages but its own are dropped by the server, not relayed.
+  const c = await launch('charlie');
+  browsers.push(c);
+  c.diagnose = diagnose;
+  await c.page.goto(`${base}/?data=0`, { waitUntil: 'load' });
+  await c.page.fill('#room', room);
+  await c.page.fill('#name', 'Charlie');
+  await c.page.click('#join-btn');
+  await poll(async () => {
+    const st = await c.page.evaluate(() => window.chorus.state());
+    if (st.phase === 'failed') throw new Error(`charlie failed to join: ${st.errors.join('; ')}`);
+    if (st.phase === 'joined') me.charlie = st.me;
+    return st.phase === 'joined' && st.dataChannels.subscriber === 'open' && st.dataChannels.publisher === 'open';
+  }, { timeoutMs: MEDIA_TIMEOUT_MS, what: 'charlie to join with both data channels open' });
+  // Positive control: Charlie's subscriber channel works (Alice -> Charlie)...
+  chatMs.alice_to_charlie = await chat(a, c, me.alice, 'Alice', 'welcome Charlie');
+  // ... but Charlie's own message goes nowhere.
+  const dropsBefore = (await dataMetrics())['chorus_packets_dropped_total{reason="data_not_permitted"}'] || 0;
+  const forbidden = `charlie has no data grant ${Date.now()}`;
+  await c.page.fill('#chat-input', forbidden);
+  await c.page.click('#chat-send');
+  await c.page.waitForFunction((t) => [...document.querySelectorAll('#chat-log .msg.local .text')]
+    .some((e) => e.textContent === t), forbidden, { timeout: UI_TIMEOUT_MS });
+  const dropped = await poll(async () => {
+    const n = (await dataMetrics())['chorus_packets_dropped_total{reason="data_not_permitted"}'] || 0;
+    return n > dropsBefore ? n : 0;
+  }, { timeoutMs: UI_TIMEOUT_MS, what: 'the server to count Charlie\'s message as data_not_permitted' });
+  // Bob -> Alice once more, after Charlie's message: had it been relayed it would be there too.
+  await chat(b, a, me.bob, 'Bob', 'still here');
+  for (const br of [a, b]) {
+    const leaked = (await br.page.evaluate(() => window.chorus.state())).messages.filter((m) => m.from === me.charlie.id);
+    if (leaked.length) throw new Error(`${br.name} received a message from Charlie, who has no data grant: ${JSON.stringify(leaked)}`);
+  }
+  progress('call', `no-data-grant page: its message was dropped (data_not_permitted=${dropped}), not relayed`);
+  await c.page.click('#leave-btn');
+  await b.page.waitForSelector(`.tile[data-participant-id="${me.charlie.id}"]`, { state: 'detached', timeout: UI_TIMEOUT_MS });
+  await c.close();
+  const dataMetricsEnd = await dataMetrics();
+
   // Alice leaves; her page is back at the form and her tile disappears from Bob's page.
   await a.page.click('#leave-btn');
   await a.page.waitForSelector('#join-form', { state: 'visible', timeout: UI_TIMEOUT_MS });
@@ -125,6 +230,7 @@ run('call', async (browsers) => {
 
   console.log(JSON.stringify({
     test: 'call', ok: true, room, media_ms: mediaMs, total_ms: Date.now() - started,
+    chat_ms: chatMs, data_metrics: dataMetricsEnd,
     alice: { id: me.alice.id, received: later.alice },
     bob: { id: me.bob.id, received: later.bob },
   }));

@@ -357,9 +357,16 @@ async fn whip_and_whep_refuse_bad_requests_with_http_errors() {
         let resp = resp.expect("request completes");
         assert_eq!(resp.status().as_u16(), want, "{name}");
     }
-    let missing = http
-        .delete(format!("{base}/whip/{room}/session/PA_nothing"))
-        .send()
+    let delete = |token: Option<String>| {
+        let mut r = http.delete(format!("{base}/whip/{room}/session/PA_nothing"));
+        if let Some(t) = token {
+            r = r.bearer_auth(t);
+        }
+        r.send()
+    };
+    let unauthenticated = delete(None).await.expect("delete");
+    assert_eq!(unauthenticated.status().as_u16(), 401);
+    let missing = delete(Some(common::token(&room, "p")))
         .await
         .expect("delete");
     assert_eq!(missing.status().as_u16(), 404);

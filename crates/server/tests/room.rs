@@ -127,3 +127,90 @@ async fn three_participants_exchange_media_and_a_leave_renegotiates() {
     b.leave().await;
     srv.shutdown(Duration::from_secs(2)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn manual_subscription_and_mute_are_per_track() {
+    let srv = common::server().await;
+    let room = common::room();
+    let url = format!("ws://{}/ws", srv.http_addr);
+    let publisher = Client::join(ClientOptions::new(url.clone(), common::token(&room, "pub")))
+        .await
+        .expect("join");
+    let mut opts = ClientOptions::new(url.clone(), common::token(&room, "viewer"));
+    opts.auto_subscribe = false;
+    opts.publish_audio = false;
+    opts.publish_video = false;
+    let mut viewer = Client::join(opts).await.expect("join");
+    let pid = publisher.participant_id().to_owned();
+
+    // The viewer learns of both tracks but receives nothing until it subscribes.
+    let mut tracks = Vec::new();
+    while tracks.len() < 2 {
+        match viewer
+            .wait_event(T, |e| matches!(e, ServerMessage::TrackPublished { .. }))
+            .await
+        {
+            Ok(ServerMessage::TrackPublished {
+                participant_id,
+                track,
+            }) => {
+                assert_eq!(participant_id, pid);
+                tracks.push(track);
+            }
+            other => panic!("expected track_published, got {other:?}"),
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(viewer.received().is_empty(), "{:#?}", viewer.received());
+    let video = tracks
+        .iter()
+        .find(|t| t.kind == chorus_signal::protocol::TrackKind::Video)
+        .expect("video track")
+        .clone();
+    viewer.subscribe([video.id.as_str()]).expect("subscribe");
+    viewer
+        .wait_until(T, |c| {
+            c.received()
+                .iter()
+                .any(|t| t.track_id == video.id && t.active && t.keyframes > 0)
+        })
+        .await
+        .expect("video, with a keyframe, arrives soon after subscribe");
+    assert!(
+        viewer.received().iter().all(|t| t.kind == TrackKind::Video),
+        "only the subscribed track arrives: {:#?}",
+        viewer.received()
+    );
+
+    // Mute is announced to the room.
+    publisher.mute(&video.id, true).expect("mute");
+    match viewer
+        .wait_event(T, |e| matches!(e, ServerMessage::TrackMuted { .. }))
+        .await
+    {
+        Ok(ServerMessage::TrackMuted {
+            participant_id,
+            track_id,
+            muted,
+        }) => {
+            assert_eq!(
+                (participant_id.as_str(), track_id.as_str(), muted),
+                (pid.as_str(), video.id.as_str(), true)
+            );
+        }
+        other => panic!("expected track_muted, got {other:?}"),
+    }
+
+    // Unsubscribe renegotiates the track away.
+    viewer
+        .unsubscribe([video.id.as_str()])
+        .expect("unsubscribe");
+    viewer
+        .wait_until(T, |c| {
+            c.offered_tracks().iter().all(|t| t.track_id != video.id)
+        })
+        .await
+        .expect("track removed from the subscriber offer");
+    viewer.leave().await;
+    publisher.leave().await;
+}

@@ -30,7 +30,7 @@ use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication
 use rtc::rtp_transceiver::rtp_sender::{
     RTCRtpCodec, RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
 };
-use rtc::rtp_transceiver::{RTCRtpReceiverId, RTCRtpSenderId};
+use rtc::rtp_transceiver::{RTCRtpReceiverId, RTCRtpSenderId, RTCRtpTransceiverDirection};
 use rtc::sansio::Protocol;
 use rtc::sdp::extmap::{SDES_MID_URI, TRANSPORT_CC_URI};
 use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
@@ -1462,6 +1462,10 @@ impl Engine {
                 return false;
             }
         };
+        // add_track makes a new transceiver sendrecv; the server only ever sends on it.
+        if let Some(mut t) = peer.pc.rtp_transceiver(sender.into()) {
+            t.set_direction(RTCRtpTransceiverDirection::Sendonly);
+        }
         peer.outbound.insert(track_id, tk);
         let mut rng = rand::rng();
         let dt = DownTrack {

@@ -356,6 +356,7 @@ async fn start_session(
             HttpSession {
                 kind,
                 room,
+                identity: claims.sub.clone(),
                 session,
             },
         );
@@ -387,11 +388,55 @@ async fn start_session(
     response
 }
 
-/// `DELETE` on a WHIP/WHEP session resource ends it.
+/// `DELETE` on a WHIP/WHEP session resource ends it. It needs a valid token for the same
+/// room and identity as the one that created the session.
 async fn end_session(
     State(state): State<SharedState>,
     Path((room, id)): Path<(String, String)>,
+    headers: HeaderMap,
 ) -> Response {
+    let claims = match headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(|t| state.keys.verify(t.trim()))
+    {
+        Some(Ok(c)) => c,
+        Some(Err(e)) => {
+            return fail(
+                &state,
+                StatusCode::UNAUTHORIZED,
+                "invalid_token",
+                e.to_string(),
+            )
+        }
+        None => {
+            return fail(
+                &state,
+                StatusCode::UNAUTHORIZED,
+                "invalid_token",
+                "missing bearer token",
+            )
+        }
+    };
+    let owner = state
+        .http_sessions
+        .lock()
+        .ok()
+        .and_then(|s| s.get(&id).map(|s| (s.room.clone(), s.identity.clone())));
+    match owner {
+        Some((r, identity)) if r == room => {
+            if claims.grants.room != room || claims.sub != identity {
+                return fail(
+                    &state,
+                    StatusCode::FORBIDDEN,
+                    "permission_denied",
+                    "token does not own this session",
+                );
+            }
+        }
+        _ => return (StatusCode::NOT_FOUND, "no such session").into_response(),
+    }
     if remove_session(&state, &id, Some(&room)) {
         StatusCode::OK.into_response()
     } else {

@@ -76,6 +76,8 @@ pub struct HttpSession {
     pub kind: &'static str,
     /// The room.
     pub room: String,
+    /// The identity whose token created it; `DELETE` needs a token for the same identity.
+    pub identity: String,
     /// The membership; dropping it leaves.
     pub session: Session,
 }

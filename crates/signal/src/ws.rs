@@ -4,7 +4,7 @@
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use axum::extract::ws::{Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::extract::ws::{close_code, CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::State;
 use axum::response::Response;
 use chorus_sfu::{
@@ -150,12 +150,23 @@ async fn connection(socket: WebSocket, state: SharedState) {
         socket,
         state: state.clone(),
     };
-    if let Some((session, claims)) = join(&mut conn).await {
-        let span =
-            info_span!("participant", room = %claims.grants.room, participant = %session.me.id);
-        run(&mut conn, session, claims).instrument(span).await;
-    }
-    let _ = conn.socket.send(Message::Close(None)).await;
+    // 1000: normal end (leave, server removed us); 1008: the join was refused.
+    let (code, reason) = match join(&mut conn).await {
+        Some((session, claims)) => {
+            let span =
+                info_span!("participant", room = %claims.grants.room, participant = %session.me.id);
+            run(&mut conn, session, claims).instrument(span).await;
+            (close_code::NORMAL, "bye")
+        }
+        None => (close_code::POLICY, "join refused"),
+    };
+    let _ = conn
+        .socket
+        .send(Message::Close(Some(CloseFrame {
+            code,
+            reason: Utf8Bytes::from_static(reason),
+        })))
+        .await;
     state.metrics.websockets.dec();
 }
 

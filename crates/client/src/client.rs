@@ -10,9 +10,13 @@ use chorus_signal::protocol::{
 use futures::{SinkExt, StreamExt};
 use rtc::rtp_transceiver::rtp_sender::RtpCodecKind;
 use std::collections::BTreeMap;
+use crate::keyframe::RtcpSent;
+use crate::stats::PacketMeta;
+use rtc::rtp_transceiver::rtp_sender::RTCRtpHeaderExtensionCapability;
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::AbortHandle;
 use tokio_tungstenite::tungstenite::Message;
@@ -145,6 +149,20 @@ impl Default for ConnectionStates {
     }
 }
 
+/// RTCP feedback the client has sent (both connections; in practice the subscriber
+/// connection's NACKs and keyframe requests).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RtcpSentStats {
+    /// NACK packets sent.
+    pub nacks: u64,
+    /// Packets those NACKs asked for.
+    pub nacked_packets: u64,
+    /// Picture loss indications sent.
+    pub plis: u64,
+    /// Full intra requests sent.
+    pub firs: u64,
+}
+
 /// What the signaling writer sends.
 enum Outgoing {
     Message(ClientMessage),
@@ -201,6 +219,9 @@ struct Shared {
     offered: Mutex<Vec<OfferedTrack>>,
     room: Mutex<BTreeMap<String, ParticipantInfo>>,
     tasks: Mutex<Vec<AbortHandle>>,
+    /// The `abs-send-time` extension id of the latest subscriber offer (0: none).
+    abs_send_time_id: AtomicU8,
+    rtcp_sent: Arc<RtcpSent>,
 }
 
 impl Shared {
@@ -285,14 +306,21 @@ async fn read_remote_track(track: Arc<dyn TrackRemote>, shared: Arc<Shared>) {
         match event {
             TrackRemoteEvent::OnRtpPacket(p) => {
                 let now = Instant::now();
-                lock(&entry).on_packet(
-                    p.header.ssrc,
-                    p.header.payload_type,
-                    p.header.sequence_number,
-                    p.header.marker,
-                    &p.payload,
-                    now,
-                );
+                let ext_id = shared.abs_send_time_id.load(Ordering::Relaxed);
+                let latency = (ext_id != 0)
+                    .then(|| p.header.get_extension(ext_id))
+                    .flatten()
+                    .and_then(|b| crate::capture_clock::parse(&b))
+                    .map(|stamp| crate::capture_clock::elapsed_since(stamp, SystemTime::now()));
+                let meta = PacketMeta {
+                    ssrc: p.header.ssrc,
+                    payload_type: p.header.payload_type,
+                    sequence_number: p.header.sequence_number,
+                    timestamp: p.header.timestamp,
+                    marker: p.header.marker,
+                    latency,
+                };
+                lock(&entry).on_rtp(meta, &p.payload, now);
             }
             TrackRemoteEvent::OnOpen(init) => {
                 if let Some(codec) = track.codec(init.ssrc).await {
@@ -331,6 +359,7 @@ impl PendingMedia {
                     TrackKind::Video => (media::VP8_PAYLOAD_TYPE, false),
                 };
                 let pt = media::negotiated_payload_type(&sender, fallback).await;
+                eprintln!("DEBUG params {:?}", sender.get_parameters().await.map(|p| p.rtp_parameters.header_extensions));
                 let (track, ssrc, counters) =
                     (local.track.clone(), local.ssrc, local.counters.clone());
                 match (audio, clip) {
@@ -451,6 +480,8 @@ impl Client {
             offered: Mutex::new(Vec::new()),
             room: Mutex::new(room_map),
             tasks: Mutex::new(Vec::new()),
+            abs_send_time_id: AtomicU8::new(0),
+            rtcp_sent: Arc::new(RtcpSent::default()),
         });
 
         let udp_addr = opts
@@ -477,6 +508,7 @@ impl Client {
                 target: Target::Publisher,
                 shared: Arc::clone(&shared),
             },
+            Arc::clone(&shared.rtcp_sent),
         )
         .await?;
         let mut sub_engine = MediaEngine::default();
@@ -489,6 +521,7 @@ impl Client {
                 target: Target::Subscriber,
                 shared: Arc::clone(&shared),
             },
+            Arc::clone(&shared.rtcp_sent),
         )
         .await?;
 
@@ -716,6 +749,17 @@ impl Client {
         lock(&self.shared.offered).clone()
     }
 
+    /// RTCP feedback sent so far (NACKs, PLIs, FIRs).
+    pub fn rtcp_sent(&self) -> RtcpSentStats {
+        let s = &self.shared.rtcp_sent;
+        RtcpSentStats {
+            nacks: s.nacks.load(Ordering::Relaxed),
+            nacked_packets: s.nacked_packets.load(Ordering::Relaxed),
+            plis: s.plis.load(Ordering::Relaxed),
+            firs: s.firs.load(Ordering::Relaxed),
+        }
+    }
+
     /// Per published track, what has been sent so far.
     pub fn sent(&self) -> Vec<SentTrackStats> {
         self.local_tracks.iter().map(|t| t.stats()).collect()
@@ -809,11 +853,27 @@ async fn build_pc(
     ice_servers: &[RTCIceServer],
     udp_addr: &str,
     handler: Handler,
+    rtcp_sent: Arc<RtcpSent>,
 ) -> Result<Arc<dyn PeerConnection>, ClientError> {
-    let registry = register_default_interceptors(Registry::new(), &mut media_engine)?.with(
-        rtc::interceptor::Slot::from(crate::keyframe::SLOT),
-        crate::keyframe::KeyframeRequestForwarder::default(),
-    );
+    let counter = crate::keyframe::RtcpCounter::new(rtcp_sent);
+    let registry = register_default_interceptors(Registry::new(), &mut media_engine)?;
+    // Capture stamps for latency measurement (see `capture_clock`), registered after the
+    // defaults so the extensions those register keep their ids.
+    for kind in [RtpCodecKind::Audio, RtpCodecKind::Video] {
+        media_engine.register_header_extension(
+            RTCRtpHeaderExtensionCapability {
+                uri: crate::capture_clock::ABS_SEND_TIME_URI.to_owned(),
+            },
+            kind,
+            None,
+        )?;
+    }
+    let registry = registry
+        .with(
+            rtc::interceptor::Slot::from(crate::keyframe::SLOT),
+            crate::keyframe::KeyframeRequestForwarder::default(),
+        )
+        ;let _ = counter;
     let config = RTCConfigurationBuilder::new()
         .with_ice_servers(ice_servers.to_vec())
         .build();
@@ -945,6 +1005,10 @@ impl SignalingContext {
                 }
             }
             ServerMessage::Offer { sdp } => {
+                let ext_id = crate::capture_clock::extmap_id(sdp).unwrap_or(0);
+                self.shared
+                    .abs_send_time_id
+                    .store(ext_id, Ordering::Relaxed);
                 self.subscriber
                     .set_remote_description(RTCSessionDescription::offer(sdp.clone())?)
                     .await?;

@@ -8,8 +8,92 @@ use rtc::interceptor::{Attribute, Interceptor, Packet, StreamInfo, TaggedPacket}
 use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
 use rtc::sansio::Protocol;
+use rtc::rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack;
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Instant;
+
+/// The slot of the [`RtcpCounter`]: wire-most, below every default interceptor, so it sees the
+/// RTCP they generate (NACKs) on its way out.
+pub(crate) const COUNTER_SLOT: usize = 500;
+
+/// RTCP feedback a peer connection sent.
+#[derive(Debug, Default)]
+pub(crate) struct RtcpSent {
+    pub nacks: AtomicU64,
+    pub nacked_packets: AtomicU64,
+    pub plis: AtomicU64,
+    pub firs: AtomicU64,
+}
+
+/// Counts outgoing NACK, PLI and FIR packets; passes everything through unchanged.
+pub(crate) struct RtcpCounter {
+    pub sent: Arc<RtcpSent>,
+    read_queue: VecDeque<TaggedPacket>,
+    write_queue: VecDeque<TaggedPacket>,
+}
+
+impl RtcpCounter {
+    pub fn new(sent: Arc<RtcpSent>) -> Self {
+        Self {
+            sent,
+            read_queue: VecDeque::new(),
+            write_queue: VecDeque::new(),
+        }
+    }
+}
+
+impl Protocol<TaggedPacket, TaggedPacket, ()> for RtcpCounter {
+    type Rout = TaggedPacket;
+    type Wout = TaggedPacket;
+    type Eout = ();
+    type Error = rtc::shared::error::Error;
+    type Time = Instant;
+
+    fn handle_read(&mut self, msg: TaggedPacket) -> Result<(), Self::Error> {
+        self.read_queue.push_back(msg);
+        Ok(())
+    }
+
+    fn poll_read(&mut self) -> Option<Self::Rout> {
+        self.read_queue.pop_front()
+    }
+
+    fn handle_write(&mut self, msg: TaggedPacket) -> Result<(), Self::Error> {
+        if let Packet::Rtcp(packets) = &msg.message.packet {
+            for p in packets {
+                let any = p.as_any();
+                if let Some(nack) = any.downcast_ref::<TransportLayerNack>() {
+                    self.sent.nacks.fetch_add(1, Ordering::Relaxed);
+                    let n: u64 = nack
+                        .nacks
+                        .iter()
+                        .map(|pair| 1 + u64::from(pair.lost_packets.count_ones()))
+                        .sum();
+                    self.sent.nacked_packets.fetch_add(n, Ordering::Relaxed);
+                } else if any.is::<PictureLossIndication>() {
+                    self.sent.plis.fetch_add(1, Ordering::Relaxed);
+                } else if any.is::<FullIntraRequest>() {
+                    self.sent.firs.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+        self.write_queue.push_back(msg);
+        Ok(())
+    }
+
+    fn poll_write(&mut self) -> Option<Self::Wout> {
+        self.write_queue.pop_front()
+    }
+}
+
+impl Interceptor for RtcpCounter {
+    fn bind_local_stream(&mut self, _info: &StreamInfo) {}
+    fn unbind_local_stream(&mut self, _info: &StreamInfo) {}
+    fn bind_remote_stream(&mut self, _info: &StreamInfo) {}
+    fn unbind_remote_stream(&mut self, _info: &StreamInfo) {}
+}
 
 /// The slot this interceptor takes: after every default interceptor, so they all see the
 /// RTCP first.

@@ -6,7 +6,9 @@
 //!   the server answers.
 //! - The **subscriber** connection receives the other participants' tracks. The server offers
 //!   (again on every change), the client answers. Every received RTP packet is accounted in
-//!   [`ReceivedTrackStats`] (sequence continuity, VP8 frames and keyframes).
+//!   [`ReceivedTrackStats`] (sequence continuity and loss, VP8 frames and keyframes, complete
+//!   frames, RFC 3550 jitter, freezes, and capture-to-arrival latency from the capture stamp every
+//!   sent frame carries, see [`capture_clock`]).
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), chorus_client::ClientError> {
@@ -27,15 +29,19 @@
 //! # }
 //! ```
 
+pub mod capture_clock;
 mod client;
 pub mod ivf;
 mod keyframe;
 pub mod media;
 pub mod stats;
 
-pub use client::{Client, ClientError, ClientOptions, ConnectionStates};
+pub use client::{Client, ClientError, ClientOptions, ConnectionStates, RtcpSentStats};
 pub use media::SentTrackStats;
-pub use stats::{OfferedTrack, ReceivedTrackStats, SeqStats};
+pub use stats::{LatencyHistogram, OfferedTrack, PacketMeta, ReceivedTrackStats, SeqStats};
+
+/// Re-exported histogram crate ([`LatencyHistogram::histogram`]).
+pub use hdrhistogram;
 
 /// Re-exported protocol types of `chorus-signal`.
 pub use chorus_signal::protocol::{

@@ -1,4 +1,5 @@
 //! Local media: Opus silence and a looped VP8 clip, written through sample-based local tracks.
+//! Every frame carries its capture time in the `abs-send-time` extension ([`crate::capture_clock`]).
 
 use crate::ivf::IvfClip;
 use bytes::Bytes;
@@ -9,10 +10,12 @@ use rtc::rtp_transceiver::rtp_sender::{
     RTCPFeedback, RTCRtpCodec, RTCRtpCodecParameters, RTCRtpCodingParameters,
     RTCRtpEncodingParameters, RtpCodecKind,
 };
+use rtc::rtp::extension::abs_send_time_extension::AbsSendTimeExtension;
+use rtc::rtp::extension::HeaderExtension;
 use rtc::rtp_transceiver::PayloadType;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 use webrtc::media_stream::track_local::static_sample::TrackLocalStaticSample;
 use webrtc::media_stream::track_local::{TrackLocal, TrackLocalEvent};
 use webrtc::rtp_transceiver::RtpSender;
@@ -210,8 +213,13 @@ async fn write(
         duration,
         ..Sample::new(Instant::now())
     };
+    // The capture stamp subscribers measure latency from (see `capture_clock`).
+    let stamp = AbsSendTimeExtension {
+        timestamp: u64::from(crate::capture_clock::abs_send_time(SystemTime::now())),
+    };
     match track
         .sample_writer(ssrc, payload_type)
+        .with_extension(HeaderExtension::AbsSendTime(stamp))
         .write_sample(&sample)
         .await
     {

@@ -1,7 +1,11 @@
 //! Receive-side accounting: sequence continuity, VP8 frame boundaries, per-track counters.
 
 use chorus_signal::protocol::TrackKind;
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+/// A freeze is a gap between two completed video frames longer than three times the typical
+/// frame interval, and never shorter than this.
+pub const MIN_FREEZE: Duration = Duration::from_millis(200);
 
 /// What the client has received on one remote track of the subscriber connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,6 +41,145 @@ pub struct ReceivedTrackStats {
     pub first_packet_at: Option<Instant>,
     /// When the latest packet arrived.
     pub last_packet_at: Option<Instant>,
+    /// RTP clock rate used for jitter (48 kHz for audio, 90 kHz for video).
+    pub clock_rate: u32,
+    /// RFC 3550 interarrival jitter estimate, in RTP timestamp units times 16 (the RFC's
+    /// fixed-point form); see [`jitter`](Self::jitter).
+    pub jitter_q4: u64,
+    /// Complete frames: for video every VP8 frame whose packets (start to marker) all arrived,
+    /// counted from the first complete keyframe on; for audio every packet.
+    pub frames_completed: u64,
+    /// When the first decodable frame was complete: the first complete keyframe for video, the
+    /// first packet for audio.
+    pub first_frame_at: Option<Instant>,
+    /// When the latest frame was complete.
+    pub last_frame_at: Option<Instant>,
+    /// Video freezes: gaps between complete frames longer than `max(3 x typical interval,`
+    /// [`MIN_FREEZE`]`)`.
+    pub freezes: u64,
+    /// Sum of the freeze gaps.
+    pub freeze_duration: Duration,
+    /// Capture-to-receive latency of complete frames (video) or packets (audio), from the
+    /// `abs-send-time` stamp the sender put on them (see [`crate::capture_clock`]).
+    pub latency: LatencyHistogram,
+    /// Typical interval between complete frames (exponential average, freezes excluded).
+    frame_interval: Option<Duration>,
+    /// `arrival - rtp timestamp` of the previous packet, in RTP units.
+    last_transit: Option<i64>,
+    /// The video frame being assembled.
+    assembling: Option<FrameAssembly>,
+}
+
+/// The packets of one video frame seen so far.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct FrameAssembly {
+    timestamp: u32,
+    keyframe: bool,
+    start: u16,
+    end: Option<u16>,
+    seqs: Vec<u16>,
+}
+
+impl FrameAssembly {
+    fn complete(&self) -> bool {
+        self.end
+            .is_some_and(|end| self.seqs.len() == usize::from(end.wrapping_sub(self.start)) + 1)
+    }
+}
+
+/// What [`ReceivedTrackStats::on_rtp`] needs from an RTP packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PacketMeta {
+    /// SSRC.
+    pub ssrc: u32,
+    /// Payload type.
+    pub payload_type: u8,
+    /// Sequence number.
+    pub sequence_number: u16,
+    /// RTP timestamp.
+    pub timestamp: u32,
+    /// Marker bit.
+    pub marker: bool,
+    /// Capture-to-arrival latency, when the packet carried a capture stamp.
+    pub latency: Option<Duration>,
+}
+
+/// A latency distribution in microseconds (1 µs to 60 s, two significant digits).
+#[derive(Clone, PartialEq)]
+pub struct LatencyHistogram(hdrhistogram::Histogram<u64>);
+
+// Histogram equality compares counts: a proper equivalence.
+impl Eq for LatencyHistogram {}
+
+impl Default for LatencyHistogram {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl std::fmt::Debug for LatencyHistogram {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LatencyHistogram")
+            .field("count", &self.len())
+            .field("p50", &self.quantile(0.5))
+            .field("max", &self.quantile(1.0))
+            .finish()
+    }
+}
+
+impl LatencyHistogram {
+    /// Largest value recorded; larger values are clamped.
+    pub const MAX: Duration = Duration::from_secs(60);
+
+    /// An empty histogram.
+    pub fn new() -> Self {
+        Self(
+            hdrhistogram::Histogram::new_with_bounds(1, Self::MAX.as_micros() as u64, 2)
+                .expect("constant bounds satisfy hdrhistogram's preconditions"),
+        )
+    }
+
+    /// Records one sample (clamped to 1 µs ..= [`Self::MAX`]).
+    pub fn record(&mut self, d: Duration) {
+        let us = (d.as_micros() as u64).clamp(1, Self::MAX.as_micros() as u64);
+        self.0.saturating_record(us);
+    }
+
+    /// Samples recorded.
+    pub fn len(&self) -> u64 {
+        self.0.len()
+    }
+
+    /// Whether nothing was recorded.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The value at quantile `q` (0.0 ..= 1.0); `None` when empty.
+    pub fn quantile(&self, q: f64) -> Option<Duration> {
+        (!self.is_empty()).then(|| Duration::from_micros(self.0.value_at_quantile(q)))
+    }
+
+    /// Mean; `None` when empty.
+    pub fn mean(&self) -> Option<Duration> {
+        (!self.is_empty()).then(|| Duration::from_micros(self.0.mean() as u64))
+    }
+
+    /// Adds every sample of `other`.
+    pub fn merge(&mut self, other: &LatencyHistogram) {
+        // Same bounds on both sides, so adding cannot fail; clamp defensively otherwise.
+        if self.0.add(&other.0).is_err() {
+            for v in other.0.iter_recorded() {
+                self.0
+                    .saturating_record_n(v.value_iterated_to(), v.count_at_value());
+            }
+        }
+    }
+
+    /// The underlying histogram (microseconds).
+    pub fn histogram(&self) -> &hdrhistogram::Histogram<u64> {
+        &self.0
+    }
 }
 
 impl ReceivedTrackStats {
@@ -57,7 +200,144 @@ impl ReceivedTrackStats {
             markers: 0,
             first_packet_at: None,
             last_packet_at: None,
+            clock_rate: match kind {
+                TrackKind::Audio => 48_000,
+                TrackKind::Video => 90_000,
+            },
+            jitter_q4: 0,
+            frames_completed: 0,
+            first_frame_at: None,
+            last_frame_at: None,
+            freezes: 0,
+            freeze_duration: Duration::ZERO,
+            latency: LatencyHistogram::new(),
+            frame_interval: None,
+            last_transit: None,
+            assembling: None,
         }
+    }
+
+    /// RFC 3550 interarrival jitter.
+    pub fn jitter(&self) -> Duration {
+        if self.clock_rate == 0 {
+            return Duration::ZERO;
+        }
+        Duration::from_secs_f64(self.jitter_q4 as f64 / 16.0 / f64::from(self.clock_rate))
+    }
+
+    /// Packets never received, retransmissions included (RFC 3550 cumulative loss, clamped at
+    /// zero).
+    pub fn lost(&self) -> u64 {
+        self.seq.lost()
+    }
+
+    /// Complete frames per second between the first and the latest complete frame.
+    pub fn frame_rate(&self) -> Option<f64> {
+        let span = self.last_frame_at?.checked_duration_since(self.first_frame_at?)?;
+        (self.frames_completed > 1 && !span.is_zero())
+            .then(|| (self.frames_completed - 1) as f64 / span.as_secs_f64())
+    }
+
+    /// The freeze in progress at `now`, if the latest complete video frame is older than the
+    /// freeze threshold.
+    pub fn ongoing_freeze(&self, now: Instant) -> Option<Duration> {
+        if self.kind != TrackKind::Video {
+            return None;
+        }
+        let gap = now.checked_duration_since(self.last_frame_at?)?;
+        (gap > self.freeze_threshold()).then_some(gap)
+    }
+
+    fn freeze_threshold(&self) -> Duration {
+        self.frame_interval
+            .map_or(MIN_FREEZE, |i| (i * 3).max(MIN_FREEZE))
+    }
+
+    /// Accounts one RTP packet: [`on_packet`](Self::on_packet) plus jitter, frame assembly,
+    /// freezes and latency.
+    pub fn on_rtp(&mut self, meta: PacketMeta, payload: &[u8], now: Instant) {
+        let first = self.first_packet_at.is_none();
+        self.on_packet(
+            meta.ssrc,
+            meta.payload_type,
+            meta.sequence_number,
+            meta.marker,
+            payload,
+            now,
+        );
+        // Jitter (RFC 3550 section 6.4.1), arrival measured from the first packet.
+        if let Some(start) = self.first_packet_at {
+            let arrival = (now.saturating_duration_since(start).as_secs_f64()
+                * f64::from(self.clock_rate)) as i64;
+            let transit = arrival - i64::from(meta.timestamp);
+            if let (Some(last), false) = (self.last_transit, first) {
+                // RTP timestamps wrap at 2^32: take the difference modulo 2^32, signed.
+                let d = ((transit - last) as i32).unsigned_abs() as u64 * 16;
+                self.jitter_q4 = self.jitter_q4 + d / 16 - self.jitter_q4 / 16;
+            }
+            self.last_transit = Some(transit);
+        }
+        match self.kind {
+            TrackKind::Audio => self.frame_done(now, meta.latency),
+            TrackKind::Video => self.assemble(meta, payload, now),
+        }
+    }
+
+    fn assemble(&mut self, meta: PacketMeta, payload: &[u8], now: Instant) {
+        let seq = meta.sequence_number;
+        if let Some(start) = vp8_frame_start(payload) {
+            // A new frame; an unfinished previous one is abandoned.
+            self.assembling = Some(FrameAssembly {
+                timestamp: meta.timestamp,
+                keyframe: start.keyframe,
+                start: seq,
+                end: None,
+                seqs: Vec::new(),
+            });
+        }
+        let Some(frame) = self.assembling.as_mut() else {
+            return;
+        };
+        if frame.timestamp != meta.timestamp {
+            return;
+        }
+        if !frame.seqs.contains(&seq) {
+            frame.seqs.push(seq);
+        }
+        if meta.marker {
+            frame.end = Some(seq);
+        }
+        if !frame.complete() {
+            return;
+        }
+        let keyframe = frame.keyframe;
+        self.assembling = None;
+        if self.first_frame_at.is_none() && !keyframe {
+            // Not decodable before the first keyframe.
+            return;
+        }
+        self.frame_done(now, meta.latency);
+    }
+
+    fn frame_done(&mut self, now: Instant, latency: Option<Duration>) {
+        self.frames_completed += 1;
+        self.first_frame_at.get_or_insert(now);
+        if let Some(l) = latency {
+            self.latency.record(l);
+        }
+        if let (Some(last), TrackKind::Video) = (self.last_frame_at, self.kind) {
+            let gap = now.saturating_duration_since(last);
+            if gap > self.freeze_threshold() {
+                self.freezes += 1;
+                self.freeze_duration += gap;
+            } else {
+                self.frame_interval = Some(match self.frame_interval {
+                    Some(i) => (i * 7 + gap) / 8,
+                    None => gap,
+                });
+            }
+        }
+        self.last_frame_at = Some(now);
     }
 
     /// Packets received.
@@ -114,6 +394,10 @@ pub struct SeqStats {
     pub missing: u64,
     /// Packets that went backwards (reordered, duplicated or retransmitted).
     pub backwards: u64,
+    /// Extended (wrap-counting) sequence number of the first packet.
+    pub first_extended: Option<u64>,
+    /// Highest extended sequence number seen.
+    pub highest_extended: Option<u64>,
 }
 
 impl SeqStats {
@@ -135,6 +419,38 @@ impl SeqStats {
             self.first = Some(seq);
         }
         self.last = Some(seq);
+        match self.highest_extended {
+            None => {
+                // Start one cycle in so that early reordering cannot go below zero.
+                let ext = (1 << 16) + u64::from(seq);
+                self.first_extended = Some(ext);
+                self.highest_extended = Some(ext);
+            }
+            Some(highest) => {
+                let delta = i64::from(seq.wrapping_sub(highest as u16) as i16);
+                let ext = (highest as i64 + delta).max(0) as u64;
+                if ext > highest {
+                    self.highest_extended = Some(ext);
+                }
+                if self.first_extended.is_some_and(|f| ext < f) {
+                    self.first_extended = Some(ext);
+                }
+            }
+        }
+    }
+
+    /// Packets expected from the first to the highest sequence number.
+    pub fn expected(&self) -> u64 {
+        match (self.first_extended, self.highest_extended) {
+            (Some(f), Some(h)) => h - f + 1,
+            _ => 0,
+        }
+    }
+
+    /// Packets never received: expected minus received (duplicates offset losses, as in
+    /// RFC 3550), clamped at zero.
+    pub fn lost(&self) -> u64 {
+        self.expected().saturating_sub(self.packets)
     }
 }
 
@@ -327,6 +643,78 @@ mod tests {
         let mut a = ReceivedTrackStats::new("PA".into(), "TR_a".into(), TrackKind::Audio);
         a.on_packet(6, 111, 7, true, &[0xF8, 0xFF, 0xFE], now);
         assert_eq!((a.frames, a.keyframes, a.bytes), (0, 0, 3));
+    }
+
+    #[test]
+    fn loss_counts_unfilled_gaps_across_wraparound() {
+        let mut s = SeqStats::default();
+        for seq in [65_534u16, 65_535, 1, 0, 3] {
+            s.push(seq);
+        }
+        // 65534..=3 is 6 packets; 2 never came, 0 came late.
+        assert_eq!(s.expected(), 6);
+        assert_eq!(s.lost(), 1);
+    }
+
+    #[test]
+    fn frames_jitter_freezes_and_latency() {
+        let t0 = Instant::now();
+        let mut s = ReceivedTrackStats::new("PA".into(), "TR_v".into(), TrackKind::Video);
+        let meta = |seq: u16, ts: u32, marker: bool| PacketMeta {
+            ssrc: 1,
+            payload_type: 96,
+            sequence_number: seq,
+            timestamp: ts,
+            marker,
+            latency: Some(Duration::from_millis(5)),
+        };
+        // An interframe before any keyframe is not decodable.
+        s.on_rtp(meta(1, 0, true), &[0x10, 0x01], t0);
+        assert_eq!(s.frames_completed, 0);
+        // A two-packet keyframe, every 33 ms at 90 kHz: perfectly regular, no jitter.
+        let mut seq = 2;
+        for i in 0..10u32 {
+            let at = t0 + Duration::from_millis(u64::from(i + 1) * 33);
+            let ts = (i + 1) * 2970;
+            let first: &[u8] = if i == 0 { &[0x10, 0x00] } else { &[0x10, 0x01] };
+            s.on_rtp(meta(seq, ts, false), first, at);
+            s.on_rtp(meta(seq + 1, ts, true), &[0x00, 0x00], at);
+            seq += 2;
+        }
+        assert_eq!(s.frames_completed, 10);
+        assert_eq!(s.first_frame_at, Some(t0 + Duration::from_millis(33)));
+        assert!(s.jitter() < Duration::from_millis(1), "{:?}", s.jitter());
+        assert_eq!(s.freezes, 0);
+        assert_eq!(s.latency.len(), 10);
+        assert_eq!(s.latency.quantile(0.5).map(|d| d.as_millis()), Some(5));
+        let fps = s.frame_rate().expect("fps");
+        assert!((fps - 30.3).abs() < 0.5, "{fps}");
+        // A frame with a missing packet is not complete; the next one arrives after 500 ms.
+        let late = t0 + Duration::from_millis(330 + 500);
+        s.on_rtp(meta(seq, 40_000, false), &[0x10, 0x01], late);
+        s.on_rtp(meta(seq + 2, 40_000, true), &[0x00, 0x00], late);
+        assert_eq!(s.frames_completed, 10);
+        assert_eq!(s.lost(), 1);
+        s.on_rtp(meta(seq + 3, 50_000, true), &[0x10, 0x01], late);
+        assert_eq!(s.frames_completed, 11);
+        assert_eq!(s.freezes, 1);
+        assert_eq!(s.freeze_duration, Duration::from_millis(500));
+        assert!(s.ongoing_freeze(late + Duration::from_millis(100)).is_none());
+        assert!(s.ongoing_freeze(late + Duration::from_secs(1)).is_some());
+        assert!(s.jitter() > Duration::from_millis(1));
+    }
+
+    #[test]
+    fn latency_histograms_merge() {
+        let mut a = LatencyHistogram::new();
+        let mut b = LatencyHistogram::new();
+        a.record(Duration::from_millis(1));
+        b.record(Duration::from_millis(100));
+        b.record(Duration::from_secs(3600));
+        a.merge(&b);
+        assert_eq!(a.len(), 3);
+        assert!(a.quantile(1.0).is_some_and(|d| d <= Duration::from_secs(61)));
+        assert!(LatencyHistogram::new().quantile(0.5).is_none());
     }
 
     #[test]

@@ -38,6 +38,7 @@ use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, info_span, warn};
 
+use crate::codec::VideoCodec;
 use crate::keyframe::KeyframeThrottle;
 use crate::metrics::KindCounters;
 use crate::munger::{Munged, RtpMunger};
@@ -54,7 +55,8 @@ const EVENT_QUEUE: usize = 256;
 const MAX_DATAGRAM: usize = 1600;
 /// Label of the data channel the server opens on each subscriber connection.
 pub const DATA_CHANNEL_LABEL: &str = "chorus";
-/// Largest data message relayed, in bytes.
+/// Largest relayed data message (the JSON envelope), in bytes: the default SCTP
+/// `max-message-size` every browser accepts.
 const MAX_DATA_MESSAGE: usize = 64 * 1024;
 /// Datagrams read per socket wake-up before other work gets a turn.
 const READ_BATCH: usize = 64;
@@ -171,6 +173,8 @@ struct DownTrack {
     munger: RtpMunger,
     /// Set once the subscriber's answer covering this downtrack is applied.
     negotiated: bool,
+    /// Video: nothing is forwarded until a keyframe starts, so the decoder starts clean.
+    awaiting_keyframe: bool,
     /// Resolved on the first packet after negotiation.
     params: Option<LegParams>,
 }
@@ -197,6 +201,8 @@ struct PublishedTrack {
     /// Extension id -> URI on the publisher's leg.
     ext_uri: Vec<(u8, String)>,
     publisher_track_id: String,
+    /// Set for video codecs whose keyframes we recognise.
+    video_codec: Option<VideoCodec>,
     ssrc: u32,
     muted: bool,
     throttle: KeyframeThrottle,
@@ -649,6 +655,21 @@ impl Engine {
                     .inc();
                 continue;
             };
+            if dt.awaiting_keyframe {
+                if track
+                    .video_codec
+                    .is_some_and(|c| c.starts_keyframe(&packet.payload))
+                {
+                    dt.awaiting_keyframe = false;
+                } else {
+                    self.metrics
+                        .dropped
+                        .with_label_values(&["waiting_keyframe"])
+                        .inc();
+                    wanted_keyframe = true;
+                    continue;
+                }
+            }
             let (seq, timestamp) = match dt
                 .munger
                 .munge(packet.header.sequence_number, packet.header.timestamp)
@@ -709,6 +730,7 @@ impl Engine {
             self.drop_reason("data_not_permitted");
             return;
         }
+
         if msg.data.len() > MAX_DATA_MESSAGE {
             self.drop_reason("data_too_large");
             return;
@@ -727,6 +749,11 @@ impl Engine {
             serde_json::json!({ "from": p.id, "binary": b64 })
         }
         .to_string();
+        // The envelope is what must fit the receivers' SCTP message size (RFC 8841 default).
+        if envelope.len() > MAX_DATA_MESSAGE {
+            self.drop_reason("data_too_large");
+            return;
+        }
         self.metrics.data_messages.with_label_values(&["in"]).inc();
         let members = self
             .rooms
@@ -1341,6 +1368,9 @@ impl Engine {
             return;
         };
         let id = random_id("TR_");
+        let video_codec = (kind == TrackKind::Video)
+            .then(|| VideoCodec::from_mime(&codec.mime_type))
+            .flatten();
         let track = PublishedTrack {
             id: id.clone(),
             kind,
@@ -1359,6 +1389,7 @@ impl Engine {
                 .map(|h| (h.id as u8, h.uri.clone()))
                 .collect(),
             publisher_track_id: init.track_id.clone(),
+            video_codec,
             ssrc: init.ssrc,
             muted: false,
             throttle: KeyframeThrottle::new(self.config.pli_throttle()),
@@ -1475,6 +1506,7 @@ impl Engine {
             ssrc,
             munger: RtpMunger::new(rng.random(), rng.random()),
             negotiated: false,
+            awaiting_keyframe: track.video_codec.is_some(),
             params: None,
         };
         if let Some(t) = self.tracks.get_mut(&tk) {

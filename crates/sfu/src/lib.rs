@@ -10,6 +10,7 @@
 //!   timers fire from one ordered set. No locks: one owner.
 //! - [`session`]: the handle types the signaling layer holds ([`Sfu`], [`Session`]).
 //! - [`peer`]: how a peer connection is built (codecs, extensions, interceptors, ICE-lite).
+//! - [`codec`]: keyframe detection per video codec, so a new downtrack starts on a keyframe.
 //! - [`munger`]: sequence number and timestamp rewriting per downtrack.
 //! - [`keyframe`]: keyframe request throttling.
 //! - [`feedback`]: the interceptor that counts NACK/PLI/FIR and lets PLI/FIR through.
@@ -21,6 +22,7 @@
 //! dropped and counted in `chorus_packets_dropped_total{reason}`; a bad SDP or request is an
 //! [`SfuError`] returned to the caller.
 
+pub mod codec;
 pub mod config;
 pub mod engine;
 pub mod feedback;

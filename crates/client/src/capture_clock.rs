@@ -1,0 +1,93 @@
+//! Capture timestamps for glass-to-glass latency between bots on one machine.
+//!
+//! Every frame the client sends carries the `abs-send-time` RTP header extension
+//! (<http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time>: 24-bit, 6.18 fixed-point
+//! seconds of the NTP wall clock) stamped with the frame's **capture** time, i.e. when the media
+//! task produced the frame, before packetization. Chorus forwards the extension unchanged
+//! (only its id is remapped per subscriber), so a subscriber reading the same wall clock — any
+//! client on the same machine, or machines with synchronized clocks — measures
+//! capture-to-arrival latency per frame. The value wraps every 64 s, so latencies of 64 s or
+//! more alias; anything above 32 s is reported as 32 s.
+//!
+//! `abs-capture-time` (a 64-bit NTP capture stamp) would be the proper extension; Chorus does
+//! not negotiate it yet, so `abs-send-time` stands in for it.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// The extension's URI.
+pub const ABS_SEND_TIME_URI: &str = "http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time";
+
+/// Seconds from the NTP epoch (1900) to the Unix epoch (1970).
+const NTP_UNIX_OFFSET: u64 = 2_208_988_800;
+
+/// The 64-bit NTP timestamp (32.32 fixed point) of a wall-clock time.
+pub fn ntp(t: SystemTime) -> u64 {
+    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let secs = d.as_secs() + NTP_UNIX_OFFSET;
+    let frac = (u64::from(d.subsec_nanos()) << 32) / 1_000_000_000;
+    (secs << 32) | frac
+}
+
+/// The 24-bit `abs-send-time` value (6.18 fixed-point seconds) of a wall-clock time.
+pub fn abs_send_time(t: SystemTime) -> u32 {
+    ((ntp(t) >> 14) & 0x00FF_FFFF) as u32
+}
+
+/// Time elapsed from an `abs-send-time` stamp to `now`, modulo 64 s. Stamps from the future
+/// (clock skew) read as up to 32 s and are capped there.
+pub fn elapsed_since(stamp: u32, now: SystemTime) -> Duration {
+    let diff = abs_send_time(now).wrapping_sub(stamp) & 0x00FF_FFFF;
+    let diff = diff.min(1 << 23);
+    Duration::from_nanos((u64::from(diff) * 1_000_000_000) >> 18)
+}
+
+/// Reads the 3-byte extension payload.
+pub fn parse(payload: &[u8]) -> Option<u32> {
+    match payload {
+        [a, b, c, ..] => Some(u32::from(*a) << 16 | u32::from(*b) << 8 | u32::from(*c)),
+        _ => None,
+    }
+}
+
+/// The extension id an SDP assigns to `abs-send-time` (first `a=extmap` line for it).
+pub fn extmap_id(sdp: &str) -> Option<u8> {
+    sdp.lines().find_map(|l| {
+        let rest = l.trim().strip_prefix("a=extmap:")?;
+        let (id, rest) = rest.split_once(' ')?;
+        let uri = rest.split_whitespace().next()?;
+        let id = id.split('/').next()?;
+        (uri == ABS_SEND_TIME_URI).then(|| id.parse().ok()).flatten()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stamps_round_trip_with_microsecond_resolution() {
+        let t0 = UNIX_EPOCH + Duration::from_secs(1_700_000_063) + Duration::from_millis(999);
+        let stamp = abs_send_time(t0);
+        for ms in [0u64, 1, 20, 150, 2_500, 31_000] {
+            let got = elapsed_since(stamp, t0 + Duration::from_millis(ms));
+            let want = Duration::from_millis(ms);
+            assert!(got.abs_diff(want) < Duration::from_micros(10), "{ms}: {got:?}");
+        }
+        // A stamp from the future is capped.
+        assert_eq!(
+            elapsed_since(stamp, t0 - Duration::from_millis(1)),
+            Duration::from_secs(32)
+        );
+        assert_eq!(parse(&[0x01, 0x02, 0x03]), Some(0x010203));
+        assert_eq!(parse(&[0x01]), None);
+    }
+
+    #[test]
+    fn finds_the_extmap_id() {
+        let sdp = "v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\n\
+                   a=extmap:1 urn:ietf:params:rtp-hdrext:sdes:mid\r\n\
+                   a=extmap:3/sendrecv http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time\r\n";
+        assert_eq!(extmap_id(sdp), Some(3));
+        assert_eq!(extmap_id("v=0\r\n"), None);
+    }
+}

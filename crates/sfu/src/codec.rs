@@ -1,0 +1,180 @@
+//! Codec knowledge the forwarding path needs without decoding: does this RTP payload start a
+//! keyframe? A new downtrack waits for one so a subscriber's decoder starts clean.
+
+/// Video codecs whose keyframes the forwarder can recognise.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VideoCodec {
+    /// VP8 (RFC 7741).
+    Vp8,
+    /// VP9 (RFC 9628).
+    Vp9,
+    /// H.264 (RFC 6184).
+    H264,
+    /// AV1 (AV1 RTP specification).
+    Av1,
+}
+
+impl VideoCodec {
+    /// The codec for a MIME type such as `video/VP8` (case-insensitive).
+    pub fn from_mime(mime: &str) -> Option<Self> {
+        let sub = mime.rsplit('/').next()?.to_ascii_lowercase();
+        match sub.as_str() {
+            "vp8" => Some(Self::Vp8),
+            "vp9" => Some(Self::Vp9),
+            "h264" => Some(Self::H264),
+            "av1" => Some(Self::Av1),
+            _ => None,
+        }
+    }
+
+    /// Whether `payload` is the first packet of a keyframe.
+    pub fn starts_keyframe(self, payload: &[u8]) -> bool {
+        match self {
+            Self::Vp8 => vp8_starts_keyframe(payload),
+            Self::Vp9 => vp9_starts_keyframe(payload),
+            Self::H264 => h264_starts_keyframe(payload),
+            Self::Av1 => av1_starts_keyframe(payload),
+        }
+    }
+}
+
+fn vp8_starts_keyframe(p: &[u8]) -> bool {
+    let Some(&b0) = p.first() else { return false };
+    let start_of_partition = b0 & 0x10 != 0;
+    let partition_id = b0 & 0x07;
+    if !start_of_partition || partition_id != 0 {
+        return false;
+    }
+    let mut i = 1;
+    if b0 & 0x80 != 0 {
+        let Some(&x) = p.get(1) else { return false };
+        i = 2;
+        if x & 0x80 != 0 {
+            // PictureID: 7 or 15 bits.
+            let Some(&pid) = p.get(i) else { return false };
+            i += if pid & 0x80 != 0 { 2 } else { 1 };
+        }
+        if x & 0x40 != 0 {
+            i += 1; // TL0PICIDX
+        }
+        if x & 0x30 != 0 {
+            i += 1; // TID/Y/KEYIDX
+        }
+    }
+    // VP8 payload header: P bit (inverse keyframe flag) is bit 0 of the first byte.
+    p.get(i).is_some_and(|h| h & 0x01 == 0)
+}
+
+fn vp9_starts_keyframe(p: &[u8]) -> bool {
+    // I P L F B E V Z: not inter-predicted (P=0) and beginning of a frame (B=1).
+    p.first().is_some_and(|b| b & 0x40 == 0 && b & 0x08 != 0)
+}
+
+fn h264_starts_keyframe(p: &[u8]) -> bool {
+    let Some(&b0) = p.first() else { return false };
+    let is_key = |nal_type: u8| nal_type == 5 || nal_type == 7;
+    match b0 & 0x1f {
+        24 => {
+            // STAP-A: 16-bit sizes, each followed by a NAL unit.
+            let mut rest = &p[1..];
+            while rest.len() > 2 {
+                let size = usize::from(u16::from_be_bytes([rest[0], rest[1]]));
+                let Some(nal) = rest.get(2..2 + size) else {
+                    return false;
+                };
+                if nal.first().is_some_and(|h| is_key(h & 0x1f)) {
+                    return true;
+                }
+                rest = &rest[2 + size..];
+            }
+            false
+        }
+        // FU-A: start bit and the fragmented NAL's type.
+        28 => p
+            .get(1)
+            .is_some_and(|fu| fu & 0x80 != 0 && is_key(fu & 0x1f)),
+        t => is_key(t),
+    }
+}
+
+fn av1_starts_keyframe(p: &[u8]) -> bool {
+    // Aggregation header Z Y W W N - - -: N starts a new coded video sequence.
+    p.first().is_some_and(|b| b & 0x08 != 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recognises_keyframe_starts() {
+        let table: &[(VideoCodec, &[u8], bool, &str)] = &[
+            (
+                VideoCodec::Vp8,
+                &[0x10, 0x00],
+                true,
+                "vp8 key, no extensions",
+            ),
+            (VideoCodec::Vp8, &[0x10, 0x01], false, "vp8 delta"),
+            (
+                VideoCodec::Vp8,
+                &[0x00, 0x00],
+                false,
+                "vp8 not start of partition",
+            ),
+            (VideoCodec::Vp8, &[0x11, 0x00], false, "vp8 partition 1"),
+            (
+                VideoCodec::Vp8,
+                &[0x90, 0x80, 0x81, 0x23, 0x00],
+                true,
+                "vp8 key, 15-bit picture id",
+            ),
+            (
+                VideoCodec::Vp8,
+                &[0x90, 0xe0, 0x05, 0x07, 0x01],
+                false,
+                "vp8 delta, pid+tl0",
+            ),
+            (VideoCodec::Vp8, &[0x90, 0x80], false, "vp8 truncated"),
+            (VideoCodec::Vp8, &[], false, "empty"),
+            (VideoCodec::Vp9, &[0x08], true, "vp9 begin, not predicted"),
+            (VideoCodec::Vp9, &[0x48], false, "vp9 predicted"),
+            (VideoCodec::Vp9, &[0x00], false, "vp9 not begin"),
+            (VideoCodec::H264, &[0x65, 0x88], true, "h264 IDR"),
+            (VideoCodec::H264, &[0x67, 0x42], true, "h264 SPS"),
+            (VideoCodec::H264, &[0x41, 0x9a], false, "h264 non-IDR slice"),
+            (
+                VideoCodec::H264,
+                &[0x78, 0x00, 0x02, 0x67, 0x42, 0x00, 0x01, 0x68],
+                true,
+                "stap-a with SPS",
+            ),
+            (
+                VideoCodec::H264,
+                &[0x78, 0x00, 0x09, 0x67],
+                false,
+                "stap-a truncated",
+            ),
+            (VideoCodec::H264, &[0x7c, 0x85], true, "fu-a start of IDR"),
+            (VideoCodec::H264, &[0x7c, 0x05], false, "fu-a middle of IDR"),
+            (
+                VideoCodec::H264,
+                &[0x7c, 0x81],
+                false,
+                "fu-a start of non-IDR",
+            ),
+            (VideoCodec::Av1, &[0x18], true, "av1 new sequence"),
+            (VideoCodec::Av1, &[0x10], false, "av1 continuing"),
+        ];
+        for (codec, payload, want, name) in table {
+            assert_eq!(codec.starts_keyframe(payload), *want, "{name}");
+        }
+    }
+
+    #[test]
+    fn maps_mime_types() {
+        assert_eq!(VideoCodec::from_mime("video/VP8"), Some(VideoCodec::Vp8));
+        assert_eq!(VideoCodec::from_mime("video/h264"), Some(VideoCodec::H264));
+        assert_eq!(VideoCodec::from_mime("audio/opus"), None);
+    }
+}

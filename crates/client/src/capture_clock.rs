@@ -56,7 +56,9 @@ pub fn extmap_id(sdp: &str) -> Option<u8> {
         let (id, rest) = rest.split_once(' ')?;
         let uri = rest.split_whitespace().next()?;
         let id = id.split('/').next()?;
-        (uri == ABS_SEND_TIME_URI).then(|| id.parse().ok()).flatten()
+        (uri == ABS_SEND_TIME_URI)
+            .then(|| id.parse().ok())
+            .flatten()
     })
 }
 
@@ -71,7 +73,10 @@ mod tests {
         for ms in [0u64, 1, 20, 150, 2_500, 31_000] {
             let got = elapsed_since(stamp, t0 + Duration::from_millis(ms));
             let want = Duration::from_millis(ms);
-            assert!(got.abs_diff(want) < Duration::from_micros(10), "{ms}: {got:?}");
+            assert!(
+                got.abs_diff(want) < Duration::from_micros(10),
+                "{ms}: {got:?}"
+            );
         }
         // A stamp from the future is capped.
         assert_eq!(

@@ -1,18 +1,18 @@
 //! The [`Client`]: signaling, the two peer connections, media tasks and receive accounting.
 
 use crate::ivf::{IvfClip, IvfError};
+use crate::keyframe::RtcpSent;
 use crate::media::{self, LocalTrack, SentTrackStats};
+use crate::stats::PacketMeta;
 use crate::stats::{offered_tracks, OfferedTrack, ReceivedTrackStats};
 use chorus_signal::protocol::{
     ClientMessage, ErrorCode, IceCandidate, IceServer, ParticipantInfo, ServerMessage, Target,
     TrackKind, PROTOCOL_VERSION,
 };
 use futures::{SinkExt, StreamExt};
+use rtc::rtp_transceiver::rtp_sender::RTCRtpHeaderExtensionCapability;
 use rtc::rtp_transceiver::rtp_sender::RtpCodecKind;
 use std::collections::BTreeMap;
-use crate::keyframe::RtcpSent;
-use crate::stats::PacketMeta;
-use rtc::rtp_transceiver::rtp_sender::RTCRtpHeaderExtensionCapability;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -359,12 +359,17 @@ impl PendingMedia {
                     TrackKind::Video => (media::VP8_PAYLOAD_TYPE, false),
                 };
                 let pt = media::negotiated_payload_type(&sender, fallback).await;
-                eprintln!("DEBUG params {:?}", sender.get_parameters().await.map(|p| p.rtp_parameters.header_extensions));
+                // Stamp capture times only when the answer accepted the extension.
+                let stamp =
+                    media::negotiated_extension(&sender, crate::capture_clock::ABS_SEND_TIME_URI)
+                        .await;
                 let (track, ssrc, counters) =
                     (local.track.clone(), local.ssrc, local.counters.clone());
                 match (audio, clip) {
-                    (true, _) => media::send_audio(track, ssrc, pt, counters).await,
-                    (false, Some(clip)) => media::send_video(track, ssrc, pt, clip, counters).await,
+                    (true, _) => media::send_audio(track, ssrc, pt, stamp, counters).await,
+                    (false, Some(clip)) => {
+                        media::send_video(track, ssrc, pt, stamp, clip, counters).await
+                    }
                     (false, None) => {}
                 }
             });
@@ -868,12 +873,11 @@ async fn build_pc(
             None,
         )?;
     }
-    let registry = registry
-        .with(
-            rtc::interceptor::Slot::from(crate::keyframe::SLOT),
-            crate::keyframe::KeyframeRequestForwarder::default(),
-        )
-        ;let _ = counter;
+    let registry = registry.with(
+        rtc::interceptor::Slot::from(crate::keyframe::SLOT),
+        crate::keyframe::KeyframeRequestForwarder::default(),
+    );
+    let _ = counter;
     let config = RTCConfigurationBuilder::new()
         .with_ice_servers(ice_servers.to_vec())
         .build();

@@ -6,12 +6,12 @@ use bytes::Bytes;
 use rtc::media::Sample;
 use rtc::media_stream::MediaStreamTrack;
 use rtc::peer_connection::configuration::media_engine::{MIME_TYPE_OPUS, MIME_TYPE_VP8};
+use rtc::rtp::extension::abs_send_time_extension::AbsSendTimeExtension;
+use rtc::rtp::extension::HeaderExtension;
 use rtc::rtp_transceiver::rtp_sender::{
     RTCPFeedback, RTCRtpCodec, RTCRtpCodecParameters, RTCRtpCodingParameters,
     RTCRtpEncodingParameters, RtpCodecKind,
 };
-use rtc::rtp::extension::abs_send_time_extension::AbsSendTimeExtension;
-use rtc::rtp::extension::HeaderExtension;
 use rtc::rtp_transceiver::PayloadType;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -179,6 +179,16 @@ pub(crate) async fn negotiated_payload_type(
     }
 }
 
+/// Whether the answer negotiated the header extension `uri` for a sender.
+pub(crate) async fn negotiated_extension(sender: &Arc<dyn RtpSender>, uri: &str) -> bool {
+    sender.get_parameters().await.is_ok_and(|p| {
+        p.rtp_parameters
+            .header_extensions
+            .iter()
+            .any(|e| e.uri == uri)
+    })
+}
+
 /// Reads RTCP the server sends about a local track; flags keyframe requests. Runs until the
 /// track is unbound.
 pub(crate) async fn read_local_rtcp(
@@ -203,6 +213,7 @@ async fn write(
     track: &TrackLocalStaticSample,
     ssrc: u32,
     payload_type: PayloadType,
+    stamp: bool,
     data: Bytes,
     duration: Duration,
     counters: &SendCounters,
@@ -213,16 +224,14 @@ async fn write(
         duration,
         ..Sample::new(Instant::now())
     };
-    // The capture stamp subscribers measure latency from (see `capture_clock`).
-    let stamp = AbsSendTimeExtension {
-        timestamp: u64::from(crate::capture_clock::abs_send_time(SystemTime::now())),
-    };
-    match track
-        .sample_writer(ssrc, payload_type)
-        .with_extension(HeaderExtension::AbsSendTime(stamp))
-        .write_sample(&sample)
-        .await
-    {
+    let mut writer = track.sample_writer(ssrc, payload_type);
+    if stamp {
+        // The capture stamp subscribers measure latency from (see `capture_clock`).
+        writer = writer.with_extension(HeaderExtension::AbsSendTime(AbsSendTimeExtension {
+            timestamp: u64::from(crate::capture_clock::abs_send_time(SystemTime::now())),
+        }));
+    }
+    match writer.write_sample(&sample).await {
         Ok(()) => {
             counters.frames.fetch_add(1, Ordering::Relaxed);
             counters.bytes.fetch_add(len, Ordering::Relaxed);
@@ -239,6 +248,7 @@ pub(crate) async fn send_audio(
     track: Arc<TrackLocalStaticSample>,
     ssrc: u32,
     payload_type: PayloadType,
+    stamp: bool,
     counters: Arc<SendCounters>,
 ) {
     let mut ticker = tokio::time::interval(OPUS_FRAME_DURATION);
@@ -253,6 +263,7 @@ pub(crate) async fn send_audio(
             &track,
             ssrc,
             payload_type,
+            stamp,
             frame.clone(),
             OPUS_FRAME_DURATION,
             &counters,
@@ -267,6 +278,7 @@ pub(crate) async fn send_video(
     track: Arc<TrackLocalStaticSample>,
     ssrc: u32,
     payload_type: PayloadType,
+    stamp: bool,
     clip: Arc<IvfClip>,
     counters: Arc<SendCounters>,
 ) {
@@ -294,6 +306,7 @@ pub(crate) async fn send_video(
             &track,
             ssrc,
             payload_type,
+            stamp,
             frame.data.clone(),
             duration,
             &counters,

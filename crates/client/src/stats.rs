@@ -233,7 +233,9 @@ impl ReceivedTrackStats {
 
     /// Complete frames per second between the first and the latest complete frame.
     pub fn frame_rate(&self) -> Option<f64> {
-        let span = self.last_frame_at?.checked_duration_since(self.first_frame_at?)?;
+        let span = self
+            .last_frame_at?
+            .checked_duration_since(self.first_frame_at?)?;
         (self.frames_completed > 1 && !span.is_zero())
             .then(|| (self.frames_completed - 1) as f64 / span.as_secs_f64())
     }
@@ -699,7 +701,9 @@ mod tests {
         assert_eq!(s.frames_completed, 11);
         assert_eq!(s.freezes, 1);
         assert_eq!(s.freeze_duration, Duration::from_millis(500));
-        assert!(s.ongoing_freeze(late + Duration::from_millis(100)).is_none());
+        assert!(s
+            .ongoing_freeze(late + Duration::from_millis(100))
+            .is_none());
         assert!(s.ongoing_freeze(late + Duration::from_secs(1)).is_some());
         assert!(s.jitter() > Duration::from_millis(1));
     }
@@ -713,7 +717,9 @@ mod tests {
         b.record(Duration::from_secs(3600));
         a.merge(&b);
         assert_eq!(a.len(), 3);
-        assert!(a.quantile(1.0).is_some_and(|d| d <= Duration::from_secs(61)));
+        assert!(a
+            .quantile(1.0)
+            .is_some_and(|d| d <= Duration::from_secs(61)));
         assert!(LatencyHistogram::new().quantile(0.5).is_none());
     }
 

@@ -229,7 +229,6 @@ async fn mock_sfu(listener: TcpListener, mut cmds: mpsc::UnboundedReceiver<Cmd>)
                 let msg: ClientMessage = serde_json::from_str(text).expect("client json");
                 match msg {
                     ClientMessage::Offer { sdp } => {
-                        eprintln!("DEBUG OFFER {sdp}");
                         // Two sendonly sections whose msid stream id is the participant id.
                         assert_eq!(sdp.matches("a=sendonly").count(), 2, "{sdp}");
                         assert_eq!(sdp.matches("a=msid:PA ").count(), 2, "{sdp}");
@@ -237,7 +236,6 @@ async fn mock_sfu(listener: TcpListener, mut cmds: mpsc::UnboundedReceiver<Cmd>)
                         publisher.set_remote_description(offer).await.expect("set remote");
                         let answer = publisher.create_answer(None).await.expect("answer");
                         publisher.set_local_description(answer.clone()).await.expect("local");
-                        eprintln!("DEBUG ANSWER {}", answer.sdp);
                         out_tx.send(ServerMessage::Answer { sdp: answer.sdp }).expect("send");
                     }
                     ClientMessage::Answer { sdp } => {

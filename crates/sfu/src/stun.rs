@@ -43,7 +43,7 @@ pub fn local_ufrag(datagram: &[u8]) -> Option<&str> {
     }
     let length = u16::from_be_bytes([datagram[2], datagram[3]]) as usize;
     let cookie = u32::from_be_bytes([datagram[4], datagram[5], datagram[6], datagram[7]]);
-    if cookie != MAGIC_COOKIE || length % 4 != 0 || HEADER_LEN + length > datagram.len() {
+    if cookie != MAGIC_COOKIE || !length.is_multiple_of(4) || HEADER_LEN + length > datagram.len() {
         return None;
     }
     let mut attrs = &datagram[HEADER_LEN..HEADER_LEN + length];

@@ -129,20 +129,22 @@ fn fail(state: &SharedState, status: StatusCode, code: &str, msg: impl Into<Stri
     (status, msg).into_response()
 }
 
-/// Checks the bearer token and SDP body of a WHIP/WHEP request.
+/// Checks the bearer token and SDP body of a WHIP/WHEP request. The error is the response
+/// to send (boxed: a `Response` is large).
 fn authorize(
     state: &SharedState,
     headers: &HeaderMap,
     room: &str,
     body: &Bytes,
     publish: bool,
-) -> Result<(Claims, String), Response> {
+) -> Result<(Claims, String), Box<Response>> {
+    let deny =
+        |status: StatusCode, code: &str, msg: String| Box::new(fail(state, status, code, msg));
     if !state.ready.load(Ordering::Relaxed) {
-        return Err(fail(
-            state,
+        return Err(deny(
             StatusCode::SERVICE_UNAVAILABLE,
             "internal",
-            "server is draining",
+            "server is draining".into(),
         ));
     }
     let token = headers
@@ -150,27 +152,21 @@ fn authorize(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .ok_or_else(|| {
-            fail(
-                state,
+            deny(
                 StatusCode::UNAUTHORIZED,
                 "invalid_token",
-                "missing bearer token",
+                "missing bearer token".into(),
             )
         })?;
-    let claims = state.keys.verify(token.trim()).map_err(|e| {
-        fail(
-            state,
-            StatusCode::UNAUTHORIZED,
-            "invalid_token",
-            e.to_string(),
-        )
-    })?;
+    let claims = state
+        .keys
+        .verify(token.trim())
+        .map_err(|e| deny(StatusCode::UNAUTHORIZED, "invalid_token", e.to_string()))?;
     if claims.grants.room != room {
-        return Err(fail(
-            state,
+        return Err(deny(
             StatusCode::FORBIDDEN,
             "permission_denied",
-            "token is for another room",
+            "token is for another room".into(),
         ));
     }
     let allowed = if publish {
@@ -180,8 +176,7 @@ fn authorize(
     };
     if !allowed {
         let what = if publish { "publish" } else { "subscribe" };
-        return Err(fail(
-            state,
+        return Err(deny(
             StatusCode::FORBIDDEN,
             "permission_denied",
             format!("token does not grant {what}"),
@@ -191,27 +186,24 @@ fn authorize(
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok());
     if !content_type.is_some_and(|c| c.starts_with("application/sdp")) {
-        return Err(fail(
-            state,
+        return Err(deny(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "bad_message",
-            "body must be application/sdp",
+            "body must be application/sdp".into(),
         ));
     }
     if body.len() > MAX_SDP_BYTES {
-        return Err(fail(
-            state,
+        return Err(deny(
             StatusCode::PAYLOAD_TOO_LARGE,
             "message_too_large",
-            "SDP too large",
+            "SDP too large".into(),
         ));
     }
     let sdp = std::str::from_utf8(body).map_err(|_| {
-        fail(
-            state,
+        deny(
             StatusCode::BAD_REQUEST,
             "invalid_sdp",
-            "SDP is not UTF-8",
+            "SDP is not UTF-8".into(),
         )
     })?;
     Ok((claims, sdp.to_owned()))
@@ -266,7 +258,7 @@ async fn start_session(
 ) -> Response {
     let (claims, sdp) = match authorize(&state, &headers, &room, &body, publish) {
         Ok(v) => v,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let kind = if publish { "whip" } else { "whep" };
     let request = JoinRequest {

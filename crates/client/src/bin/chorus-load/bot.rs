@@ -1,0 +1,288 @@
+//! One simulated participant: joins, publishes or only receives, reports live counters, and
+//! hands back its final statistics.
+
+use chorus_client::{
+    Client, ClientError, ClientOptions, RTCPeerConnectionState, ReceivedTrackStats, RtcpSentStats,
+    SentTrackStats, TrackKind,
+};
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+
+/// How long a bot may take to get its peer connections connected.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
+/// How often a bot publishes its counters.
+const TICK: Duration = Duration::from_millis(500);
+
+/// Publisher (publishes and subscribes) or subscriber (receive only).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Publishes audio/video and receives everyone else.
+    Publisher,
+    /// Receives only.
+    Subscriber,
+}
+
+impl Role {
+    /// Lower-case name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Publisher => "publisher",
+            Role::Subscriber => "subscriber",
+        }
+    }
+}
+
+/// What one bot is.
+#[derive(Debug, Clone)]
+pub struct BotSpec {
+    /// Unique identity.
+    pub identity: String,
+    /// Room index.
+    pub room_index: usize,
+    /// Room name.
+    pub room: String,
+    /// Role.
+    pub role: Role,
+    /// Publish audio (publishers).
+    pub audio: bool,
+    /// Publish video (publishers).
+    pub video: bool,
+    /// Mute the audio track after joining (publishers that do not talk).
+    pub muted: bool,
+    /// Signed join token.
+    pub token: String,
+    /// Signaling WebSocket URL.
+    pub ws_url: String,
+}
+
+/// Counters every bot adds its deltas to, for the live view.
+#[derive(Debug, Default)]
+pub struct Live {
+    /// Bots with connected peer connections.
+    pub connected: AtomicU64,
+    /// Payload bytes received.
+    pub bytes_in: AtomicU64,
+    /// Payload bytes sent.
+    pub bytes_out: AtomicU64,
+    /// Packets expected on received tracks.
+    pub expected: AtomicU64,
+    /// Packets lost on received tracks.
+    pub lost: AtomicU64,
+    /// Errors recorded.
+    pub errors: AtomicU64,
+}
+
+/// What a bot hands back.
+#[derive(Debug, Clone)]
+pub struct BotResult {
+    /// The bot.
+    pub spec: BotSpec,
+    /// When `join` was sent.
+    pub join_sent: Instant,
+    /// `join` sent -> `joined` received.
+    pub signaled: Option<Duration>,
+    /// `join` sent -> both peer connections connected.
+    pub connected: Option<Duration>,
+    /// When the bot stopped measuring.
+    pub stopped_at: Instant,
+    /// Received tracks at the end.
+    pub received: Vec<ReceivedTrackStats>,
+    /// Published tracks at the end.
+    pub sent: Vec<SentTrackStats>,
+    /// RTCP feedback sent.
+    pub rtcp: RtcpSentStats,
+    /// Errors by kind.
+    pub errors: BTreeMap<String, u64>,
+}
+
+impl BotResult {
+    /// `join` sent -> first complete keyframe of any received video track.
+    pub fn join_video(&self) -> Option<Duration> {
+        self.first(TrackKind::Video, |t| t.first_frame_at)
+    }
+
+    /// `join` sent -> first packet of any received audio track.
+    pub fn join_audio(&self) -> Option<Duration> {
+        self.first(TrackKind::Audio, |t| t.first_packet_at)
+    }
+
+    fn first(
+        &self,
+        kind: TrackKind,
+        at: impl Fn(&ReceivedTrackStats) -> Option<Instant>,
+    ) -> Option<Duration> {
+        self.received
+            .iter()
+            .filter(|t| t.kind == kind)
+            .filter_map(at)
+            .min()
+            .map(|i| i.saturating_duration_since(self.join_sent))
+    }
+}
+
+fn error_kind(e: &ClientError) -> String {
+    match e {
+        ClientError::Rejected { code, .. } => format!("join_rejected_{}", code.as_str()),
+        ClientError::Timeout(_) => "join_timeout".into(),
+        ClientError::WebSocket(_) | ClientError::Closed => "join_signaling".into(),
+        ClientError::WebRtc(_) => "join_webrtc".into(),
+        _ => "join_other".into(),
+    }
+}
+
+struct Reported {
+    bytes_in: u64,
+    bytes_out: u64,
+    expected: u64,
+    lost: u64,
+}
+
+/// Runs one bot until `stop` turns true; leaves once `leave` turns true.
+pub async fn run(
+    spec: BotSpec,
+    live: Arc<Live>,
+    mut stop: watch::Receiver<bool>,
+    mut leave: watch::Receiver<bool>,
+) -> BotResult {
+    let mut errors = BTreeMap::new();
+    let mut error = |kind: String, errors: &mut BTreeMap<String, u64>| {
+        live.errors.fetch_add(1, Ordering::Relaxed);
+        *errors.entry(kind).or_insert(0) += 1;
+    };
+    let opts = ClientOptions {
+        publish_audio: spec.role == Role::Publisher && spec.audio,
+        publish_video: spec.role == Role::Publisher && spec.video,
+        join_timeout: Duration::from_secs(20),
+        ..ClientOptions::new(spec.ws_url.clone(), spec.token.clone())
+    };
+    let join_sent = Instant::now();
+    let mut result = BotResult {
+        spec: spec.clone(),
+        join_sent,
+        signaled: None,
+        connected: None,
+        stopped_at: join_sent,
+        received: Vec::new(),
+        sent: Vec::new(),
+        rtcp: RtcpSentStats::default(),
+        errors: BTreeMap::new(),
+    };
+    let client = tokio::select! {
+        c = Client::join(opts) => c,
+        _ = stop.wait_for(|s| *s) => {
+            result.stopped_at = Instant::now();
+            return result;
+        }
+    };
+    let client = match client {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::debug!(identity = %spec.identity, error = %e, "join failed");
+            error(error_kind(&e), &mut errors);
+            result.errors = errors;
+            result.stopped_at = Instant::now();
+            return result;
+        }
+    };
+    result.signaled = Some(join_sent.elapsed());
+    let mut muted = false;
+    let mut reported = Reported {
+        bytes_in: 0,
+        bytes_out: 0,
+        expected: 0,
+        lost: 0,
+    };
+    let mut failed = false;
+    let mut connect_timed_out = false;
+    let mut ticker = tokio::time::interval(TICK);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = stop.wait_for(|s| *s) => break,
+        }
+        let states = client.connection_states();
+        let publishing = spec.role == Role::Publisher && (spec.audio || spec.video);
+        let up = (!publishing || states.publisher == RTCPeerConnectionState::Connected)
+            && states.subscriber_offers > 0
+            && states.subscriber == RTCPeerConnectionState::Connected;
+        let down = |s: RTCPeerConnectionState| {
+            matches!(
+                s,
+                RTCPeerConnectionState::Failed | RTCPeerConnectionState::Closed
+            )
+        };
+        if up && result.connected.is_none() {
+            result.connected = Some(join_sent.elapsed());
+            live.connected.fetch_add(1, Ordering::Relaxed);
+        }
+        if !failed && (down(states.publisher) || down(states.subscriber)) {
+            failed = true;
+            error("connection_failed".into(), &mut errors);
+            if result.connected.is_some() {
+                live.connected.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+        if result.connected.is_none() && !connect_timed_out && join_sent.elapsed() > CONNECT_TIMEOUT
+        {
+            connect_timed_out = true;
+            error("connect_timeout".into(), &mut errors);
+        }
+        if spec.muted && !muted {
+            let audio = client
+                .local_participant()
+                .tracks
+                .into_iter()
+                .find(|t| t.kind == TrackKind::Audio);
+            if let Some(t) = audio {
+                muted = true;
+                if client.mute(&t.id, true).is_err() {
+                    error("mute_failed".into(), &mut errors);
+                }
+            }
+        }
+        report_live(&client, &live, &mut reported);
+    }
+    // Snapshot first, leave when everyone has snapshotted (a publisher leaving must not look
+    // like a freeze to a subscriber that is still measuring).
+    result.stopped_at = Instant::now();
+    report_live(&client, &live, &mut reported);
+    result.received = client.received();
+    result.sent = client.sent();
+    result.rtcp = client.rtcp_sent();
+    let write_errors: u64 = result.sent.iter().map(|s| s.write_errors).sum();
+    if write_errors > 0 {
+        *errors.entry("write_error".into()).or_insert(0) += write_errors;
+    }
+    result.errors = errors;
+    if result.connected.is_some() && !failed {
+        live.connected.fetch_sub(1, Ordering::Relaxed);
+    }
+    let _ = leave.wait_for(|l| *l).await;
+    let _ = tokio::time::timeout(Duration::from_secs(5), client.leave()).await;
+    result
+}
+
+fn report_live(client: &Client, live: &Live, reported: &mut Reported) {
+    let received = client.received();
+    let bytes_in: u64 = received.iter().map(|t| t.bytes).sum();
+    let expected: u64 = received.iter().map(|t| t.seq.expected()).sum();
+    let lost: u64 = received.iter().map(|t| t.lost()).sum();
+    let bytes_out: u64 = client.sent().iter().map(|t| t.bytes).sum();
+    let delta = |now: u64, before: &mut u64, counter: &AtomicU64| {
+        if now > *before {
+            counter.fetch_add(now - *before, Ordering::Relaxed);
+        } else if now < *before {
+            counter.fetch_sub(*before - now, Ordering::Relaxed);
+        }
+        *before = now;
+    };
+    delta(bytes_in, &mut reported.bytes_in, &live.bytes_in);
+    delta(bytes_out, &mut reported.bytes_out, &live.bytes_out);
+    delta(expected, &mut reported.expected, &live.expected);
+    delta(lost, &mut reported.lost, &live.lost);
+}

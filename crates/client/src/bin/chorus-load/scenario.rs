@@ -1,0 +1,305 @@
+//! Load-test scenarios: TOML files in `loadtest/scenarios/`, overridable from the command line.
+
+use serde::{Deserialize, Deserializer, Serialize};
+use std::path::Path;
+use std::time::Duration;
+
+/// A load-test scenario.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Scenario {
+    /// Short name, used in the run directory's name (default: the file stem).
+    #[serde(default)]
+    pub name: String,
+    /// Free text.
+    #[serde(default)]
+    pub description: String,
+    /// Number of rooms.
+    #[serde(default = "one")]
+    pub rooms: u32,
+    /// Publishing participants per room (they also subscribe to everyone else).
+    #[serde(default)]
+    pub publishers: u32,
+    /// Receive-only participants per room (token without the publish grant).
+    #[serde(default)]
+    pub subscribers: u32,
+    /// Steady-state time after the last initial join, e.g. `"30s"` or `"2m"`.
+    #[serde(
+        default = "default_duration",
+        deserialize_with = "de_duration",
+        serialize_with = "ser_duration"
+    )]
+    pub duration: Duration,
+    /// Initial joins per second.
+    #[serde(default = "default_ramp_up")]
+    pub ramp_up: f64,
+    /// After the ramp, this many participants per second leave and are replaced by a new one
+    /// (subscribers first; publishers only when a room has no subscribers).
+    #[serde(default)]
+    pub churn: f64,
+    /// What each publisher sends.
+    #[serde(default)]
+    pub media: Media,
+}
+
+/// What each publisher sends.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Media {
+    /// Publish an Opus track.
+    #[serde(default = "yes")]
+    pub audio: bool,
+    /// Publish a video track.
+    #[serde(default = "yes")]
+    pub video: bool,
+    /// Video codec; only VP8 is implemented.
+    #[serde(default)]
+    pub codec: VideoCodec,
+    /// Target video bitrate in kbit/s. Bots loop a pre-encoded clip ("cheap mode"), whose own
+    /// bitrate is what is sent; the value is recorded in the report only.
+    #[serde(default)]
+    pub bitrate_kbps: Option<u32>,
+    /// Publish simulcast. Accepted, but Chorus forwards a single layer today and the bots send
+    /// one encoding.
+    #[serde(default)]
+    pub simulcast: bool,
+    /// Publishers per room whose audio is live; the others mute their audio track after
+    /// joining. Default: all of them.
+    #[serde(default)]
+    pub talkers: Option<u32>,
+}
+
+impl Default for Media {
+    fn default() -> Self {
+        Self {
+            audio: true,
+            video: true,
+            codec: VideoCodec::Vp8,
+            bitrate_kbps: None,
+            simulcast: false,
+            talkers: None,
+        }
+    }
+}
+
+/// Video codecs a scenario may ask for.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VideoCodec {
+    /// VP8 (the looped IVF clip).
+    #[default]
+    Vp8,
+}
+
+fn one() -> u32 {
+    1
+}
+fn yes() -> bool {
+    true
+}
+fn default_duration() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_ramp_up() -> f64 {
+    10.0
+}
+
+fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let s = String::deserialize(d)?;
+    humantime::parse_duration(&s)
+        .map_err(|e| serde::de::Error::custom(format!("invalid duration {s:?} ({e}), try \"30s\"")))
+}
+
+fn ser_duration<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&humantime::format_duration(*d).to_string())
+}
+
+/// A scenario that cannot be used; the message names the file (or flag) and the key.
+#[derive(Debug, thiserror::Error)]
+#[error("{source_name}: key `{key}`: {message}")]
+pub struct ScenarioError {
+    /// The file, or `command line`.
+    pub source_name: String,
+    /// The offending key, dotted (`media.codec`).
+    pub key: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl Scenario {
+    /// Parses and validates a scenario; `source_name` (the file name) prefixes errors.
+    pub fn parse(text: &str, source_name: &str) -> Result<Self, ScenarioError> {
+        let mut s: Scenario = toml::from_str(text).map_err(|e| {
+            let key = e
+                .span()
+                .and_then(|span| key_at(text, span.start))
+                .unwrap_or_else(|| "?".into());
+            ScenarioError {
+                source_name: source_name.to_owned(),
+                key,
+                message: e.message().trim().to_owned(),
+            }
+        })?;
+        if s.name.is_empty() {
+            s.name = Path::new(source_name)
+                .file_stem()
+                .map(|x| x.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "scenario".into());
+        }
+        s.validate().map_err(|(key, message)| ScenarioError {
+            source_name: source_name.to_owned(),
+            key: key.to_owned(),
+            message,
+        })?;
+        Ok(s)
+    }
+
+    /// Reads a scenario file.
+    pub fn load(path: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| anyhow::anyhow!("cannot read scenario {}: {e}", path.display()))?;
+        Ok(Self::parse(&text, &path.display().to_string())?)
+    }
+
+    /// Checks values; `Err((key, message))`.
+    pub fn validate(&self) -> Result<(), (&'static str, String)> {
+        if self.rooms == 0 {
+            return Err(("rooms", "must be at least 1".into()));
+        }
+        if self.publishers + self.subscribers == 0 {
+            return Err((
+                "publishers",
+                "publishers + subscribers must be at least 1".into(),
+            ));
+        }
+        if !(self.ramp_up.is_finite() && self.ramp_up > 0.0) {
+            return Err(("ramp_up", format!("must be > 0 joins/s, got {}", self.ramp_up)));
+        }
+        if !(self.churn.is_finite() && self.churn >= 0.0) {
+            return Err(("churn", format!("must be >= 0 per second, got {}", self.churn)));
+        }
+        if self.duration.is_zero() {
+            return Err(("duration", "must be positive".into()));
+        }
+        if self.publishers > 0 && !self.media.audio && !self.media.video {
+            return Err(("media.audio", "publishers must send audio or video".into()));
+        }
+        if let Some(t) = self.media.talkers {
+            if t > self.publishers {
+                return Err((
+                    "media.talkers",
+                    format!("{t} talkers but only {} publishers per room", self.publishers),
+                ));
+            }
+        }
+        if self.media.bitrate_kbps == Some(0) {
+            return Err(("media.bitrate_kbps", "must be positive".into()));
+        }
+        Ok(())
+    }
+
+    /// Participants joining initially.
+    pub fn participants(&self) -> u32 {
+        self.rooms * (self.publishers + self.subscribers)
+    }
+
+    /// Publishers per room whose audio is live.
+    pub fn talkers(&self) -> u32 {
+        self.media.talkers.unwrap_or(self.publishers)
+    }
+}
+
+/// The dotted key whose value or name starts at byte `offset` (line `key = ...` under the last
+/// `[table]` header above it).
+fn key_at(text: &str, offset: usize) -> Option<String> {
+    let offset = offset.min(text.len());
+    let line_start = text[..offset].rfind('\n').map_or(0, |i| i + 1);
+    let line_end = text[offset..].find('\n').map_or(text.len(), |i| offset + i);
+    let line = text.get(line_start..line_end)?.trim();
+    let table = text[..line_start]
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| l.starts_with('[') && l.ends_with(']'))
+        .map(|l| l.trim_matches(|c| c == '[' || c == ']').trim().to_owned());
+    let key = match line.split_once('=') {
+        Some((k, _)) => k.trim().to_owned(),
+        None if line.starts_with('[') => {
+            return Some(line.trim_matches(|c| c == '[' || c == ']').trim().to_owned())
+        }
+        None => return table,
+    };
+    Some(match table {
+        Some(t) if !t.is_empty() => format!("{t}.{key}"),
+        _ => key,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(text: &str) -> String {
+        match Scenario::parse(text, "bad.toml") {
+            Ok(s) => panic!("accepted: {s:?}"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn defaults_and_name() {
+        let s = Scenario::parse("publishers = 1\nsubscribers = 2\n", "dir/x.toml").expect("ok");
+        assert_eq!(s.name, "x");
+        assert_eq!(s.rooms, 1);
+        assert_eq!(s.duration, Duration::from_secs(30));
+        assert!(s.media.audio && s.media.video && !s.media.simulcast);
+        assert_eq!(s.participants(), 3);
+        assert_eq!(s.talkers(), 1);
+    }
+
+    #[test]
+    fn errors_name_the_file_and_key() {
+        let e = err("publishers = 1\nroomz = 2\n");
+        assert!(e.starts_with("bad.toml: key `roomz`:"), "{e}");
+        assert!(e.contains("unknown field"), "{e}");
+
+        let e = err("publishers = 1\n[media]\ncodec = \"h264\"\n");
+        assert!(e.starts_with("bad.toml: key `media.codec`:"), "{e}");
+        assert!(e.contains("vp8"), "{e}");
+
+        let e = err("publishers = 1\n[media]\nvideo = true\nfps = 3\n");
+        assert!(e.starts_with("bad.toml: key `media.fps`:"), "{e}");
+
+        let e = err("publishers = -1\n");
+        assert!(e.starts_with("bad.toml: key `publishers`:"), "{e}");
+
+        let e = err("publishers = 1\nduration = \"soon\"\n");
+        assert!(e.starts_with("bad.toml: key `duration`:"), "{e}");
+
+        let e = err("publishers = 1\nrooms = 0\n");
+        assert_eq!(e, "bad.toml: key `rooms`: must be at least 1");
+
+        let e = err("publishers = 2\n[media]\ntalkers = 3\n");
+        assert!(e.starts_with("bad.toml: key `media.talkers`:"), "{e}");
+
+        let e = err("publishers = 1\nramp_up = 0\n");
+        assert!(e.starts_with("bad.toml: key `ramp_up`:"), "{e}");
+    }
+
+    #[test]
+    fn shipped_scenarios_parse() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../loadtest/scenarios");
+        let mut names = Vec::new();
+        for entry in std::fs::read_dir(&dir).expect("scenario dir") {
+            let path = entry.expect("entry").path();
+            if path.extension().is_some_and(|e| e == "toml") {
+                let s = Scenario::load(&path).unwrap_or_else(|e| panic!("{e:#}"));
+                names.push(s.name);
+            }
+        }
+        names.sort();
+        for want in ["audio-200", "churn", "fanout-1x50", "meeting-10"] {
+            assert!(names.iter().any(|n| n == want), "{names:?}");
+        }
+    }
+}

@@ -357,7 +357,7 @@ run('codecs', async (browsers) => {
         try {
           result[path] = await fn(codec, pub, sub);
           const r = result[path];
-          progress('codecs', `${codec.key} via ${path}: PASS, ${r.received.mime} decoded (${r.fps} fps, ${r.frame_width}px wide, first frame after ${r.first_frame_ms} ms, decoder ${r.received.decoder}, encoder ${r.sent.encoder}, fmtp "${r.sent.fmtp || ''}")`);
+          progress('codecs', `${codec.key} via ${path}: PASS, ${r.received.mime} decoded (${r.fps} fps, ${r.frame_width}px wide, first frame after ${r.first_frame_ms} ms, encoder ${r.sent.encoder}${r.received.decoder ? `, decoder ${r.received.decoder}` : ''}, pt ${r.sent.pt} -> ${r.received.pt}, fmtp "${r.sent.fmtp || ''}")`);
         } catch (e) {
           result[path] = { ok: false, error: e.message, diagnostics: e.diagnostics };
           failures.push(e.message);

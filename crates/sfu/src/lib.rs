@@ -5,9 +5,10 @@
 //! [`Sfu`] handle and a [`Session`] per participant, and hears back through [`RoomEvent`]s.
 //!
 //! ## Layout
-//! - [`engine`]: the one task that owns the media UDP socket, every peer connection, every
-//!   room and every track. Commands come in over a channel; datagrams come in on the socket;
-//!   timers fire from one ordered set. No locks: one owner.
+//! - [`core`]: the sans-IO state machine that owns every peer connection, room, participant
+//!   and track: datagrams, commands and the clock in, datagrams out. No locks: one owner.
+//! - [`engine`]: the one tokio task that owns the media UDP socket and drives the core;
+//!   commands come in over a channel, timers fire from the core's ordered timer set.
 //! - [`session`]: the handle types the signaling layer holds ([`Sfu`], [`Session`]).
 //! - [`peer`]: how a peer connection is built (codecs, extensions, interceptors, ICE-lite).
 //! - [`codec`]: keyframe detection per video codec, so a new downtrack starts on a keyframe.
@@ -24,6 +25,7 @@
 
 pub mod codec;
 pub mod config;
+pub mod core;
 pub mod engine;
 pub mod feedback;
 pub mod keyframe;

@@ -4,7 +4,8 @@ use std::net::SocketAddr;
 
 use tokio::sync::{mpsc, oneshot};
 
-use crate::engine::{Command, Engine};
+use crate::core::Command;
+use crate::engine::Engine;
 use crate::{MediaConfig, Metrics, SfuError};
 
 /// Audio or video.

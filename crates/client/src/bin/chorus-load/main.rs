@@ -1,1 +1,656 @@
-fn main() {}
+//! `chorus-load`: runs a load-test scenario of simulated participants against a Chorus server
+//! and reports what users would feel (join time, latency, loss, jitter, freezes) next to what
+//! the server paid for it (CPU, memory).
+//!
+//! ```text
+//! chorus-load fanout-1x50 --url http://127.0.0.1:7880 --duration 30s
+//! ```
+//!
+//! See `docs/benchmarks.md`.
+
+mod bot;
+mod html;
+mod probe;
+mod report;
+mod scenario;
+
+use anyhow::{bail, Context};
+use bot::{BotResult, BotSpec, Live, Role};
+use chorus_signal::auth::{claims, mint, Grants};
+use clap::Parser;
+use report::{Limits, Report, RoomMedia, Sample, ServerReport};
+use scenario::Scenario;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+/// The dev-mode API key of `chorus serve --dev` (duplicated from chorus-server's config).
+const DEV_API_KEY: &str = "devkey";
+/// The dev-mode API secret of `chorus serve --dev` (duplicated from chorus-server's config).
+const DEV_API_SECRET: &str = "chorus-dev-secret-do-not-use-in-production";
+/// Exit status when a threshold fails.
+const EXIT_THRESHOLD: i32 = 2;
+
+/// Load-test a Chorus server with simulated participants.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Args {
+    /// Scenario: a TOML file, or the name of one in `loadtest/scenarios/` (e.g. `fanout-1x50`).
+    scenario: String,
+    /// Server base URL (signaling is `<url>/ws`).
+    #[arg(long, env = "CHORUS_LOAD_URL", default_value = "http://127.0.0.1:7880")]
+    url: String,
+    /// Where to scrape `/metrics` (default: `--url`). Plain HTTP only.
+    #[arg(long)]
+    metrics_url: Option<String>,
+    /// API key tokens are signed with.
+    #[arg(long, env = "CHORUS_API_KEY", default_value = DEV_API_KEY)]
+    api_key: String,
+    /// API secret tokens are signed with (default: the dev-mode secret).
+    #[arg(long, env = "CHORUS_API_SECRET", default_value = DEV_API_SECRET, hide_default_value = true)]
+    api_secret: String,
+    /// Override: steady-state duration after the ramp (e.g. `30s`, `2m`).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    duration: Option<Duration>,
+    /// Override: number of rooms.
+    #[arg(long)]
+    rooms: Option<u32>,
+    /// Override: publishers per room.
+    #[arg(long)]
+    publishers: Option<u32>,
+    /// Override: subscribers per room.
+    #[arg(long)]
+    subscribers: Option<u32>,
+    /// Override: initial joins per second.
+    #[arg(long)]
+    ramp_up: Option<f64>,
+    /// Override: leaves (and replacement joins) per second after the ramp.
+    #[arg(long)]
+    churn: Option<f64>,
+    /// Override: publishers per room whose audio is live.
+    #[arg(long)]
+    talkers: Option<u32>,
+    /// Prefix of room names (a run id is appended).
+    #[arg(long, default_value = "load")]
+    room_prefix: String,
+    /// Directory for `<run>/report.json` and `<run>/index.html`.
+    #[arg(long, default_value = "loadtest/results")]
+    results_dir: PathBuf,
+    /// Run name (default: `<scenario>-<UTC time>`).
+    #[arg(long)]
+    run: Option<String>,
+    /// Fail (exit 2) when overall loss exceeds this percentage.
+    #[arg(long)]
+    max_loss: Option<f64>,
+    /// Fail (exit 2) when the p95 join time (to first video frame, else first audio packet)
+    /// exceeds this many milliseconds.
+    #[arg(long)]
+    max_join_p95_ms: Option<f64>,
+    /// Fail (exit 2) when the p95 capture-to-receive latency (video, else audio) exceeds this
+    /// many milliseconds.
+    #[arg(long)]
+    max_latency_p95_ms: Option<f64>,
+    /// No live progress line.
+    #[arg(long)]
+    no_progress: bool,
+}
+
+impl Args {
+    fn scenario(&self) -> anyhow::Result<Scenario> {
+        let direct = PathBuf::from(&self.scenario);
+        let path = if direct.exists() || self.scenario.ends_with(".toml") {
+            direct
+        } else {
+            PathBuf::from(format!("loadtest/scenarios/{}.toml", self.scenario))
+        };
+        let mut s = Scenario::load(&path)?;
+        let mut overridden = Vec::new();
+        macro_rules! set {
+            ($flag:literal, $field:expr, $value:expr) => {
+                if let Some(v) = $value {
+                    $field = v;
+                    overridden.push($flag);
+                }
+            };
+        }
+        set!("--duration", s.duration, self.duration);
+        set!("--rooms", s.rooms, self.rooms);
+        set!("--publishers", s.publishers, self.publishers);
+        set!("--subscribers", s.subscribers, self.subscribers);
+        set!("--ramp-up", s.ramp_up, self.ramp_up);
+        set!("--churn", s.churn, self.churn);
+        if let Some(t) = self.talkers {
+            s.media.talkers = Some(t);
+            overridden.push("--talkers");
+        }
+        if let Err((key, msg)) = s.validate() {
+            bail!(
+                "{} (with {}): key `{key}`: {msg}",
+                path.display(),
+                if overridden.is_empty() {
+                    "no overrides".to_owned()
+                } else {
+                    overridden.join(", ")
+                }
+            );
+        }
+        Ok(s)
+    }
+}
+
+fn main() {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let code = match tokio::runtime::Runtime::new()
+        .context("starting the runtime")
+        .and_then(|rt| rt.block_on(run(args)))
+    {
+        Ok(true) => 0,
+        Ok(false) => EXIT_THRESHOLD,
+        Err(e) => {
+            eprintln!("chorus-load: {e:#}");
+            1
+        }
+    };
+    std::process::exit(code);
+}
+
+/// `http(s)://host:port/prefix` -> `ws(s)://host:port/prefix/ws`.
+fn ws_url(base: &url::Url) -> anyhow::Result<String> {
+    let scheme = match base.scheme() {
+        "http" | "ws" => "ws",
+        "https" | "wss" => "wss",
+        other => bail!("--url: unsupported scheme {other:?} (use http:// or https://)"),
+    };
+    let host = base.host_str().context("--url has no host")?;
+    let port = base.port().map(|p| format!(":{p}")).unwrap_or_default();
+    let path = base.path().trim_end_matches('/');
+    let host = if host.contains(':') && !host.starts_with('[') {
+        format!("[{host}]")
+    } else {
+        host.to_owned()
+    };
+    Ok(format!("{scheme}://{host}{port}{path}/ws"))
+}
+
+fn run_name(scenario: &Scenario) -> String {
+    let stamp = humantime::format_rfc3339_seconds(SystemTime::now())
+        .to_string()
+        .replace(['-', ':'], "")
+        .replace('T', "-")
+        .trim_end_matches('Z')
+        .to_owned();
+    format!("{}-{stamp}", scenario.name)
+}
+
+struct Ctx {
+    scenario: Scenario,
+    args: Args,
+    ws_url: String,
+    run_id: String,
+    live: Arc<Live>,
+    stop: watch::Receiver<bool>,
+    leave: watch::Receiver<bool>,
+    next_id: AtomicU64,
+}
+
+impl Ctx {
+    fn token(&self, room: &str, identity: &str, publish: bool) -> anyhow::Result<String> {
+        let grants = Grants {
+            room: room.into(),
+            can_publish: publish,
+            can_subscribe: true,
+            can_publish_data: false,
+        };
+        let ttl = self.scenario.duration + Duration::from_secs(3600);
+        mint(
+            &self.args.api_key,
+            &self.args.api_secret,
+            &claims(identity, room, ttl, grants),
+        )
+        .context("minting a token")
+    }
+
+    fn room_name(&self, index: usize) -> String {
+        format!("{}-{}-{index}", self.args.room_prefix, self.run_id)
+    }
+
+    /// A bot of `role` in room `room_index`; `slot` is its index among the room's publishers.
+    fn spec(&self, room_index: usize, role: Role, slot: u32) -> anyhow::Result<BotSpec> {
+        let n = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let identity = format!("bot-{}-{n}", role.as_str());
+        let room = self.room_name(room_index);
+        let media = &self.scenario.media;
+        Ok(BotSpec {
+            token: self.token(&room, &identity, role == Role::Publisher)?,
+            identity,
+            room_index,
+            room,
+            role,
+            audio: media.audio,
+            video: media.video,
+            muted: role == Role::Publisher && media.audio && slot >= self.scenario.talkers(),
+            ws_url: self.ws_url.clone(),
+        })
+    }
+
+    fn spawn(&self, spec: BotSpec) -> Running {
+        let (churn_tx, churn_rx) = watch::channel(false);
+        let mut global = self.stop.clone();
+        let mut stop_rx = churn_rx.clone();
+        let (stop_tx, stop) = watch::channel(false);
+        // A bot stops on the global stop or its own churn signal.
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = global.wait_for(|s| *s) => {}
+                _ = stop_rx.wait_for(|s| *s) => {}
+            }
+            let _ = stop_tx.send(true);
+        });
+        // A churned bot leaves at once; the others wait for the global leave.
+        let mut global_leave = self.leave.clone();
+        let (leave_tx, leave) = watch::channel(false);
+        let mut churned = churn_rx;
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = global_leave.wait_for(|s| *s) => {}
+                _ = churned.wait_for(|s| *s) => {}
+            }
+            let _ = leave_tx.send(true);
+        });
+        let role = spec.role;
+        let room = spec.room_index;
+        let handle = tokio::spawn(bot::run(spec, Arc::clone(&self.live), stop, leave));
+        Running {
+            role,
+            room,
+            churn: churn_tx,
+            handle,
+        }
+    }
+}
+
+struct Running {
+    role: Role,
+    room: usize,
+    churn: watch::Sender<bool>,
+    handle: JoinHandle<BotResult>,
+}
+
+#[derive(Default)]
+struct Probes {
+    timeline: Vec<Sample>,
+    server: Vec<(f64, probe::ServerSample)>,
+    bots: Vec<(f64, probe::SelfSample)>,
+    peak_connected: u64,
+}
+
+async fn sample_loop(
+    live: Arc<Live>,
+    metrics_url: Option<url::Url>,
+    start: Instant,
+    total: u64,
+    progress: indicatif::ProgressBar,
+    mut done: watch::Receiver<bool>,
+) -> Probes {
+    let mut p = Probes::default();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last: Option<(f64, u64, u64, u64, u64)> = None;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = done.wait_for(|d| *d) => break,
+        }
+        let t = start.elapsed().as_secs_f64();
+        let server = match &metrics_url {
+            Some(u) => probe::scrape(u).await,
+            None => None,
+        };
+        let me = probe::self_sample();
+        let connected = live.connected.load(Ordering::Relaxed);
+        p.peak_connected = p.peak_connected.max(connected);
+        let (bin, bout, exp, lost) = (
+            live.bytes_in.load(Ordering::Relaxed),
+            live.bytes_out.load(Ordering::Relaxed),
+            live.expected.load(Ordering::Relaxed),
+            live.lost.load(Ordering::Relaxed),
+        );
+        let errors = live.errors.load(Ordering::Relaxed);
+        let mut s = Sample {
+            t: (t * 10.0).round() / 10.0,
+            connected,
+            errors,
+            ..Sample::default()
+        };
+        if let Some((t0, bin0, bout0, exp0, lost0)) = last {
+            let dt = (t - t0).max(1e-3);
+            s.in_kbps = bin.saturating_sub(bin0) as f64 * 8.0 / 1000.0 / dt;
+            s.out_kbps = bout.saturating_sub(bout0) as f64 * 8.0 / 1000.0 / dt;
+            let de = exp.saturating_sub(exp0);
+            s.loss_percent = if de > 0 {
+                lost.saturating_sub(lost0) as f64 * 100.0 / de as f64
+            } else {
+                0.0
+            };
+        }
+        if let Some((t0, b0)) = p.bots.last() {
+            s.bots_cpu_percent = (me.cpu_seconds - b0.cpu_seconds) * 100.0 / (t - t0).max(1e-3);
+        }
+        if let Some(srv) = server {
+            s.server_rss_mb = Some(srv.rss_bytes / 1048576.0);
+            if let Some((t0, s0)) = p.server.last() {
+                let dt = (t - t0).max(1e-3);
+                s.server_cpu_percent = Some((srv.cpu_seconds - s0.cpu_seconds) * 100.0 / dt);
+                s.server_packets_out_per_s = Some((srv.packets_out - s0.packets_out) / dt);
+            }
+            p.server.push((t, srv));
+        }
+        p.bots.push((t, me));
+        last = Some((t, bin, bout, exp, lost));
+        progress.set_message(format!(
+            "{:>4.0}s  bots {connected}/{total}  in {:.1} Mb/s  out {:.1} Mb/s  loss {:.2}%  errors {errors}{}",
+            t,
+            s.in_kbps / 1000.0,
+            s.out_kbps / 1000.0,
+            s.loss_percent,
+            s.server_cpu_percent
+                .map(|c| format!("  server cpu {c:.0}%"))
+                .unwrap_or_default(),
+        ));
+        p.timeline.push(s);
+    }
+    progress.finish_and_clear();
+    p
+}
+
+async fn run(args: Args) -> anyhow::Result<bool> {
+    let scenario = args.scenario()?;
+    let base = url::Url::parse(&args.url).with_context(|| format!("--url {:?}", args.url))?;
+    let ws = ws_url(&base)?;
+    let metrics_url = match &args.metrics_url {
+        Some(u) => Some(url::Url::parse(u).with_context(|| format!("--metrics-url {u:?}"))?),
+        None => Some(base.clone()),
+    };
+    let run = args.run.clone().unwrap_or_else(|| run_name(&scenario));
+    let out_dir = args.results_dir.join(&run);
+    std::fs::create_dir_all(&out_dir)
+        .with_context(|| format!("creating {}", out_dir.display()))?;
+    if scenario.media.simulcast {
+        eprintln!(
+            "chorus-load: simulcast requested, but bots send one encoding and Chorus forwards a \
+             single layer today"
+        );
+    }
+    let run_id = format!("{:08x}", rand::random::<u32>());
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let (leave_tx, leave_rx) = watch::channel(false);
+    let live = Arc::new(Live::default());
+    let ctx = Arc::new(Ctx {
+        scenario: scenario.clone(),
+        ws_url: ws,
+        run_id,
+        live: Arc::clone(&live),
+        stop: stop_rx,
+        leave: leave_rx,
+        next_id: AtomicU64::new(0),
+        args,
+    });
+    let started_unix = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let total = u64::from(scenario.participants());
+    let progress = if ctx.args.no_progress {
+        indicatif::ProgressBar::hidden()
+    } else {
+        let pb = indicatif::ProgressBar::new_spinner();
+        pb.enable_steady_tick(Duration::from_millis(250));
+        pb
+    };
+
+    // Idle server figures before the first join.
+    let idle = match &metrics_url {
+        Some(u) => probe::scrape(u).await,
+        None => None,
+    };
+    let start = Instant::now();
+    let (done_tx, done_rx) = watch::channel(false);
+    let sampler = tokio::spawn(sample_loop(
+        Arc::clone(&live),
+        metrics_url.clone(),
+        start,
+        total,
+        progress.clone(),
+        done_rx,
+    ));
+
+    // Ramp: publishers of every room first, then subscribers, round-robin over rooms.
+    let rooms = scenario.rooms as usize;
+    let mut order = Vec::new();
+    for slot in 0..scenario.publishers {
+        for room in 0..rooms {
+            order.push((room, Role::Publisher, slot));
+        }
+    }
+    for slot in 0..scenario.subscribers {
+        for room in 0..rooms {
+            order.push((room, Role::Subscriber, slot));
+        }
+    }
+    let interval = Duration::from_secs_f64(1.0 / scenario.ramp_up);
+    let mut running: Vec<Running> = Vec::new();
+    let mut finished: Vec<JoinHandle<BotResult>> = Vec::new();
+    let mut next = tokio::time::Instant::now();
+    for (room, role, slot) in order {
+        tokio::time::sleep_until(next).await;
+        next += interval;
+        running.push(ctx.spawn(ctx.spec(room, role, slot)?));
+    }
+    let ramp = start.elapsed();
+    let steady_from = start.elapsed().as_secs_f64()
+        + (scenario.duration.as_secs_f64() / 4.0).min(5.0);
+
+    // Steady state, with churn.
+    let end = tokio::time::Instant::now() + scenario.duration;
+    if scenario.churn > 0.0 {
+        let every = Duration::from_secs_f64(1.0 / scenario.churn);
+        let mut next = tokio::time::Instant::now() + every;
+        while next < end {
+            tokio::time::sleep_until(next).await;
+            next += every;
+            // Replace a subscriber (a publisher only in rooms without subscribers).
+            let pick = {
+                let subs: Vec<usize> = (0..running.len())
+                    .filter(|&i| running[i].role == Role::Subscriber)
+                    .collect();
+                let pool: Vec<usize> = if subs.is_empty() {
+                    (0..running.len()).collect()
+                } else {
+                    subs
+                };
+                (!pool.is_empty()).then(|| pool[rand::random_range(0..pool.len())])
+            };
+            if let Some(i) = pick {
+                let old = running.swap_remove(i);
+                let _ = old.churn.send(true);
+                let slot = if old.role == Role::Publisher {
+                    // Keep the talker count: the replacement talks if a talker left.
+                    0
+                } else {
+                    0
+                };
+                running.push(ctx.spawn(ctx.spec(old.room, old.role, slot)?));
+                finished.push(old.handle);
+            }
+        }
+    }
+    tokio::time::sleep_until(end).await;
+
+    // Stop: every bot snapshots, then everybody leaves.
+    let _ = stop_tx.send(true);
+    let stopped = Instant::now();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let _ = done_tx.send(true);
+    let probes = sampler.await.unwrap_or_default();
+    let _ = leave_tx.send(true);
+    let mut results = Vec::new();
+    for h in finished.into_iter().chain(running.into_iter().map(|r| r.handle)) {
+        match h.await {
+            Ok(r) => results.push(r),
+            Err(e) => tracing::warn!(error = %e, "bot task failed"),
+        }
+    }
+    let elapsed = stopped.duration_since(start);
+
+    // Report.
+    let room_media: Vec<RoomMedia> = (0..rooms)
+        .map(|_| RoomMedia {
+            video_publishers: if scenario.media.video {
+                scenario.publishers
+            } else {
+                0
+            },
+            talkers: if scenario.media.audio {
+                scenario.talkers()
+            } else {
+                0
+            },
+        })
+        .collect();
+    let mut roles = BTreeMap::new();
+    for role in [Role::Publisher, Role::Subscriber] {
+        if results.iter().any(|r| r.spec.role == role) {
+            roles.insert(
+                role.as_str().to_owned(),
+                report::aggregate(
+                    results.iter().filter(move |r| r.spec.role == role),
+                    &room_media,
+                    stopped,
+                ),
+            );
+        }
+    }
+    let overall = report::aggregate(results.iter(), &room_media, stopped);
+    let server = server_report(&probes, idle, steady_from);
+    let bots = bots_report(&probes, probes.peak_connected.max(total));
+    let limits = Limits {
+        max_loss: ctx.args.max_loss,
+        max_join_p95_ms: ctx.args.max_join_p95_ms,
+        max_latency_p95_ms: ctx.args.max_latency_p95_ms,
+    };
+    let checks = report::checks(&overall, &limits);
+    let passed = checks.iter().all(|c| c.passed);
+    let report = Report {
+        run: run.clone(),
+        scenario: serde_json::to_value(&scenario)?,
+        url: ctx.args.url.clone(),
+        started_unix,
+        elapsed_s: (elapsed.as_secs_f64() * 10.0).round() / 10.0,
+        ramp_s: (ramp.as_secs_f64() * 10.0).round() / 10.0,
+        roles,
+        overall,
+        server,
+        bots,
+        checks,
+        passed,
+        timeline: probes.timeline,
+    };
+    let table = report::table(&report);
+    println!("chorus-load {run}: {} ({} bots, {:.0}s)", ctx.args.url, total, elapsed.as_secs_f64());
+    print!("{table}");
+    write(&out_dir.join("report.json"), &serde_json::to_string_pretty(&report)?)?;
+    write(&out_dir.join("index.html"), &html::render(&report, &table))?;
+    println!("report: {}", out_dir.join("report.json").display());
+    if !passed {
+        eprintln!("chorus-load: thresholds failed");
+    }
+    Ok(passed)
+}
+
+fn write(path: &Path, text: &str) -> anyhow::Result<()> {
+    std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
+}
+
+fn server_report(
+    probes: &Probes,
+    idle: Option<probe::ServerSample>,
+    steady_from: f64,
+) -> Option<ServerReport> {
+    let samples = &probes.server;
+    let first = samples
+        .iter()
+        .find(|(t, _)| *t >= steady_from)
+        .or_else(|| samples.first())?;
+    let last = samples.last()?;
+    let window = last.0 - first.0;
+    if window <= 0.0 {
+        return None;
+    }
+    let (a, b) = (&first.1, &last.1);
+    let cpu = b.cpu_seconds - a.cpu_seconds;
+    let out = b.packets_out - a.packets_out;
+    let rss_max = samples
+        .iter()
+        .map(|(_, s)| s.rss_bytes)
+        .fold(0.0f64, f64::max);
+    let idle_rss = idle.map_or(samples[0].1.rss_bytes, |s| s.rss_bytes);
+    let participants = b.participants;
+    let mib = |x: f64| (x / 1048576.0 * 100.0).round() / 100.0;
+    let r2 = |x: f64| (x * 100.0).round() / 100.0;
+    let cpu_percent = cpu * 100.0 / window;
+    Some(ServerReport {
+        window_s: r2(window),
+        cpu_percent: r2(cpu_percent),
+        rss_mb_max: mib(rss_max),
+        rss_mb_idle: mib(idle_rss),
+        participants,
+        packets_out_per_s: r2(out / window),
+        packets_in_per_s: r2((b.packets_in - a.packets_in) / window),
+        cpu_us_per_packet_out: (out > 0.0).then(|| r2(cpu * 1e6 / out)),
+        cpu_percent_per_participant: (participants > 0.0).then(|| r2(cpu_percent / participants)),
+        rss_mb_per_participant: (participants > 0.0)
+            .then(|| (mib(rss_max - idle_rss) / participants * 1000.0).round() / 1000.0),
+    })
+}
+
+fn bots_report(probes: &Probes, bots: u64) -> report::BotsReport {
+    let (Some(first), Some(last)) = (probes.bots.first(), probes.bots.last()) else {
+        return report::BotsReport::default();
+    };
+    let window = (last.0 - first.0).max(1e-3);
+    let cpu = (last.1.cpu_seconds - first.1.cpu_seconds) * 100.0 / window;
+    let rss = probes
+        .bots
+        .iter()
+        .map(|(_, s)| s.rss_bytes)
+        .fold(0.0f64, f64::max);
+    report::BotsReport {
+        cpu_percent: (cpu * 100.0).round() / 100.0,
+        rss_mb_max: (rss / 1048576.0 * 100.0).round() / 100.0,
+        bots,
+        cpu_percent_per_bot: (bots > 0).then(|| (cpu / bots as f64 * 1000.0).round() / 1000.0),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signaling_url_from_base() {
+        let u = |s: &str| ws_url(&url::Url::parse(s).expect("url")).expect("ws");
+        assert_eq!(u("http://127.0.0.1:7880"), "ws://127.0.0.1:7880/ws");
+        assert_eq!(u("https://sfu.example.com/chorus/"), "wss://sfu.example.com/chorus/ws");
+        assert!(ws_url(&url::Url::parse("ftp://x").expect("url")).is_err());
+    }
+}

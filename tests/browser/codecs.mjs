@@ -208,8 +208,7 @@ const sameMime = (a, b) => (a || '').toLowerCase() === (b || '').toLowerCase();
  * Waits until `sub` decodes one video stream whose codec is `mime` and checks that its decoded
  * frames keep growing for SUSTAIN_MS. Throws with stats and server counters attached.
  */
-async function expectDecoded({ label, mime, pub, sub, pubPc, subPc, countersBefore }) {
-  const started = Date.now();
+async function expectDecoded({ label, mime, pub, sub, pubPc, subPc, countersBefore, started }) {
   let inbound;
   let outbound;
   const fail = async (message) => {
@@ -268,6 +267,7 @@ async function expectDecoded({ label, mime, pub, sub, pubPc, subPc, countersBefo
 async function viaWhipWhep(codec, pub, sub) {
   const room = randomName(`codec-${codec.key}-whip`);
   const countersBefore = await serverCounters();
+  const started = Date.now();
   await pub.page.evaluate(pageEndSessions);
   await sub.page.evaluate(pageEndSessions);
   const pubToken = await pub.page.evaluate(pageToken, { query: `room=${room}&identity=pub&publish=1` });
@@ -278,7 +278,7 @@ async function viaWhipWhep(codec, pub, sub) {
   await sub.page.evaluate(pageStartSession, { key: 'whep', kind: 'whep', url: `${base}/whep/${room}`, token: subToken });
   const result = await expectDecoded({
     label: `${codec.key} via WHIP/WHEP (room ${room})`, mime: codec.mime, pub, sub,
-    pubPc: () => window.sessions.whip.pc, subPc: () => window.sessions.whep.pc, countersBefore,
+    pubPc: () => window.sessions.whip.pc, subPc: () => window.sessions.whep.pc, countersBefore, started,
   });
   result.server_drops = diffCounters(countersBefore, await serverCounters());
   const deleted = { whep: await sub.page.evaluate(pageEndSessions), whip: await pub.page.evaluate(pageEndSessions) };
@@ -294,6 +294,7 @@ async function viaWhipWhep(codec, pub, sub) {
 async function viaCallPage(codec, pub, sub) {
   const room = randomName(`codec-${codec.key}-call`);
   const countersBefore = await serverCounters();
+  const started = Date.now();
   await pub.page.goto(`${base}/?codec=${codec.key}`, { waitUntil: 'load' });
   await sub.page.goto(`${base}/`, { waitUntil: 'load' });
   await pub.page.evaluate((r) => window.chorus.join(r, 'Publisher'), room);
@@ -310,7 +311,7 @@ async function viaCallPage(codec, pub, sub) {
   if (errors.length) throw new Error(`the call page (?codec=${codec.key}) shows errors: ${errors.join('; ')}`);
   const result = await expectDecoded({
     label: `${codec.key} via the call page (room ${room})`, mime: codec.mime, pub, sub,
-    pubPc: () => window.chorus.pcs.publisher, subPc: () => window.chorus.pcs.subscriber, countersBefore,
+    pubPc: () => window.chorus.pcs.publisher, subPc: () => window.chorus.pcs.subscriber, countersBefore, started,
   });
   result.server_drops = diffCounters(countersBefore, await serverCounters());
   await sub.page.evaluate(() => window.chorus.leave());
@@ -349,7 +350,7 @@ run('codecs', async (browsers) => {
         } else {
           summary.codecs[codec.key] = why;
         }
-        progress('codecs', `${codec.key.toUpperCase()} ${why.toUpperCase()} (${codec.mime} not in RTCRtp${canEncode ? 'Receiver' : 'Sender'}.getCapabilities('video'))`);
+        progress('codecs', `${codec.key.toUpperCase()} ${(codec.required ? summary.codecs[codec.key] : why).toUpperCase()} (${codec.mime} not in RTCRtp${canEncode ? 'Receiver' : 'Sender'}.getCapabilities('video'))`);
         continue;
       }
       const result = {};
@@ -357,7 +358,7 @@ run('codecs', async (browsers) => {
         try {
           result[path] = await fn(codec, pub, sub);
           const r = result[path];
-          progress('codecs', `${codec.key} via ${path}: PASS, ${r.received.mime} decoded (${r.fps} fps, ${r.frame_width}px wide, first frame after ${r.first_frame_ms} ms, encoder ${r.sent.encoder}${r.received.decoder ? `, decoder ${r.received.decoder}` : ''}, pt ${r.sent.pt} -> ${r.received.pt}, fmtp "${r.sent.fmtp || ''}")`);
+          progress('codecs', `${codec.key} via ${path}: PASS, ${r.received.mime} decoded (${r.fps} fps, ${r.frame_width}px wide, first frame ${r.first_frame_ms} ms after starting, encoder ${r.sent.encoder}${r.received.decoder ? `, decoder ${r.received.decoder}` : ''}, pt ${r.sent.pt} -> ${r.received.pt}, fmtp "${r.sent.fmtp || ''}")`);
         } catch (e) {
           result[path] = { ok: false, error: e.message, diagnostics: e.diagnostics };
           failures.push(e.message);

@@ -873,11 +873,15 @@ async fn build_pc(
             None,
         )?;
     }
-    let registry = registry.with(
-        rtc::interceptor::Slot::from(crate::keyframe::SLOT),
-        crate::keyframe::KeyframeRequestForwarder::default(),
-    );
-    let _ = counter;
+    let registry = registry
+        .with(
+            rtc::interceptor::Slot::from(crate::keyframe::SLOT),
+            crate::keyframe::KeyframeRequestForwarder::default(),
+        )
+        .with(
+            rtc::interceptor::Slot::from(crate::keyframe::COUNTER_SLOT),
+            counter,
+        );
     let config = RTCConfigurationBuilder::new()
         .with_ice_servers(ice_servers.to_vec())
         .build();

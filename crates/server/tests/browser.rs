@@ -1,5 +1,6 @@
 //! Real headless Chromium against an in-process server: two people on the call page see and
-//! hear each other; Chromium publishes with WHIP and another plays with WHEP.
+//! hear each other and chat over data channels; Chromium publishes with WHIP and another plays
+//! with WHEP; VP9, AV1 and H264 flow as well as VP8.
 //!
 //! The scripts live in `tests/browser/` (playwright-core driving Debian's `/usr/bin/chromium`).
 //! Missing Chromium or node modules fail this test loudly: it never passes without running.
@@ -62,6 +63,8 @@ async fn chromium_call_page_and_whip_whep() {
     let base = server.base_url();
     run_script("call.mjs", &base).await;
     run_script("whip_whep.mjs", &base).await;
+    // VP9, AV1 and H264 published by one Chromium and decoded by another (WHIP/WHEP and page).
+    run_script("codecs.mjs", &base).await;
     // Everyone left: nothing is leaked.
     let mut stats = server.state.sfu.stats().await.expect("stats");
     for _ in 0..100 {

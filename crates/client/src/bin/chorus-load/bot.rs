@@ -47,6 +47,8 @@ pub struct BotSpec {
     pub room: String,
     /// Role.
     pub role: Role,
+    /// Index among the room's bots of this role.
+    pub slot: u32,
     /// Publish audio (publishers).
     pub audio: bool,
     /// Publish video (publishers).
@@ -149,7 +151,7 @@ pub async fn run(
     mut leave: watch::Receiver<bool>,
 ) -> BotResult {
     let mut errors = BTreeMap::new();
-    let mut error = |kind: String, errors: &mut BTreeMap<String, u64>| {
+    let error = |kind: String, errors: &mut BTreeMap<String, u64>| {
         live.errors.fetch_add(1, Ordering::Relaxed);
         *errors.entry(kind).or_insert(0) += 1;
     };
@@ -181,7 +183,7 @@ pub async fn run(
     let client = match client {
         Ok(c) => c,
         Err(e) => {
-            tracing::debug!(identity = %spec.identity, error = %e, "join failed");
+            tracing::debug!(identity = %spec.identity, room = %spec.room, error = %e, "join failed");
             error(error_kind(&e), &mut errors);
             result.errors = errors;
             result.stopped_at = Instant::now();

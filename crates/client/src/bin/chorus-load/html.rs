@@ -12,8 +12,11 @@ fn esc(s: &str) -> String {
         .replace('>', "&gt;")
 }
 
+/// A named, coloured series of the timeline.
+type Series<'a> = (&'a str, &'a str, fn(&Sample) -> Option<f64>);
+
 /// One chart: a polyline per series over `t`.
-fn chart(title: &str, samples: &[Sample], series: &[(&str, &str, fn(&Sample) -> Option<f64>)]) -> String {
+fn chart(title: &str, samples: &[Sample], series: &[Series]) -> String {
     let t_max = samples.last().map_or(1.0, |s| s.t.max(1.0));
     let y_max = samples
         .iter()
@@ -58,7 +61,11 @@ fn chart(title: &str, samples: &[Sample], series: &[(&str, &str, fn(&Sample) -> 
 pub fn render(report: &Report, table: &str) -> String {
     let tl = &report.timeline;
     let mut body = String::new();
-    body += &chart("Bots connected", tl, &[("connected", "#1f77b4", |s| Some(s.connected as f64))]);
+    body += &chart(
+        "Bots connected",
+        tl,
+        &[("connected", "#1f77b4", |s| Some(s.connected as f64))],
+    );
     body += &chart(
         "Bitrate, all bots (kbit/s)",
         tl,
@@ -67,7 +74,11 @@ pub fn render(report: &Report, table: &str) -> String {
             ("sent", "#ff7f0e", |s| Some(s.out_kbps)),
         ],
     );
-    body += &chart("Loss per interval (%)", tl, &[("loss", "#d62728", |s| Some(s.loss_percent))]);
+    body += &chart(
+        "Loss per interval (%)",
+        tl,
+        &[("loss", "#d62728", |s| Some(s.loss_percent))],
+    );
     body += &chart(
         "CPU (% of one core)",
         tl,
@@ -76,7 +87,11 @@ pub fn render(report: &Report, table: &str) -> String {
             ("bots", "#8c564b", |s| Some(s.bots_cpu_percent)),
         ],
     );
-    body += &chart("Server RSS (MiB)", tl, &[("rss", "#17becf", |s| s.server_rss_mb)]);
+    body += &chart(
+        "Server RSS (MiB)",
+        tl,
+        &[("rss", "#17becf", |s| s.server_rss_mb)],
+    );
     body += &chart(
         "Server packets forwarded per second",
         tl,

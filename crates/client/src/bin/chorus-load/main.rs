@@ -47,6 +47,10 @@ struct Args {
     /// Where to scrape `/metrics` (default: `--url`). Plain HTTP only.
     #[arg(long)]
     metrics_url: Option<String>,
+    /// PID of a server on this machine: its CPU and memory are then read from `/proc/<pid>`
+    /// (10 ms resolution) instead of `/metrics` (whole CPU seconds).
+    #[arg(long)]
+    server_pid: Option<u32>,
     /// API key tokens are signed with.
     #[arg(long, env = "CHORUS_API_KEY", default_value = DEV_API_KEY)]
     api_key: String,
@@ -146,8 +150,9 @@ fn main() {
     let args = Args::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+                tracing_subscriber::EnvFilter::new("warn,rtc_ice=error,webrtc=error")
+            }),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -237,6 +242,7 @@ impl Ctx {
             room_index,
             room,
             role,
+            slot,
             audio: media.audio,
             video: media.video,
             muted: role == Role::Publisher && media.audio && slot >= self.scenario.talkers(),
@@ -270,10 +276,12 @@ impl Ctx {
         });
         let role = spec.role;
         let room = spec.room_index;
+        let slot = spec.slot;
         let handle = tokio::spawn(bot::run(spec, Arc::clone(&self.live), stop, leave));
         Running {
             role,
             room,
+            slot,
             churn: churn_tx,
             handle,
         }
@@ -283,6 +291,7 @@ impl Ctx {
 struct Running {
     role: Role,
     room: usize,
+    slot: u32,
     churn: watch::Sender<bool>,
     handle: JoinHandle<BotResult>,
 }
@@ -295,9 +304,26 @@ struct Probes {
     peak_connected: u64,
 }
 
+async fn server_sample(
+    metrics_url: &Option<url::Url>,
+    pid: Option<u32>,
+) -> Option<probe::ServerSample> {
+    let mut s = match metrics_url {
+        Some(u) => probe::scrape(u).await,
+        None => None,
+    };
+    if let Some(p) = pid.and_then(|pid| probe::proc_sample(&pid.to_string())) {
+        let s = s.get_or_insert_with(probe::ServerSample::default);
+        s.cpu_seconds = p.cpu_seconds;
+        s.rss_bytes = p.rss_bytes;
+    }
+    s
+}
+
 async fn sample_loop(
     live: Arc<Live>,
     metrics_url: Option<url::Url>,
+    server_pid: Option<u32>,
     start: Instant,
     total: u64,
     progress: indicatif::ProgressBar,
@@ -313,10 +339,7 @@ async fn sample_loop(
             _ = done.wait_for(|d| *d) => break,
         }
         let t = start.elapsed().as_secs_f64();
-        let server = match &metrics_url {
-            Some(u) => probe::scrape(u).await,
-            None => None,
-        };
+        let server = server_sample(&metrics_url, server_pid).await;
         let me = probe::self_sample();
         let connected = live.connected.load(Ordering::Relaxed);
         p.peak_connected = p.peak_connected.max(connected);
@@ -384,8 +407,7 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     };
     let run = args.run.clone().unwrap_or_else(|| run_name(&scenario));
     let out_dir = args.results_dir.join(&run);
-    std::fs::create_dir_all(&out_dir)
-        .with_context(|| format!("creating {}", out_dir.display()))?;
+    std::fs::create_dir_all(&out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
     if scenario.media.simulcast {
         eprintln!(
             "chorus-load: simulcast requested, but bots send one encoding and Chorus forwards a \
@@ -419,15 +441,13 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     };
 
     // Idle server figures before the first join.
-    let idle = match &metrics_url {
-        Some(u) => probe::scrape(u).await,
-        None => None,
-    };
+    let idle = server_sample(&metrics_url, ctx.args.server_pid).await;
     let start = Instant::now();
     let (done_tx, done_rx) = watch::channel(false);
     let sampler = tokio::spawn(sample_loop(
         Arc::clone(&live),
         metrics_url.clone(),
+        ctx.args.server_pid,
         start,
         total,
         progress.clone(),
@@ -457,8 +477,8 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         running.push(ctx.spawn(ctx.spec(room, role, slot)?));
     }
     let ramp = start.elapsed();
-    let steady_from = start.elapsed().as_secs_f64()
-        + (scenario.duration.as_secs_f64() / 4.0).min(5.0);
+    let steady_from =
+        start.elapsed().as_secs_f64() + (scenario.duration.as_secs_f64() / 4.0).min(5.0);
 
     // Steady state, with churn.
     let end = tokio::time::Instant::now() + scenario.duration;
@@ -483,13 +503,8 @@ async fn run(args: Args) -> anyhow::Result<bool> {
             if let Some(i) = pick {
                 let old = running.swap_remove(i);
                 let _ = old.churn.send(true);
-                let slot = if old.role == Role::Publisher {
-                    // Keep the talker count: the replacement talks if a talker left.
-                    0
-                } else {
-                    0
-                };
-                running.push(ctx.spawn(ctx.spec(old.room, old.role, slot)?));
+                // Same slot: a talker is replaced by a talker.
+                running.push(ctx.spawn(ctx.spec(old.room, old.role, old.slot)?));
                 finished.push(old.handle);
             }
         }
@@ -504,7 +519,10 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     let probes = sampler.await.unwrap_or_default();
     let _ = leave_tx.send(true);
     let mut results = Vec::new();
-    for h in finished.into_iter().chain(running.into_iter().map(|r| r.handle)) {
+    for h in finished
+        .into_iter()
+        .chain(running.into_iter().map(|r| r.handle))
+    {
         match h.await {
             Ok(r) => results.push(r),
             Err(e) => tracing::warn!(error = %e, "bot task failed"),
@@ -566,9 +584,17 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         timeline: probes.timeline,
     };
     let table = report::table(&report);
-    println!("chorus-load {run}: {} ({} bots, {:.0}s)", ctx.args.url, total, elapsed.as_secs_f64());
+    println!(
+        "chorus-load {run}: {} ({} bots, {:.0}s)",
+        ctx.args.url,
+        total,
+        elapsed.as_secs_f64()
+    );
     print!("{table}");
-    write(&out_dir.join("report.json"), &serde_json::to_string_pretty(&report)?)?;
+    write(
+        &out_dir.join("report.json"),
+        &serde_json::to_string_pretty(&report)?,
+    )?;
     write(&out_dir.join("index.html"), &html::render(&report, &table))?;
     println!("report: {}", out_dir.join("report.json").display());
     if !passed {
@@ -650,7 +676,10 @@ mod tests {
     fn signaling_url_from_base() {
         let u = |s: &str| ws_url(&url::Url::parse(s).expect("url")).expect("ws");
         assert_eq!(u("http://127.0.0.1:7880"), "ws://127.0.0.1:7880/ws");
-        assert_eq!(u("https://sfu.example.com/chorus/"), "wss://sfu.example.com/chorus/ws");
+        assert_eq!(
+            u("https://sfu.example.com/chorus/"),
+            "wss://sfu.example.com/chorus/ws"
+        );
         assert!(ws_url(&url::Url::parse("ftp://x").expect("url")).is_err());
     }
 }

@@ -6,7 +6,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 /// The server figures the report uses.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct ServerSample {
-    /// `process_cpu_seconds_total`.
+    /// `process_cpu_seconds_total` (whole seconds with the `prometheus` crate's collector),
+    /// or `/proc/<pid>/stat` with `--server-pid`.
     pub cpu_seconds: f64,
     /// `process_resident_memory_bytes`.
     pub rss_bytes: f64,
@@ -91,11 +92,15 @@ pub struct SelfSample {
 
 /// Reads `/proc/self`; zeros where unavailable (non-Linux).
 pub fn self_sample() -> SelfSample {
-    let cpu_seconds = std::fs::read_to_string("/proc/self/stat")
+    proc_sample("self").unwrap_or_default()
+}
+
+/// Reads `/proc/<pid>` (`pid` may be `self`); `None` when the process is not readable.
+pub fn proc_sample(pid: &str) -> Option<SelfSample> {
+    let cpu_seconds = std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .ok()
-        .and_then(|s| parse_stat_cpu(&s))
-        .unwrap_or(0.0);
-    let rss_bytes = std::fs::read_to_string("/proc/self/status")
+        .and_then(|s| parse_stat_cpu(&s))?;
+    let rss_bytes = std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {
             s.lines()
@@ -103,10 +108,10 @@ pub fn self_sample() -> SelfSample {
                 .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
         })
         .map_or(0.0, |kb| kb * 1024.0);
-    SelfSample {
+    Some(SelfSample {
         cpu_seconds,
         rss_bytes,
-    }
+    })
 }
 
 /// utime + stime (fields 14 and 15) in seconds; the command name may contain spaces, so

@@ -23,7 +23,10 @@ pub struct Quantiles {
 
 impl Quantiles {
     fn of(h: &LatencyHistogram) -> Option<Self> {
-        let ms = |q: f64| h.quantile(q).map_or(0.0, |d| round(d.as_secs_f64() * 1000.0));
+        let ms = |q: f64| {
+            h.quantile(q)
+                .map_or(0.0, |d| round(d.as_secs_f64() * 1000.0))
+        };
         (!h.is_empty()).then(|| Quantiles {
             count: h.len(),
             p50: ms(0.5),
@@ -360,7 +363,10 @@ pub fn checks(overall: &RoleReport, limits: &Limits) -> Vec<Check> {
         }
     };
     check("loss_percent", limits.max_loss, Some(overall.loss_percent));
-    let join = overall.join_video_ms.or(overall.join_audio_ms).map(|q| q.p95);
+    let join = overall
+        .join_video_ms
+        .or(overall.join_audio_ms)
+        .map(|q| q.p95);
     check("join_p95_ms", limits.max_join_p95_ms, join);
     let latency = overall
         .latency_video_ms
@@ -376,28 +382,85 @@ pub fn table(report: &Report) -> String {
         report.roles.iter().map(|(k, v)| (k.as_str(), v)).collect();
     cols.push(("overall", &report.overall));
     let q = |x: &Option<Quantiles>| {
-        x.map_or("-".to_owned(), |q| format!("{:.0}/{:.0}/{:.0}", q.p50, q.p95, q.p99))
+        x.map_or("-".to_owned(), |q| {
+            format!("{:.0}/{:.0}/{:.0}", q.p50, q.p95, q.p99)
+        })
     };
     let opt = |x: Option<f64>, unit: &str| x.map_or("-".to_owned(), |v| format!("{v:.1}{unit}"));
     type Row<'a> = (&'a str, Box<dyn Fn(&RoleReport) -> String>);
     let rows: Vec<Row> = vec![
-        ("sessions (joined/connected)", Box::new(|r: &RoleReport| format!("{} ({}/{})", r.sessions, r.joined, r.connected))),
-        ("join->joined ms p50/95/99", Box::new(move |r: &RoleReport| q(&r.signaling_ms))),
-        ("join->video ms p50/95/99", Box::new(move |r: &RoleReport| q(&r.join_video_ms))),
-        ("join->audio ms p50/95/99", Box::new(move |r: &RoleReport| q(&r.join_audio_ms))),
-        ("video latency ms p50/95/99", Box::new(move |r: &RoleReport| q(&r.latency_video_ms))),
-        ("audio latency ms p50/95/99", Box::new(move |r: &RoleReport| q(&r.latency_audio_ms))),
-        ("loss % (lost/expected)", Box::new(|r: &RoleReport| format!("{:.2} ({}/{})", r.loss_percent, r.packets_lost, r.packets_expected))),
-        ("jitter video/audio ms", Box::new(move |r: &RoleReport| format!("{} / {}", opt(r.jitter_video_ms, ""), opt(r.jitter_audio_ms, "")))),
-        ("bitrate in/out kbit/s per bot", Box::new(|r: &RoleReport| format!("{:.0} / {:.0}", r.bitrate_in_kbps, r.bitrate_out_kbps))),
+        (
+            "sessions (joined/connected)",
+            Box::new(|r: &RoleReport| format!("{} ({}/{})", r.sessions, r.joined, r.connected)),
+        ),
+        (
+            "join->joined ms p50/95/99",
+            Box::new(move |r: &RoleReport| q(&r.signaling_ms)),
+        ),
+        (
+            "join->video ms p50/95/99",
+            Box::new(move |r: &RoleReport| q(&r.join_video_ms)),
+        ),
+        (
+            "join->audio ms p50/95/99",
+            Box::new(move |r: &RoleReport| q(&r.join_audio_ms)),
+        ),
+        (
+            "video latency ms p50/95/99",
+            Box::new(move |r: &RoleReport| q(&r.latency_video_ms)),
+        ),
+        (
+            "audio latency ms p50/95/99",
+            Box::new(move |r: &RoleReport| q(&r.latency_audio_ms)),
+        ),
+        (
+            "loss % (lost/expected)",
+            Box::new(|r: &RoleReport| {
+                format!(
+                    "{:.2} ({}/{})",
+                    r.loss_percent, r.packets_lost, r.packets_expected
+                )
+            }),
+        ),
+        (
+            "jitter video/audio ms",
+            Box::new(move |r: &RoleReport| {
+                format!(
+                    "{} / {}",
+                    opt(r.jitter_video_ms, ""),
+                    opt(r.jitter_audio_ms, "")
+                )
+            }),
+        ),
+        (
+            "bitrate in/out kbit/s per bot",
+            Box::new(|r: &RoleReport| {
+                format!("{:.0} / {:.0}", r.bitrate_in_kbps, r.bitrate_out_kbps)
+            }),
+        ),
         ("video fps", Box::new(move |r: &RoleReport| opt(r.fps, ""))),
-        ("freezes (total ms)", Box::new(|r: &RoleReport| format!("{} ({:.0})", r.freezes.count, r.freezes.total_ms))),
-        ("NACK / PLI sent", Box::new(|r: &RoleReport| format!("{} / {}", r.nacks_sent, r.plis_sent))),
-        ("errors", Box::new(|r: &RoleReport| {
-            if r.errors.is_empty() { "0".to_owned() } else {
-                r.errors.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",")
-            }
-        })),
+        (
+            "freezes (total ms)",
+            Box::new(|r: &RoleReport| format!("{} ({:.0})", r.freezes.count, r.freezes.total_ms)),
+        ),
+        (
+            "NACK / PLI sent",
+            Box::new(|r: &RoleReport| format!("{} / {}", r.nacks_sent, r.plis_sent)),
+        ),
+        (
+            "errors",
+            Box::new(|r: &RoleReport| {
+                if r.errors.is_empty() {
+                    "0".to_owned()
+                } else {
+                    r.errors
+                        .iter()
+                        .map(|(k, v)| format!("{k}={v}"))
+                        .collect::<Vec<_>>()
+                        .join(",")
+                }
+            }),
+        ),
     ];
     let width = 30;
     let colw = 22;
@@ -440,4 +503,41 @@ pub fn table(report: &Report) -> String {
         );
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn checks_fail_above_the_limit_or_without_data() {
+        let q = |p95| Quantiles {
+            count: 1,
+            p50: p95,
+            p95,
+            p99: p95,
+            max: p95,
+        };
+        let r = RoleReport {
+            loss_percent: 0.5,
+            join_video_ms: Some(q(800.0)),
+            ..RoleReport::default()
+        };
+        let limits = Limits {
+            max_loss: Some(1.0),
+            max_join_p95_ms: Some(500.0),
+            max_latency_p95_ms: Some(100.0),
+        };
+        let c = checks(&r, &limits);
+        let passed: Vec<(&str, bool)> = c.iter().map(|c| (c.name.as_str(), c.passed)).collect();
+        assert_eq!(
+            passed,
+            vec![
+                ("loss_percent", true),
+                ("join_p95_ms", false),
+                ("latency_p95_ms", false)
+            ]
+        );
+        assert!(checks(&r, &Limits::default()).is_empty());
+    }
 }

@@ -173,10 +173,16 @@ impl Scenario {
             ));
         }
         if !(self.ramp_up.is_finite() && self.ramp_up > 0.0) {
-            return Err(("ramp_up", format!("must be > 0 joins/s, got {}", self.ramp_up)));
+            return Err((
+                "ramp_up",
+                format!("must be > 0 joins/s, got {}", self.ramp_up),
+            ));
         }
         if !(self.churn.is_finite() && self.churn >= 0.0) {
-            return Err(("churn", format!("must be >= 0 per second, got {}", self.churn)));
+            return Err((
+                "churn",
+                format!("must be >= 0 per second, got {}", self.churn),
+            ));
         }
         if self.duration.is_zero() {
             return Err(("duration", "must be positive".into()));
@@ -188,7 +194,10 @@ impl Scenario {
             if t > self.publishers {
                 return Err((
                     "media.talkers",
-                    format!("{t} talkers but only {} publishers per room", self.publishers),
+                    format!(
+                        "{t} talkers but only {} publishers per room",
+                        self.publishers
+                    ),
                 ));
             }
         }
@@ -225,7 +234,11 @@ fn key_at(text: &str, offset: usize) -> Option<String> {
     let key = match line.split_once('=') {
         Some((k, _)) => k.trim().to_owned(),
         None if line.starts_with('[') => {
-            return Some(line.trim_matches(|c| c == '[' || c == ']').trim().to_owned())
+            return Some(
+                line.trim_matches(|c| c == '[' || c == ']')
+                    .trim()
+                    .to_owned(),
+            )
         }
         None => return table,
     };

@@ -1,0 +1,148 @@
+//! The `chorus-load` binary against an in-process server: one publisher, three subscribers for
+//! a few seconds on loopback. Every subscriber must receive audio and video without loss, the
+//! user-facing figures must be present and sane, and the JSON report must parse. A broken
+//! scenario must fail with an error naming the file and the key.
+
+use serde_json::Value;
+use std::path::PathBuf;
+use std::time::Duration;
+
+async fn server() -> chorus_server::RunningServer {
+    let mut config = chorus_server::Config::default();
+    config.server.http_bind = "127.0.0.1:0".parse().expect("addr");
+    config.media.bind_ip = "127.0.0.1".parse().expect("ip");
+    config.media.udp_port = 0;
+    chorus_server::start(config).await.expect("server starts")
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("chorus-load-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("scratch dir");
+    dir
+}
+
+fn load() -> tokio::process::Command {
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_chorus-load"));
+    cmd.kill_on_drop(true);
+    cmd
+}
+
+fn num(v: &Value, path: &str) -> f64 {
+    v.pointer(path)
+        .and_then(Value::as_f64)
+        .unwrap_or_else(|| panic!("{path} missing in {v:#}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_publisher_three_subscribers_on_loopback() {
+    let srv = server().await;
+    let dir = scratch("fanout");
+    let scenario = dir.join("fanout-1x3.toml");
+    std::fs::write(
+        &scenario,
+        "rooms = 1\npublishers = 1\nsubscribers = 3\nduration = \"4s\"\nramp_up = 20.0\n",
+    )
+    .expect("write scenario");
+    let out = tokio::time::timeout(
+        Duration::from_secs(60),
+        load()
+            .arg(&scenario)
+            .args(["--url", &srv.base_url()])
+            .arg("--results-dir")
+            .arg(&dir)
+            .args(["--run", "r", "--no-progress"])
+            .args(["--max-loss", "0", "--max-join-p95-ms", "5000"])
+            .args(["--max-latency-p95-ms", "1000"])
+            .output(),
+    )
+    .await
+    .expect("chorus-load finishes")
+    .expect("chorus-load runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{:?}\n{stdout}\n{stderr}", out.status);
+    assert!(stdout.contains("join->video ms"), "{stdout}");
+
+    let text = std::fs::read_to_string(dir.join("r/report.json")).expect("report.json");
+    let r: Value = serde_json::from_str(&text).expect("report parses");
+    assert!(dir.join("r/index.html").exists());
+    assert_eq!(r["passed"], Value::Bool(true), "{stdout}");
+    assert_eq!(r["checks"].as_array().map(Vec::len), Some(3));
+
+    let sub = &r["roles"]["subscriber"];
+    assert_eq!(num(sub, "/sessions"), 3.0, "{stdout}");
+    assert_eq!(num(sub, "/connected"), 3.0, "{stdout}");
+    assert_eq!(sub["errors"], serde_json::json!({}), "{stdout}");
+    // Every subscriber saw a keyframe and audio: one join sample each.
+    assert_eq!(num(sub, "/join_video_ms/count"), 3.0, "{stdout}");
+    assert_eq!(num(sub, "/join_audio_ms/count"), 3.0, "{stdout}");
+    assert!(num(sub, "/join_video_ms/p95") < 5000.0, "{stdout}");
+    // Lossless on loopback, after retransmissions.
+    assert!(num(sub, "/packets_expected") > 300.0, "{stdout}");
+    assert_eq!(num(sub, "/packets_lost"), 0.0, "{stdout}");
+    assert_eq!(num(sub, "/loss_percent"), 0.0, "{stdout}");
+    // Capture-to-receive latency from the capture stamps.
+    assert!(num(sub, "/latency_video_ms/count") > 50.0, "{stdout}");
+    assert!(num(sub, "/latency_audio_ms/count") > 100.0, "{stdout}");
+    assert!(num(sub, "/latency_video_ms/p50") < 500.0, "{stdout}");
+    assert!(num(sub, "/latency_audio_ms/p50") < 500.0, "{stdout}");
+    let jitter = num(sub, "/jitter_video_ms");
+    assert!((0.0..100.0).contains(&jitter), "{stdout}");
+    assert!(num(sub, "/jitter_audio_ms") < 100.0, "{stdout}");
+    let fps = num(sub, "/fps");
+    assert!((15.0..40.0).contains(&fps), "{stdout}");
+    assert!(num(sub, "/bitrate_in_kbps") > 20.0, "{stdout}");
+    assert_eq!(num(sub, "/tracks"), 6.0, "{stdout}");
+
+    let publisher = &r["roles"]["publisher"];
+    assert_eq!(num(publisher, "/sessions"), 1.0);
+    assert!(num(publisher, "/bitrate_out_kbps") > 20.0, "{stdout}");
+
+    // Resources: the server's /metrics was reachable.
+    assert!(num(&r, "/server/packets_out_per_s") > 100.0, "{stdout}");
+    assert!(num(&r, "/server/rss_mb_max") > 0.0, "{stdout}");
+    assert!(num(&r, "/bots/rss_mb_max") > 0.0, "{stdout}");
+    assert!(r["timeline"].as_array().is_some_and(|t| t.len() >= 3));
+
+    srv.shutdown(Duration::from_secs(1)).await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn a_bad_scenario_names_the_file_and_key() {
+    let dir = scratch("bad");
+    let scenario = dir.join("broken.toml");
+    std::fs::write(
+        &scenario,
+        "rooms = 1\npublishers = 1\n\n[media]\ncodec = \"h265\"\n",
+    )
+    .expect("write scenario");
+    let out = load()
+        .arg(&scenario)
+        .arg("--results-dir")
+        .arg(&dir)
+        .output()
+        .await
+        .expect("chorus-load runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("broken.toml"), "{stderr}");
+    assert!(stderr.contains("key `media.codec`"), "{stderr}");
+
+    // A flag that makes the scenario invalid names the flag.
+    std::fs::write(&scenario, "publishers = 1\n").expect("write scenario");
+    let out = load()
+        .arg(&scenario)
+        .args(["--rooms", "0"])
+        .output()
+        .await
+        .expect("chorus-load runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("--rooms") && stderr.contains("key `rooms`"),
+        "{stderr}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

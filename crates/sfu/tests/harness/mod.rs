@@ -1,0 +1,335 @@
+//! An in-process network for the sans-IO [`Core`]: client peer connections (also sans-IO `rtc`)
+//! exchange datagrams with the core through memory, so whole calls run without sockets.
+//! Shared by the integration tests and the forwarding benchmark.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use chorus_sfu::core::Core;
+use chorus_sfu::peer::supported_codecs;
+use chorus_sfu::{JoinRequest, MediaConfig, Metrics, Origin, Permissions, RoomEvent};
+use rtc::interceptor::Registry;
+use rtc::media_stream::MediaStreamTrack;
+use rtc::peer_connection::configuration::interceptor_registry::register_default_interceptors;
+use rtc::peer_connection::configuration::media_engine::MediaEngine;
+use rtc::peer_connection::configuration::RTCConfigurationBuilder;
+use rtc::peer_connection::event::RTCPeerConnectionEvent;
+use rtc::peer_connection::message::RTCMessage;
+use rtc::peer_connection::sdp::RTCSessionDescription;
+use rtc::peer_connection::state::RTCPeerConnectionState;
+use rtc::peer_connection::transport::{CandidateConfig, CandidateHostConfig, RTCIceCandidate};
+use rtc::peer_connection::{RTCPeerConnection, RTCPeerConnectionBuilder};
+use rtc::rtp_transceiver::rtp_sender::{
+    RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
+};
+use rtc::rtp_transceiver::RTCRtpSenderId;
+use rtc::sansio::Protocol;
+use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
+use tokio::sync::mpsc;
+
+pub const CORE_ADDR: &str = "127.0.0.1:7882";
+pub const VIDEO_SSRC: u32 = 0x1234_5678;
+
+/// A client-side peer connection on the virtual network.
+pub struct ClientPeer {
+    pub pc: RTCPeerConnection,
+    pub addr: SocketAddr,
+    pub connected: bool,
+    pub rtp_received: u64,
+    pub last_seq: Option<u16>,
+    pub seq_gaps: u64,
+}
+
+impl ClientPeer {
+    fn new(addr: SocketAddr) -> ClientPeer {
+        let mut me = MediaEngine::default();
+        for (c, kind) in supported_codecs() {
+            me.register_codec(c, kind).unwrap();
+        }
+        let registry = register_default_interceptors(Registry::new(), &mut me).unwrap();
+        let mut pc = RTCPeerConnectionBuilder::new()
+            .with_configuration(RTCConfigurationBuilder::new().build())
+            .with_media_engine(me)
+            .with_interceptor_registry(registry)
+            .build(Instant::now())
+            .unwrap();
+        let candidate = CandidateHostConfig {
+            base_config: CandidateConfig {
+                network: "udp".to_owned(),
+                address: addr.ip().to_string(),
+                port: addr.port(),
+                component: 1,
+                ..Default::default()
+            },
+            ..Default::default()
+        }
+        .new_candidate_host()
+        .unwrap();
+        pc.add_local_candidate(RTCIceCandidate::from(&candidate).to_json().unwrap())
+            .unwrap();
+        ClientPeer {
+            pc,
+            addr,
+            connected: false,
+            rtp_received: 0,
+            last_seq: None,
+            seq_gaps: 0,
+        }
+    }
+}
+
+/// The core, a publisher and subscribers, wired through memory.
+pub struct Net {
+    pub core: Core,
+    pub core_addr: SocketAddr,
+    pub publisher: ClientPeer,
+    pub publisher_key: u64,
+    pub video_sender: RTCRtpSenderId,
+    pub subscribers: Vec<(ClientPeer, u64, mpsc::Receiver<RoomEvent>)>,
+    pub seq: u16,
+    pub timestamp: u32,
+    transmits: Vec<(SocketAddr, BytesMut)>,
+}
+
+fn request(identity: &str, publish: bool, subscribe: bool) -> JoinRequest {
+    JoinRequest {
+        room: "bench".into(),
+        identity: identity.into(),
+        name: identity.into(),
+        permissions: Permissions {
+            publish,
+            subscribe,
+            publish_data: false,
+        },
+        auto_subscribe: true,
+        origin: Origin::WebSocket,
+    }
+}
+
+/// A VP8 keyframe-looking payload of `len` bytes (descriptor S=1, PID=0; P bit clear).
+pub fn vp8_payload(len: usize, keyframe: bool) -> Bytes {
+    let mut p = vec![0u8; len.max(3)];
+    p[0] = 0x10;
+    p[1] = if keyframe { 0x00 } else { 0x01 };
+    Bytes::from(p)
+}
+
+impl Net {
+    /// Sets up the core, one connected video publisher and `n` connected subscribers that
+    /// receive its track.
+    pub fn new(n: usize) -> Net {
+        let core_addr: SocketAddr = CORE_ADDR.parse().unwrap();
+        let config = MediaConfig {
+            bind_ip: core_addr.ip(),
+            udp_port: core_addr.port(),
+            ..Default::default()
+        };
+        let mut core = Core::new(config, Metrics::unregistered(), core_addr);
+        let now = Instant::now();
+        let joined = core.join(now, request("pub", true, false)).unwrap();
+        let mut publisher = ClientPeer::new("127.0.0.1:20000".parse().unwrap());
+        let track = MediaStreamTrack::new(
+            "pub-stream".into(),
+            "pub-video".into(),
+            "video".into(),
+            RtpCodecKind::Video,
+            vec![RTCRtpEncodingParameters {
+                rtp_coding_parameters: RTCRtpCodingParameters {
+                    ssrc: Some(VIDEO_SSRC),
+                    ..Default::default()
+                },
+                codec: supported_codecs()[1].0.rtp_codec.clone(),
+                ..Default::default()
+            }],
+        );
+        let video_sender = publisher.pc.add_track(track).unwrap();
+        let offer = publisher.pc.create_offer(None).unwrap();
+        publisher
+            .pc
+            .set_local_description(now, offer.clone())
+            .unwrap();
+        let answer = core.publisher_offer(now, joined.key, offer.sdp).unwrap();
+        publisher
+            .pc
+            .set_remote_description(now, RTCSessionDescription::answer(answer).unwrap())
+            .unwrap();
+        core.drain();
+        let mut net = Net {
+            core,
+            core_addr,
+            publisher,
+            publisher_key: joined.key,
+            video_sender,
+            subscribers: Vec::new(),
+            seq: 1000,
+            timestamp: 90_000,
+            transmits: Vec::new(),
+        };
+        net.run_until(Duration::from_secs(10), |n| n.publisher.connected);
+        // First media publishes the track on the server.
+        net.send_video(true, 1000);
+        net.pump();
+        for i in 0..n {
+            let addr: SocketAddr = format!("127.0.0.1:{}", 30000 + i).parse().unwrap();
+            let joined = net
+                .core
+                .join(Instant::now(), request(&format!("sub{i}"), false, true))
+                .unwrap();
+            net.subscribers
+                .push((ClientPeer::new(addr), joined.key, joined.events));
+        }
+        net.core.drain();
+        net.answer_offers();
+        net.run_until(Duration::from_secs(10), |n| {
+            n.subscribers.iter().all(|(c, _, _)| c.connected)
+        });
+        // Let every downtrack resolve and see a keyframe.
+        for _ in 0..5 {
+            net.send_video(true, 1000);
+            net.pump();
+        }
+        net
+    }
+
+    /// Answers every subscriber offer waiting in the subscribers' event queues.
+    pub fn answer_offers(&mut self) {
+        let now = Instant::now();
+        for (client, key, events) in &mut self.subscribers {
+            while let Ok(ev) = events.try_recv() {
+                if let RoomEvent::SubscriberOffer(sdp) = ev {
+                    client
+                        .pc
+                        .set_remote_description(now, RTCSessionDescription::offer(sdp).unwrap())
+                        .unwrap();
+                    let answer = client.pc.create_answer(None).unwrap();
+                    client
+                        .pc
+                        .set_local_description(now, answer.clone())
+                        .unwrap();
+                    self.core.subscriber_answer(now, *key, answer.sdp).unwrap();
+                }
+            }
+        }
+        self.core.drain();
+    }
+
+    /// Has the publisher write one video packet of `len` bytes.
+    pub fn send_video(&mut self, keyframe: bool, len: usize) {
+        self.seq = self.seq.wrapping_add(1);
+        self.timestamp = self.timestamp.wrapping_add(3000);
+        let packet = rtc::rtp::Packet {
+            header: rtc::rtp::header::Header {
+                version: 2,
+                marker: true,
+                payload_type: 96,
+                sequence_number: self.seq,
+                timestamp: self.timestamp,
+                ssrc: VIDEO_SSRC,
+                ..Default::default()
+            },
+            payload: vp8_payload(len, keyframe),
+        };
+        let mut sender = self.publisher.pc.rtp_sender(self.video_sender).unwrap();
+        sender.write_rtp(Instant::now(), packet).unwrap();
+    }
+
+    /// The publisher's outgoing datagrams (SRTP), taken off its peer connection.
+    pub fn publisher_datagrams(&mut self) -> Vec<BytesMut> {
+        let mut out = Vec::new();
+        while let Some(t) = self.publisher.pc.poll_write() {
+            out.push(t.message);
+        }
+        out
+    }
+
+    fn client_mut(&mut self, addr: SocketAddr) -> Option<&mut ClientPeer> {
+        if self.publisher.addr == addr {
+            return Some(&mut self.publisher);
+        }
+        self.subscribers
+            .iter_mut()
+            .map(|(c, _, _)| c)
+            .find(|c| c.addr == addr)
+    }
+
+    /// Moves datagrams both ways and runs due timers until nothing is left to do.
+    pub fn pump(&mut self) {
+        for _ in 0..100 {
+            let now = Instant::now();
+            let mut moved = false;
+            let mut to_core = Vec::new();
+            for c in std::iter::once(&mut self.publisher)
+                .chain(self.subscribers.iter_mut().map(|(c, _, _)| c))
+            {
+                while let Some(t) = c.pc.poll_write() {
+                    to_core.push((c.addr, t.message));
+                }
+                while let Some(ev) = c.pc.poll_event() {
+                    if let RTCPeerConnectionEvent::OnConnectionStateChangeEvent(s) = ev {
+                        c.connected = s == RTCPeerConnectionState::Connected;
+                    }
+                }
+                while let Some(m) = c.pc.poll_read() {
+                    if let RTCMessage::RtpPacket(_, p) = m.message {
+                        c.rtp_received += 1;
+                        if let Some(last) = c.last_seq {
+                            if p.header.sequence_number != last.wrapping_add(1) {
+                                c.seq_gaps += 1;
+                            }
+                        }
+                        c.last_seq = Some(p.header.sequence_number);
+                    }
+                }
+                if c.pc.poll_timeout().is_some_and(|t| t <= now) {
+                    let _ = c.pc.handle_timeout(now);
+                    moved = true;
+                }
+            }
+            for (from, data) in to_core {
+                moved = true;
+                self.core.handle_datagram(now, &data, from);
+            }
+            if self.core.poll_timeout().is_some_and(|t| t <= now) {
+                self.core.handle_timeout(now);
+            }
+            let mut transmits = std::mem::take(&mut self.transmits);
+            self.core.take_transmits(&mut transmits);
+            for (to, data) in transmits.drain(..) {
+                moved = true;
+                let core_addr = self.core_addr;
+                if let Some(c) = self.client_mut(to) {
+                    let _ = c.pc.handle_read(TaggedBytesMut {
+                        now,
+                        transport: TransportContext {
+                            local_addr: to,
+                            peer_addr: core_addr,
+                            ecn: None,
+                            transport_protocol: TransportProtocol::UDP,
+                        },
+                        message: data,
+                    });
+                }
+            }
+            self.transmits = transmits;
+            if !moved {
+                return;
+            }
+        }
+    }
+
+    /// Pumps (sleeping a little between rounds so timers come due) until `done` or `limit`.
+    pub fn run_until(&mut self, limit: Duration, done: impl Fn(&Net) -> bool) {
+        let deadline = Instant::now() + limit;
+        while !done(self) {
+            assert!(
+                Instant::now() < deadline,
+                "virtual network did not settle in {limit:?}"
+            );
+            self.pump();
+            self.answer_offers();
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+}

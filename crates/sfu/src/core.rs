@@ -412,13 +412,14 @@ impl Core {
 
     /// Drains every peer touched since the last call, and every peer that touched.
     fn drain_dirty(&mut self) {
+        // One clock read per input, not one per touched peer.
+        let now = Instant::now();
         while let Some(key) = self.dirty.pop() {
-            self.drain_peer(key);
+            self.drain_peer(now, key);
         }
     }
 
-    fn drain_peer(&mut self, key: PeerKey) {
-        let now = Instant::now();
+    fn drain_peer(&mut self, now: Instant, key: PeerKey) {
         let mut reads = std::mem::take(&mut self.reads);
         let mut events = std::mem::take(&mut self.events);
         {
@@ -626,12 +627,10 @@ impl Core {
                     continue;
                 }
             };
-            let mut out = packet.clone();
-            out.header.ssrc = dt.ssrc;
-            out.header.payload_type = out_pt;
-            out.header.sequence_number = seq;
-            out.header.timestamp = timestamp;
-            rewrite_extensions(&mut out.header, params);
+            let out = rtc::rtp::Packet {
+                header: downtrack_header(&packet.header, params, dt.ssrc, out_pt, seq, timestamp),
+                payload: packet.payload.clone(), // shared, not copied
+            };
             let bytes = out.payload.len() as u64;
             let written = sub
                 .pc
@@ -1666,24 +1665,42 @@ impl Core {
     }
 }
 
-/// Rewrites a forwarded header's extensions for the subscriber's leg: ids remapped by URI,
-/// the ones that leg did not negotiate dropped, and `sdes:mid` set to the leg's mid. Goes
-/// through `set_extension` so the profile and padding stay consistent for marshalling.
-fn rewrite_extensions(header: &mut rtc::rtp::header::Header, params: &LegParams) {
-    let incoming = std::mem::take(&mut header.extensions);
-    header.extension = false;
-    header.extension_profile = 0;
-    header.extensions_padding = 0;
-    for e in incoming {
+/// The header a downtrack sends for an incoming one: its own SSRC, payload type, sequence
+/// number and timestamp; extensions remapped by URI to the subscriber leg's ids (those the leg
+/// did not negotiate are dropped) and `sdes:mid` set to the leg's mid. Built fresh, with one
+/// allocation for the extension list, through `set_extension` so the profile and padding stay
+/// consistent for marshalling.
+fn downtrack_header(
+    incoming: &rtc::rtp::header::Header,
+    params: &LegParams,
+    ssrc: u32,
+    payload_type: u8,
+    sequence_number: u16,
+    timestamp: u32,
+) -> rtc::rtp::header::Header {
+    let mut header = rtc::rtp::header::Header {
+        version: 2,
+        padding: incoming.padding,
+        marker: incoming.marker,
+        payload_type,
+        sequence_number,
+        timestamp,
+        ssrc,
+        csrc: incoming.csrc.clone(),
+        extensions: Vec::with_capacity(params.ext.len() + 1),
+        ..Default::default()
+    };
+    for e in &incoming.extensions {
         if let Some(&(_, out_id)) = params.ext.iter().find(|(i, _)| *i == e.id) {
             // Ids come from our own negotiation (1..=14), so this cannot fail in practice;
             // an extension that does not fit is dropped rather than the packet.
-            let _ = header.set_extension(out_id, e.payload);
+            let _ = header.set_extension(out_id, e.payload.clone());
         }
     }
     if let Some((id, mid)) = &params.mid {
         let _ = header.set_extension(*id, mid.clone());
     }
+    header
 }
 
 /// Works out how packets of a published track map onto one subscriber's negotiated leg.

@@ -38,6 +38,39 @@ impl VideoCodec {
     }
 }
 
+/// The value of `key` in an fmtp line such as `profile-id=0;x=1`.
+pub fn fmtp_param<'a>(fmtp: &'a str, key: &str) -> Option<&'a str> {
+    fmtp.split(';')
+        .filter_map(|kv| kv.trim().split_once('='))
+        .find(|(k, _)| k.trim().eq_ignore_ascii_case(key))
+        .map(|(_, v)| v.trim())
+}
+
+/// Whether two fmtp lines of codec `mime` describe the same profile: H264 by profile
+/// (`profile_idc` and `profile-iop`, the first four hex digits of `profile-level-id`; the level
+/// may differ) and packetization mode; VP9 by `profile-id`; other codecs always match.
+pub fn same_profile(mime: &str, a: &str, b: &str) -> bool {
+    match VideoCodec::from_mime(mime) {
+        Some(VideoCodec::H264) => {
+            let profile = |f: &str| {
+                fmtp_param(f, "profile-level-id")
+                    .and_then(|p| p.get(..4))
+                    .map(str::to_ascii_lowercase)
+            };
+            let mode = |f: &str| {
+                fmtp_param(f, "packetization-mode")
+                    .unwrap_or("0")
+                    .to_owned()
+            };
+            profile(a) == profile(b) && mode(a) == mode(b)
+        }
+        Some(VideoCodec::Vp9) => {
+            fmtp_param(a, "profile-id").unwrap_or("0") == fmtp_param(b, "profile-id").unwrap_or("0")
+        }
+        _ => true,
+    }
+}
+
 fn vp8_starts_keyframe(p: &[u8]) -> bool {
     let Some(&b0) = p.first() else { return false };
     let start_of_partition = b0 & 0x10 != 0;
@@ -169,6 +202,30 @@ mod tests {
         for (codec, payload, want, name) in table {
             assert_eq!(codec.starts_keyframe(payload), *want, "{name}");
         }
+    }
+
+    #[test]
+    fn matches_profiles_not_levels() {
+        let h264 = |pli: &str, mode: u8| {
+            format!("level-asymmetry-allowed=1;packetization-mode={mode};profile-level-id={pli}")
+        };
+        let table = [
+            ("video/H264", h264("42e01f", 1), h264("42e034", 1), true),
+            ("video/H264", h264("42e01f", 1), h264("640032", 1), false),
+            ("video/H264", h264("42e01f", 1), h264("42e01f", 0), false),
+            (
+                "video/VP9",
+                "profile-id=0".to_owned(),
+                "profile-id=2".to_owned(),
+                false,
+            ),
+            ("video/VP9", "profile-id=0".to_owned(), String::new(), true),
+            ("video/VP8", String::new(), "x=1".to_owned(), true),
+        ];
+        for (mime, a, b, want) in table {
+            assert_eq!(same_profile(mime, &a, &b), want, "{mime} {a} vs {b}");
+        }
+        assert_eq!(fmtp_param("a=1; profile-id = 2", "profile-id"), Some("2"));
     }
 
     #[test]

@@ -198,7 +198,7 @@ struct PublishedTrack {
     receiver: RTCRtpReceiverId,
     codec: RTCRtpCodec,
     /// Payload type -> MIME type on the publisher's leg.
-    pt_mime: Vec<(u8, String)>,
+    pt_mime: Vec<(u8, String, String)>,
     /// Extension id -> URI on the publisher's leg.
     ext_uri: Vec<(u8, String)>,
     publisher_track_id: String,
@@ -1335,7 +1335,13 @@ impl Core {
             pt_mime: params
                 .codecs
                 .iter()
-                .map(|c| (c.payload_type, c.rtp_codec.mime_type.to_ascii_lowercase()))
+                .map(|c| {
+                    (
+                        c.payload_type,
+                        c.rtp_codec.mime_type.to_ascii_lowercase(),
+                        c.rtp_codec.sdp_fmtp_line.clone(),
+                    )
+                })
                 .collect(),
             ext_uri: params
                 .header_extensions
@@ -1707,7 +1713,7 @@ fn downtrack_header(
 fn resolve_leg(
     pc: &mut RTCPeerConnection,
     sender: RTCRtpSenderId,
-    pt_mime: &[(u8, String)],
+    pt_mime: &[(u8, String, String)],
     ext_uri: &[(u8, String)],
 ) -> Option<LegParams> {
     let mid = pc
@@ -1718,10 +1724,16 @@ fn resolve_leg(
     let codecs = &params.rtp_parameters.codecs;
     let pt: Vec<(u8, u8)> = pt_mime
         .iter()
-        .filter_map(|(in_pt, mime)| {
+        .filter_map(|(in_pt, mime, fmtp)| {
+            let same_mime = |c: &&rtc::rtp_transceiver::rtp_sender::RTCRtpCodecParameters| {
+                c.rtp_codec.mime_type.eq_ignore_ascii_case(mime)
+            };
+            // Prefer the same profile (H264 profile, VP9 profile-id); else any of the codec.
             codecs
                 .iter()
-                .find(|c| c.rtp_codec.mime_type.eq_ignore_ascii_case(mime))
+                .filter(same_mime)
+                .find(|c| crate::codec::same_profile(mime, fmtp, &c.rtp_codec.sdp_fmtp_line))
+                .or_else(|| codecs.iter().find(same_mime))
                 .map(|c| (*in_pt, c.payload_type))
         })
         .collect();

@@ -37,7 +37,7 @@ use rtc::sansio::Protocol;
 use rtc::sdp::extmap::{SDES_MID_URI, TRANSPORT_CC_URI};
 use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
 use tokio::sync::{mpsc, oneshot};
-use tracing::{debug, info, info_span, warn};
+use tracing::{debug, error, info, info_span, warn};
 
 use crate::codec::VideoCodec;
 use crate::keyframe::KeyframeThrottle;
@@ -361,11 +361,27 @@ impl Core {
             },
             message: BytesMut::from(data),
         };
-        if let Err(e) = peer.pc.handle_read(msg) {
-            debug!(%from, "datagram rejected: {e}");
-            self.metrics.dropped.with_label_values(&["malformed"]).inc();
+        // A panic inside the WebRTC stack on hostile input must not take every room down:
+        // contain it to the peer that sent the datagram, whose state is no longer trusted.
+        let read =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| peer.pc.handle_read(msg)));
+        match read {
+            Ok(Ok(())) => self.mark_dirty(key),
+            Ok(Err(e)) => {
+                debug!(%from, "datagram rejected: {e}");
+                self.metrics.dropped.with_label_values(&["malformed"]).inc();
+                self.mark_dirty(key);
+            }
+            Err(_) => {
+                error!(%from, "the WebRTC stack panicked on a datagram; dropping its participant");
+                self.metrics
+                    .dropped
+                    .with_label_values(&["stack_panic"])
+                    .inc();
+                let participant = peer.participant;
+                self.remove_participant(participant, "internal error on malformed input");
+            }
         }
-        self.mark_dirty(key);
     }
 
     fn learn_addr(&mut self, key: PeerKey, addr: SocketAddr) {

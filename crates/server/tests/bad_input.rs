@@ -22,7 +22,7 @@ async fn connect(base: &str) -> Ws {
 }
 
 /// The next server message, skipping subscriber offers (every join gets one, for its data
-/// channel) which these tests do not answer.
+/// channel) and the server's trickled candidates, which these tests do not use.
 async fn next_server_message(ws: &mut Ws) -> Option<ServerMessage> {
     loop {
         let frame = tokio::time::timeout(Duration::from_secs(5), ws.next())
@@ -32,7 +32,7 @@ async fn next_server_message(ws: &mut Ws) -> Option<ServerMessage> {
         match frame {
             Message::Text(t) => {
                 match serde_json::from_str(&t).expect("server sends protocol JSON") {
-                    ServerMessage::Offer { .. } => continue,
+                    ServerMessage::Offer { .. } | ServerMessage::Candidate { .. } => continue,
                     m => return Some(m),
                 }
             }

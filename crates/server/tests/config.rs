@@ -10,8 +10,9 @@ use chorus_signal::protocol::ServerMessage;
 use futures::{SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite::Message;
 
-/// Joins `room` and returns `joined` and the first subscriber offer.
-async fn join_and_first_offer(base: &str, room: &str) -> (ServerMessage, String) {
+/// Joins `room` and returns `joined`, the first subscriber offer and the candidate trickled
+/// after it.
+async fn join_and_first_offer(base: &str, room: &str) -> (ServerMessage, String, String) {
     let url = format!("{}/ws", base.replacen("http", "ws", 1));
     let (mut ws, _) = tokio_tungstenite::connect_async(url).await.expect("ws");
     let join = serde_json::json!({"type":"join","version":1,"token":common::token(room, "nat")});
@@ -19,6 +20,7 @@ async fn join_and_first_offer(base: &str, room: &str) -> (ServerMessage, String)
         .await
         .expect("send");
     let mut joined = None;
+    let mut offer = None;
     loop {
         let frame = tokio::time::timeout(Duration::from_secs(5), ws.next())
             .await
@@ -28,7 +30,20 @@ async fn join_and_first_offer(base: &str, room: &str) -> (ServerMessage, String)
         let Message::Text(text) = frame else { continue };
         match serde_json::from_str::<ServerMessage>(&text).expect("protocol JSON") {
             m @ ServerMessage::Joined { .. } => joined = Some(m),
-            ServerMessage::Offer { sdp } => return (joined.expect("joined comes first"), sdp),
+            ServerMessage::Offer { sdp } => offer = Some(sdp),
+            ServerMessage::Candidate { target, candidate } => {
+                assert_eq!(target, chorus_signal::protocol::Target::Subscriber);
+                let offer = offer.expect("the offer comes before its candidates");
+                assert!(offer.contains(&format!(
+                    "a=mid:{}",
+                    candidate.sdp_mid.clone().unwrap_or_default()
+                )));
+                return (
+                    joined.expect("joined comes first"),
+                    offer,
+                    candidate.candidate,
+                );
+            }
             other => panic!("unexpected {other:?}"),
         }
     }
@@ -56,7 +71,7 @@ async fn external_ips_and_ice_servers_reach_the_client() {
         ];
     })
     .await;
-    let (joined, sdp) = join_and_first_offer(&server.base_url(), &common::room()).await;
+    let (joined, sdp, trickled) = join_and_first_offer(&server.base_url(), &common::room()).await;
     let port = server.media_addr.port();
     let candidates: Vec<&str> = sdp
         .lines()
@@ -69,6 +84,10 @@ async fn external_ips_and_ice_servers_reach_the_client() {
             "candidate {c}"
         );
     }
+    assert!(
+        trickled.contains(&format!(" 203.0.113.7 {port} typ host")),
+        "trickled {trickled}"
+    );
     let ServerMessage::Joined { ice_servers, .. } = joined else {
         unreachable!()
     };
@@ -107,7 +126,7 @@ async fn the_media_socket_binds_inside_the_configured_range() {
         "bound {port}, range starts at the taken {first}"
     );
     drop(probe);
-    let (_, sdp) = join_and_first_offer(&server.base_url(), &common::room()).await;
+    let (_, sdp, _) = join_and_first_offer(&server.base_url(), &common::room()).await;
     assert!(
         sdp.contains(&format!(" 127.0.0.1 {port} typ host")),
         "{sdp}"

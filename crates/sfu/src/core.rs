@@ -1070,8 +1070,9 @@ impl Core {
                     .is_some_and(|t| t.direction().has_recv())
             })
             .count();
+        let mut trickle = Vec::new();
         if !peer.candidates_added {
-            add_local_candidates(&mut peer.pc, &advertised)?;
+            trickle = add_local_candidates(&mut peer.pc, &advertised)?;
             peer.candidates_added = true;
         }
         let answer = peer.pc.create_answer(None).map_err(SfuError::rtc)?;
@@ -1083,8 +1084,35 @@ impl Core {
             .local_description()
             .map(|d| d.sdp)
             .ok_or(SfuError::Rtc("no local description after answering".into()))?;
+        let ufrag = peer.ufrag.clone();
         self.mark_dirty(key);
+        self.trickle(participant, PeerRole::Publisher, &sdp, &ufrag, trickle);
         Ok(sdp)
+    }
+
+    /// Sends our candidates as trickle messages too (they are already in the SDP), tagged with
+    /// the first media section of `sdp`.
+    fn trickle(
+        &mut self,
+        participant: ParticipantKey,
+        role: PeerRole,
+        sdp: &str,
+        ufrag: &str,
+        candidates: Vec<RTCIceCandidateInit>,
+    ) {
+        let mid = sdp
+            .lines()
+            .find_map(|l| l.strip_prefix("a=mid:"))
+            .map(|m| m.trim().to_owned());
+        for c in candidates {
+            let candidate = CandidateInit {
+                candidate: c.candidate,
+                sdp_mid: mid.clone(),
+                sdp_mline_index: Some(0),
+                username_fragment: Some(ufrag.to_owned()),
+            };
+            self.send_event(participant, RoomEvent::Candidate { role, candidate });
+        }
     }
 
     /// See [`crate::SessionHandle`].
@@ -1544,9 +1572,10 @@ impl Core {
             peer.renegotiate = true;
             return;
         }
+        let mut trickle = Vec::new();
         let result = (|| -> Result<String, SfuError> {
             if !peer.candidates_added {
-                add_local_candidates(&mut peer.pc, &advertised)?;
+                trickle = add_local_candidates(&mut peer.pc, &advertised)?;
                 peer.candidates_added = true;
             }
             let offer = peer.pc.create_offer(None).map_err(SfuError::rtc)?;
@@ -1562,8 +1591,10 @@ impl Core {
             Ok(sdp) => {
                 debug!(%sdp, "subscriber offer");
                 peer.awaiting_answer = true;
+                let ufrag = peer.ufrag.clone();
                 self.mark_dirty(key);
-                self.send_event(participant, RoomEvent::SubscriberOffer(sdp));
+                self.send_event(participant, RoomEvent::SubscriberOffer(sdp.clone()));
+                self.trickle(participant, PeerRole::Subscriber, &sdp, &ufrag, trickle);
             }
             Err(e) => warn!("subscriber offer failed: {e}"),
         }

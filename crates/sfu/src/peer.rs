@@ -12,7 +12,9 @@ use rtc::peer_connection::configuration::media_engine::{
 };
 use rtc::peer_connection::configuration::setting_engine::SettingEngineBuilder;
 use rtc::peer_connection::configuration::RTCConfigurationBuilder;
-use rtc::peer_connection::transport::{CandidateConfig, CandidateHostConfig, RTCIceCandidate};
+use rtc::peer_connection::transport::{
+    CandidateConfig, CandidateHostConfig, RTCIceCandidate, RTCIceCandidateInit,
+};
 use rtc::peer_connection::{RTCPeerConnection, RTCPeerConnectionBuilder};
 use rtc::rtp_transceiver::rtp_sender::{
     RTCPFeedback, RTCRtpCodec, RTCRtpCodecParameters, RTCRtpHeaderExtensionCapability, RtpCodecKind,
@@ -148,11 +150,13 @@ pub fn build_peer_connection(
         .map_err(SfuError::rtc)
 }
 
-/// Adds host candidates for `addrs` (the shared media socket, or its external addresses).
+/// Adds host candidates for `addrs` (the shared media socket, or its external addresses) and
+/// returns them, to be trickled as well.
 pub fn add_local_candidates(
     pc: &mut RTCPeerConnection,
     addrs: &[SocketAddr],
-) -> Result<(), SfuError> {
+) -> Result<Vec<RTCIceCandidateInit>, SfuError> {
+    let mut added = Vec::with_capacity(addrs.len());
     for addr in addrs {
         let candidate = CandidateHostConfig {
             base_config: CandidateConfig {
@@ -169,7 +173,8 @@ pub fn add_local_candidates(
         let init = RTCIceCandidate::from(&candidate)
             .to_json()
             .map_err(SfuError::rtc)?;
-        pc.add_local_candidate(init).map_err(SfuError::rtc)?;
+        pc.add_local_candidate(init.clone()).map_err(SfuError::rtc)?;
+        added.push(init);
     }
-    Ok(())
+    Ok(added)
 }

@@ -5,6 +5,8 @@
 //! [`RunningServer`]; tests use it with port 0 to run many servers side by side.
 
 pub mod config;
+#[cfg(target_os = "linux")]
+pub mod process;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -71,6 +73,10 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
             prometheus::process_collector::ProcessCollector::for_self(),
         ))
         .context("registering process metrics")?;
+    #[cfg(target_os = "linux")]
+    registry
+        .register(Box::new(process::CpuSecondsCollector::new()?))
+        .context("registering CPU seconds")?;
     let media_metrics = Metrics::new(&registry).context("registering media metrics")?;
     let signal_metrics = SignalMetrics::new(&registry).context("registering signal metrics")?;
     let sfu = Sfu::start(config.media.clone(), media_metrics.clone()).await?;

@@ -6,8 +6,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 /// The server figures the report uses.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct ServerSample {
-    /// `process_cpu_seconds_total` (whole seconds with the `prometheus` crate's collector),
-    /// or `/proc/<pid>/stat` with `--server-pid`.
+    /// `chorus_process_cpu_seconds_total` (10 ms resolution), else `process_cpu_seconds_total`
+    /// (whole seconds with the `prometheus` crate's collector), or `/proc/<pid>/stat` with
+    /// `--server-pid`.
     pub cpu_seconds: f64,
     /// `process_resident_memory_bytes`.
     pub rss_bytes: f64,
@@ -22,7 +23,7 @@ pub struct ServerSample {
 /// Extracts [`ServerSample`] from Prometheus text; `None` without the process metrics.
 pub fn parse_metrics(text: &str) -> Option<ServerSample> {
     let mut s = ServerSample::default();
-    let mut have_cpu = false;
+    let (mut precise_cpu, mut coarse_cpu) = (None, None);
     for line in text.lines().filter(|l| !l.starts_with('#')) {
         let Some((name_labels, value)) = line.rsplit_once(' ') else {
             continue;
@@ -35,10 +36,8 @@ pub fn parse_metrics(text: &str) -> Option<ServerSample> {
             None => (name_labels, ""),
         };
         match name {
-            "process_cpu_seconds_total" => {
-                s.cpu_seconds = v;
-                have_cpu = true;
-            }
+            "chorus_process_cpu_seconds_total" => precise_cpu = Some(v),
+            "process_cpu_seconds_total" => coarse_cpu = Some(v),
             "process_resident_memory_bytes" => s.rss_bytes = v,
             "chorus_participants" => s.participants = v,
             "chorus_rtp_packets_total" if labels.contains("direction=\"out\"") => {
@@ -48,7 +47,8 @@ pub fn parse_metrics(text: &str) -> Option<ServerSample> {
             _ => {}
         }
     }
-    have_cpu.then_some(s)
+    s.cpu_seconds = precise_cpu.or(coarse_cpu)?;
+    Some(s)
 }
 
 /// `GET {base}/metrics` over plain HTTP/1.0 (no TLS: point `--metrics-url` at a plain-HTTP
@@ -145,6 +145,9 @@ mod tests {
         assert_eq!(s.packets_in, 7.0);
         assert_eq!(s.participants, 3.0);
         assert!(parse_metrics("chorus_participants 1\n").is_none());
+        // The server's 10 ms-resolution counter wins over the whole-second one, in any order.
+        let both = "process_cpu_seconds_total 12\nchorus_process_cpu_seconds_total 12.34\n";
+        assert_eq!(parse_metrics(both).map(|s| s.cpu_seconds), Some(12.34));
     }
 
     #[test]

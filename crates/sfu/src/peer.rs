@@ -93,6 +93,10 @@ pub fn supported_codecs() -> Vec<(RTCRtpCodecParameters, RtpCodecKind)> {
     ]
 }
 
+/// The absolute capture time header extension (WebRTC `abs-capture-time`).
+pub const ABS_CAPTURE_TIME_URI: &str =
+    "http://www.webrtc.org/experiments/rtp-hdrext/abs-capture-time";
+
 fn media_engine() -> Result<MediaEngine, SfuError> {
     let mut me = MediaEngine::default();
     for (c, kind) in supported_codecs() {
@@ -106,6 +110,12 @@ fn media_engine() -> Result<MediaEngine, SfuError> {
         (AUDIO_LEVEL_URI, &[RtpCodecKind::Audio][..]),
         (
             ABS_SEND_TIME_URI,
+            &[RtpCodecKind::Audio, RtpCodecKind::Video][..],
+        ),
+        // Forwarded untouched, so receivers (browsers, our load bots) can measure
+        // capture-to-render latency and keep audio and video in sync across hops.
+        (
+            ABS_CAPTURE_TIME_URI,
             &[RtpCodecKind::Audio, RtpCodecKind::Video][..],
         ),
     ] {
@@ -173,7 +183,8 @@ pub fn add_local_candidates(
         let init = RTCIceCandidate::from(&candidate)
             .to_json()
             .map_err(SfuError::rtc)?;
-        pc.add_local_candidate(init.clone()).map_err(SfuError::rtc)?;
+        pc.add_local_candidate(init.clone())
+            .map_err(SfuError::rtc)?;
         added.push(init);
     }
     Ok(added)

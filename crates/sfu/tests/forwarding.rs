@@ -87,3 +87,55 @@ fn garbage_from_connected_peers_harms_nothing() {
         assert_eq!(c.seq_gaps, 0, "subscriber {} saw gaps", c.addr);
     }
 }
+
+/// NTP time as a `f64` of seconds since the Unix epoch.
+fn ntp_to_unix_secs(ntp: u64) -> f64 {
+    const NTP_UNIX_OFFSET: f64 = 2_208_988_800.0;
+    (ntp >> 32) as f64 + (ntp & 0xffff_ffff) as f64 / 4_294_967_296.0 - NTP_UNIX_OFFSET
+}
+
+#[test]
+fn downtrack_sender_reports_map_wallclock_to_the_rewritten_timestamps() {
+    let mut net = harness::Net::new(2);
+    // Media at a real 30 fps pace for a little over a second, so sender reports go out.
+    let start = std::time::Instant::now();
+    while start.elapsed() < Duration::from_millis(2500) {
+        net.send_video(false, 800);
+        net.pump();
+        std::thread::sleep(Duration::from_millis(33));
+    }
+    for (c, _, _) in &net.subscribers {
+        let reports: Vec<_> = c
+            .sender_reports
+            .iter()
+            .filter(|(_, rtp, _)| rtp.is_some())
+            .collect();
+        assert!(
+            !reports.is_empty(),
+            "subscriber {} got no sender report for its video",
+            c.addr
+        );
+        for (sr, last_rtp, at) in reports {
+            let (ssrc, ts, rtp_at) = last_rtp.expect("filtered");
+            // The report is about the SSRC this subscriber receives (the downtrack's own).
+            assert_eq!(sr.ssrc, ssrc, "sender report for another SSRC");
+            // Its RTP time is the last forwarded timestamp advanced by the time since, on the
+            // 90 kHz clock: within 50 ms.
+            let expected =
+                ts.wrapping_add((at.duration_since(rtp_at).as_secs_f64() * 90_000.0) as u32);
+            let skew = (sr.rtp_time.wrapping_sub(expected) as i32).unsigned_abs();
+            assert!(
+                skew < 4_500,
+                "SR rtp_time {} vs expected {expected} (skew {skew} ticks)",
+                sr.rtp_time
+            );
+            // Its NTP time is the wallclock now.
+            let unix = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .expect("clock")
+                .as_secs_f64();
+            let ntp = ntp_to_unix_secs(sr.ntp_time);
+            assert!((unix - ntp).abs() < 5.0, "SR NTP {ntp} vs wallclock {unix}");
+        }
+    }
+}

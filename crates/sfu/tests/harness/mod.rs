@@ -10,7 +10,9 @@ use bytes::{Bytes, BytesMut};
 use chorus_sfu::core::Core;
 use chorus_sfu::peer::supported_codecs;
 use chorus_sfu::{JoinRequest, MediaConfig, Metrics, Origin, Permissions, RoomEvent};
-use rtc::interceptor::Registry;
+use std::collections::VecDeque;
+
+use rtc::interceptor::{Attribute, Packet, Registry, Slot, StreamInfo, TaggedPacket};
 use rtc::media_stream::MediaStreamTrack;
 use rtc::peer_connection::configuration::interceptor_registry::register_default_interceptors;
 use rtc::peer_connection::configuration::media_engine::MediaEngine;
@@ -21,6 +23,7 @@ use rtc::peer_connection::sdp::RTCSessionDescription;
 use rtc::peer_connection::state::RTCPeerConnectionState;
 use rtc::peer_connection::transport::{CandidateConfig, CandidateHostConfig, RTCIceCandidate};
 use rtc::peer_connection::{RTCPeerConnection, RTCPeerConnectionBuilder};
+use rtc::rtcp::sender_report::SenderReport;
 use rtc::rtp_transceiver::rtp_sender::{
     RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
 };
@@ -40,6 +43,51 @@ pub struct ClientPeer {
     pub rtp_received: u64,
     pub last_seq: Option<u16>,
     pub seq_gaps: u64,
+    /// (SSRC, RTP timestamp) of the last RTP packet received, and when.
+    pub last_rtp: Option<(u32, u32, Instant)>,
+    /// Sender reports received: the report, the last RTP packet before it, and when.
+    pub sender_reports: Vec<(SenderReport, Option<(u32, u32, Instant)>, Instant)>,
+}
+
+/// Lets sender reports through to the application (the default chain terminates RTCP).
+struct SenderReportTap {
+    read: VecDeque<TaggedPacket>,
+    write: VecDeque<TaggedPacket>,
+}
+
+impl Protocol<TaggedPacket, TaggedPacket, ()> for SenderReportTap {
+    type Rout = TaggedPacket;
+    type Wout = TaggedPacket;
+    type Eout = ();
+    type Error = rtc::shared::error::Error;
+    type Time = Instant;
+
+    fn handle_read(&mut self, mut msg: TaggedPacket) -> Result<(), Self::Error> {
+        if let Packet::Rtcp(packets) = &msg.message.packet {
+            if packets.iter().any(|p| p.as_any().is::<SenderReport>()) {
+                msg.message.add(Attribute::DeliverToApplication);
+            }
+        }
+        self.read.push_back(msg);
+        Ok(())
+    }
+    fn poll_read(&mut self) -> Option<TaggedPacket> {
+        self.read.pop_front()
+    }
+    fn handle_write(&mut self, msg: TaggedPacket) -> Result<(), Self::Error> {
+        self.write.push_back(msg);
+        Ok(())
+    }
+    fn poll_write(&mut self) -> Option<TaggedPacket> {
+        self.write.pop_front()
+    }
+}
+
+impl rtc::interceptor::Interceptor for SenderReportTap {
+    fn bind_local_stream(&mut self, _: &StreamInfo) {}
+    fn unbind_local_stream(&mut self, _: &StreamInfo) {}
+    fn bind_remote_stream(&mut self, _: &StreamInfo) {}
+    fn unbind_remote_stream(&mut self, _: &StreamInfo) {}
 }
 
 impl ClientPeer {
@@ -48,7 +96,12 @@ impl ClientPeer {
         for (c, kind) in supported_codecs() {
             me.register_codec(c, kind).unwrap();
         }
-        let registry = register_default_interceptors(Registry::new(), &mut me).unwrap();
+        let tap = SenderReportTap {
+            read: VecDeque::new(),
+            write: VecDeque::new(),
+        };
+        let registry = Registry::new().with(Slot::Custom(500), tap);
+        let registry = register_default_interceptors(registry, &mut me).unwrap();
         let mut pc = RTCPeerConnectionBuilder::new()
             .with_configuration(RTCConfigurationBuilder::new().build())
             .with_media_engine(me)
@@ -76,6 +129,8 @@ impl ClientPeer {
             rtp_received: 0,
             last_seq: None,
             seq_gaps: 0,
+            last_rtp: None,
+            sender_reports: Vec::new(),
         }
     }
 }
@@ -272,7 +327,15 @@ impl Net {
                     }
                 }
                 while let Some(m) = c.pc.poll_read() {
+                    if let RTCMessage::RtcpPacket(_, packets) = &m.message {
+                        for p in packets {
+                            if let Some(sr) = p.as_any().downcast_ref::<SenderReport>() {
+                                c.sender_reports.push((sr.clone(), c.last_rtp, now));
+                            }
+                        }
+                    }
                     if let RTCMessage::RtpPacket(_, p) = m.message {
+                        c.last_rtp = Some((p.header.ssrc, p.header.timestamp, now));
                         c.rtp_received += 1;
                         if let Some(last) = c.last_seq {
                             if p.header.sequence_number != last.wrapping_add(1) {

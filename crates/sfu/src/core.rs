@@ -1075,15 +1075,7 @@ impl Core {
             trickle = add_local_candidates(&mut peer.pc, &advertised)?;
             peer.candidates_added = true;
         }
-        let answer = peer.pc.create_answer(None).map_err(SfuError::rtc)?;
-        peer.pc
-            .set_local_description(now, answer)
-            .map_err(SfuError::rtc)?;
-        let sdp = peer
-            .pc
-            .local_description()
-            .map(|d| d.sdp)
-            .ok_or(SfuError::Rtc("no local description after answering".into()))?;
+        let sdp = local_answer(&mut peer.pc, now)?;
         let ufrag = peer.ufrag.clone();
         self.mark_dirty(key);
         self.trickle(participant, PeerRole::Publisher, &sdp, &ufrag, trickle);
@@ -1221,15 +1213,7 @@ impl Core {
         let peer = self.peers.get_mut(&key).ok_or(SfuError::Gone)?;
         add_local_candidates(&mut peer.pc, &advertised)?;
         peer.candidates_added = true;
-        let answer = peer.pc.create_answer(None).map_err(SfuError::rtc)?;
-        peer.pc
-            .set_local_description(now, answer)
-            .map_err(SfuError::rtc)?;
-        let sdp = peer
-            .pc
-            .local_description()
-            .map(|d| d.sdp)
-            .ok_or(SfuError::Rtc("no local description after answering".into()))?;
+        let sdp = local_answer(&mut peer.pc, now)?;
         for t in self.tracks.values_mut() {
             for dt in t.downtracks.iter_mut().filter(|d| d.peer == key) {
                 dt.negotiated = true;
@@ -1579,13 +1563,7 @@ impl Core {
                 peer.candidates_added = true;
             }
             let offer = peer.pc.create_offer(None).map_err(SfuError::rtc)?;
-            peer.pc
-                .set_local_description(now, offer)
-                .map_err(SfuError::rtc)?;
-            peer.pc
-                .local_description()
-                .map(|d| d.sdp)
-                .ok_or(SfuError::Rtc("no local description after offering".into()))
+            apply_local(&mut peer.pc, now, offer)
         })();
         match result {
             Ok(sdp) => {
@@ -1716,6 +1694,25 @@ impl Core {
             );
         }
     }
+}
+
+/// Creates an answer, applies it locally and returns its SDP.
+fn local_answer(pc: &mut RTCPeerConnection, now: Instant) -> Result<String, SfuError> {
+    let answer = pc.create_answer(None).map_err(SfuError::rtc)?;
+    apply_local(pc, now, answer)
+}
+
+/// Applies a local description and returns the SDP as applied (with our candidates).
+fn apply_local(
+    pc: &mut RTCPeerConnection,
+    now: Instant,
+    description: RTCSessionDescription,
+) -> Result<String, SfuError> {
+    pc.set_local_description(now, description)
+        .map_err(SfuError::rtc)?;
+    pc.local_description().map(|d| d.sdp).ok_or(SfuError::Rtc(
+        "no local description after setting it".into(),
+    ))
 }
 
 /// The header a downtrack sends for an incoming one: its own SSRC, payload type, sequence

@@ -9,7 +9,7 @@ use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
-use chorus_sfu::{JoinRequest, Origin, Permissions, RoomEvent, SfuError};
+use chorus_sfu::{Origin, Permissions, RoomEvent, SfuError};
 use prometheus::Encoder;
 use serde::Deserialize;
 use tower_http::cors::{Any, CorsLayer};
@@ -129,6 +129,16 @@ fn fail(state: &SharedState, status: StatusCode, code: &str, msg: impl Into<Stri
     (status, msg).into_response()
 }
 
+/// The bearer token of a request, if it has one.
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(header::AUTHORIZATION)?
+        .to_str()
+        .ok()?
+        .strip_prefix("Bearer ")
+        .map(str::trim)
+}
+
 /// Checks the bearer token and SDP body of a WHIP/WHEP request. The error is the response
 /// to send (boxed: a `Response` is large).
 fn authorize(
@@ -147,20 +157,16 @@ fn authorize(
             "server is draining".into(),
         ));
     }
-    let token = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .ok_or_else(|| {
-            deny(
-                StatusCode::UNAUTHORIZED,
-                "invalid_token",
-                "missing bearer token".into(),
-            )
-        })?;
+    let token = bearer(headers).ok_or_else(|| {
+        deny(
+            StatusCode::UNAUTHORIZED,
+            "invalid_token",
+            "missing bearer token".into(),
+        )
+    })?;
     let claims = state
         .keys
-        .verify(token.trim())
+        .verify(token)
         .map_err(|e| deny(StatusCode::UNAUTHORIZED, "invalid_token", e.to_string()))?;
     if claims.grants.room != room {
         return Err(deny(
@@ -261,22 +267,14 @@ async fn start_session(
         Err(r) => return *r,
     };
     let kind = if publish { "whip" } else { "whep" };
-    let request = JoinRequest {
-        room: room.clone(),
-        identity: claims.sub.clone(),
-        name: if claims.name.is_empty() {
-            claims.sub.clone()
-        } else {
-            claims.name.clone()
-        },
-        permissions: Permissions {
-            publish,
-            subscribe: !publish,
-            publish_data: false,
-        },
-        auto_subscribe: false,
-        origin: if publish { Origin::Whip } else { Origin::Whep },
+    // `authorize` checked that the token's room is this room.
+    let permissions = Permissions {
+        publish,
+        subscribe: !publish,
+        publish_data: false,
     };
+    let origin = if publish { Origin::Whip } else { Origin::Whep };
+    let request = crate::join_request(&claims, permissions, false, origin);
     let session = match state.sfu.join(request).await {
         Ok(s) => s,
         Err(e) => {
@@ -387,12 +385,7 @@ async fn end_session(
     Path((room, id)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Response {
-    let claims = match headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(|t| state.keys.verify(t.trim()))
-    {
+    let claims = match bearer(&headers).map(|t| state.keys.verify(t)) {
         Some(Ok(c)) => c,
         Some(Err(e)) => {
             return fail(

@@ -85,6 +85,27 @@ pub struct HttpSession {
 /// Shared state handle.
 pub type SharedState = Arc<AppState>;
 
+/// The media-plane join request a verified token asks for.
+pub fn join_request(
+    claims: &auth::Claims,
+    permissions: chorus_sfu::Permissions,
+    auto_subscribe: bool,
+    origin: chorus_sfu::Origin,
+) -> chorus_sfu::JoinRequest {
+    chorus_sfu::JoinRequest {
+        room: claims.grants.room.clone(),
+        identity: claims.sub.clone(),
+        name: if claims.name.is_empty() {
+            claims.sub.clone()
+        } else {
+            claims.name.clone()
+        },
+        permissions,
+        auto_subscribe,
+        origin,
+    }
+}
+
 /// The protocol error code for a media-plane error.
 pub fn error_code(e: &SfuError) -> ErrorCode {
     match e {

@@ -8,7 +8,7 @@ use axum::extract::ws::{close_code, CloseFrame, Message, Utf8Bytes, WebSocket, W
 use axum::extract::State;
 use axum::response::Response;
 use chorus_sfu::{
-    CandidateInit, JoinRequest, Origin, ParticipantDesc, PeerRole, Permissions, RoomEvent, Session,
+    CandidateInit, Origin, ParticipantDesc, PeerRole, Permissions, RoomEvent, Session,
     SessionHandle, TrackDesc, TrackKind as SfuKind,
 };
 use tracing::{debug, info, info_span, Instrument};
@@ -223,22 +223,12 @@ async fn join(conn: &mut Conn) -> Option<(Session, Claims)> {
         .await;
         return None;
     }
-    let request = JoinRequest {
-        room: claims.grants.room.clone(),
-        identity: claims.sub.clone(),
-        name: if claims.name.is_empty() {
-            claims.sub.clone()
-        } else {
-            claims.name.clone()
-        },
-        permissions: Permissions {
-            publish: claims.grants.can_publish,
-            subscribe: claims.grants.can_subscribe,
-            publish_data: claims.grants.can_publish_data,
-        },
-        auto_subscribe,
-        origin: Origin::WebSocket,
+    let permissions = Permissions {
+        publish: claims.grants.can_publish,
+        subscribe: claims.grants.can_subscribe,
+        publish_data: claims.grants.can_publish_data,
     };
+    let request = crate::join_request(&claims, permissions, auto_subscribe, Origin::WebSocket);
     let session = match conn.state.sfu.join(request).await {
         Ok(s) => s,
         Err(e) => {

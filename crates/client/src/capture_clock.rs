@@ -1,6 +1,9 @@
 //! Capture timestamps for glass-to-glass latency between bots on one machine.
 //!
-//! Every frame the client sends carries the `abs-send-time` RTP header extension
+//! Every frame the client sends carries the `abs-capture-time` RTP header extension
+//! (<http://www.webrtc.org/experiments/rtp-hdrext/abs-capture-time>: the 64-bit NTP timestamp
+//! of the capture, 8 bytes, or 16 with an estimated clock offset) when the server negotiates
+//! it, and the `abs-send-time` RTP header extension
 //! (<http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time>: 24-bit, 6.18 fixed-point
 //! seconds of the NTP wall clock) stamped with the frame's **capture** time, i.e. when the media
 //! task produced the frame, before packetization. Chorus forwards the extension unchanged
@@ -9,13 +12,17 @@
 //! capture-to-arrival latency per frame. The value wraps every 64 s, so latencies of 64 s or
 //! more alias; anything above 32 s is reported as 32 s.
 //!
-//! `abs-capture-time` (a 64-bit NTP capture stamp) would be the proper extension; Chorus does
-//! not negotiate it yet, so `abs-send-time` stands in for it.
+//! Receivers prefer `abs-capture-time` (no wrap, 1/2^32 s resolution) and fall back to
+//! `abs-send-time` when a packet does not carry it.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// The extension's URI.
 pub const ABS_SEND_TIME_URI: &str = "http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time";
+
+/// The `abs-capture-time` extension's URI.
+pub const ABS_CAPTURE_TIME_URI: &str =
+    "http://www.webrtc.org/experiments/rtp-hdrext/abs-capture-time";
 
 /// Seconds from the NTP epoch (1900) to the Unix epoch (1970).
 const NTP_UNIX_OFFSET: u64 = 2_208_988_800;
@@ -41,6 +48,20 @@ pub fn elapsed_since(stamp: u32, now: SystemTime) -> Duration {
     Duration::from_nanos((u64::from(diff) * 1_000_000_000) >> 18)
 }
 
+/// Reads the capture timestamp (the first 8 bytes, big endian) of an `abs-capture-time`
+/// payload.
+pub fn parse_capture_time(payload: &[u8]) -> Option<u64> {
+    let b: [u8; 8] = payload.get(..8)?.try_into().ok()?;
+    Some(u64::from_be_bytes(b))
+}
+
+/// Time elapsed from a 64-bit NTP capture stamp to `now`; stamps from the future (clock skew)
+/// read as zero.
+pub fn elapsed_since_ntp(stamp: u64, now: SystemTime) -> Duration {
+    let diff = ntp(now).saturating_sub(stamp);
+    Duration::from_nanos(((u128::from(diff) * 1_000_000_000) >> 32) as u64)
+}
+
 /// Reads the 3-byte extension payload.
 pub fn parse(payload: &[u8]) -> Option<u32> {
     match payload {
@@ -51,14 +72,17 @@ pub fn parse(payload: &[u8]) -> Option<u32> {
 
 /// The extension id an SDP assigns to `abs-send-time` (first `a=extmap` line for it).
 pub fn extmap_id(sdp: &str) -> Option<u8> {
+    extmap_id_of(sdp, ABS_SEND_TIME_URI)
+}
+
+/// The extension id an SDP assigns to `uri` (first `a=extmap` line for it).
+pub fn extmap_id_of(sdp: &str, wanted: &str) -> Option<u8> {
     sdp.lines().find_map(|l| {
         let rest = l.trim().strip_prefix("a=extmap:")?;
         let (id, rest) = rest.split_once(' ')?;
         let uri = rest.split_whitespace().next()?;
         let id = id.split('/').next()?;
-        (uri == ABS_SEND_TIME_URI)
-            .then(|| id.parse().ok())
-            .flatten()
+        (uri == wanted).then(|| id.parse().ok()).flatten()
     })
 }
 
@@ -94,5 +118,24 @@ mod tests {
                    a=extmap:3/sendrecv http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time\r\n";
         assert_eq!(extmap_id(sdp), Some(3));
         assert_eq!(extmap_id("v=0\r\n"), None);
+        let sdp = format!("{sdp}a=extmap:7 {ABS_CAPTURE_TIME_URI}\r\n");
+        assert_eq!(extmap_id_of(&sdp, ABS_CAPTURE_TIME_URI), Some(7));
+    }
+
+    #[test]
+    fn capture_time_stamps_round_trip() {
+        let t0 = UNIX_EPOCH + Duration::from_secs(1_700_000_000) + Duration::from_micros(123_456);
+        let stamp = ntp(t0);
+        let mut payload = stamp.to_be_bytes().to_vec();
+        assert_eq!(parse_capture_time(&payload), Some(stamp));
+        payload.extend_from_slice(&[0; 8]); // with the optional clock offset
+        assert_eq!(parse_capture_time(&payload), Some(stamp));
+        assert_eq!(parse_capture_time(&payload[..7]), None);
+        let got = elapsed_since_ntp(stamp, t0 + Duration::from_millis(42));
+        assert!(got.abs_diff(Duration::from_millis(42)) < Duration::from_micros(1));
+        assert_eq!(
+            elapsed_since_ntp(stamp, t0 - Duration::from_secs(1)),
+            Duration::ZERO
+        );
     }
 }

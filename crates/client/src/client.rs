@@ -2,7 +2,7 @@
 
 use crate::ivf::{IvfClip, IvfError};
 use crate::keyframe::RtcpSent;
-use crate::media::{self, LocalTrack, SentTrackStats};
+use crate::media::{self, AudioSource, LocalTrack, SentTrackStats, VideoSource};
 use crate::stats::PacketMeta;
 use crate::stats::{offered_tracks, OfferedTrack, ReceivedTrackStats};
 use chorus_signal::protocol::{
@@ -84,13 +84,25 @@ pub struct ClientOptions {
     pub token: String,
     /// Ask the server to subscribe to everyone else's tracks automatically.
     pub auto_subscribe: bool,
-    /// Publish an Opus track (silence frames every 20 ms).
+    /// Publish an Opus track ([`audio_source`](Self::audio_source)).
     pub publish_audio: bool,
-    /// Publish a VP8 track (the looped [`video_clip`](Self::video_clip)).
+    /// Publish a VP8 track ([`video_source`](Self::video_source), else the looped
+    /// [`video_clip`](Self::video_clip)).
     pub publish_video: bool,
-    /// VP8 IVF clip to loop; `None` uses the built-in 160x120 clip
-    /// ([`media::DEFAULT_VP8_CLIP`]).
+    /// VP8 IVF clip to loop when [`video_source`](Self::video_source) is `None`; `None` uses
+    /// the built-in 160x120 clip ([`media::DEFAULT_VP8_CLIP`]).
     pub video_clip: Option<Arc<IvfClip>>,
+    /// What to send on the video track; overrides [`video_clip`](Self::video_clip).
+    pub video_source: Option<VideoSource>,
+    /// What to send on the audio track (default: Opus silence frames every 20 ms).
+    pub audio_source: AudioSource,
+    /// Decode check: when `n > 0`, decode every `n`th group of pictures (a keyframe and the
+    /// frames up to the next one) of every received VP8 track with libvpx and count decode
+    /// errors ([`ReceivedTrackStats::decode`]). 0 turns it off.
+    pub decode_sample: u32,
+    /// Impairment of incoming media on the subscriber connection (loss, extra delay), applied
+    /// below NACK handling so retransmissions repair it.
+    pub impairment: crate::impair::Impairment,
     /// Local UDP address for both peer connections. `None` picks `127.0.0.1:0` when the
     /// signaling host is a loopback address and `0.0.0.0:0` (every non-loopback interface)
     /// otherwise.
@@ -119,6 +131,10 @@ impl Default for ClientOptions {
             publish_audio: true,
             publish_video: true,
             video_clip: None,
+            video_source: None,
+            audio_source: AudioSource::Silence,
+            decode_sample: 0,
+            impairment: crate::impair::Impairment::default(),
             udp_addr: None,
             join_timeout: Duration::from_secs(10),
         }
@@ -221,6 +237,10 @@ struct Shared {
     tasks: Mutex<Vec<AbortHandle>>,
     /// The `abs-send-time` extension id of the latest subscriber offer (0: none).
     abs_send_time_id: AtomicU8,
+    /// The `abs-capture-time` extension id of the latest subscriber offer (0: none).
+    abs_capture_time_id: AtomicU8,
+    /// See [`ClientOptions::decode_sample`].
+    decode_sample: u32,
     rtcp_sent: Arc<RtcpSent>,
 }
 
@@ -300,18 +320,16 @@ async fn read_remote_track(track: Arc<dyn TrackRemote>, shared: Arc<Shared>) {
         stats.mime_type = track.codec(ssrc).await.map(|c| c.mime_type);
     }
     tracing::debug!(participant = %stats.participant_id, track = %stats.track_id, ?kind, "remote track");
+    let mut decode = (shared.decode_sample > 0 && kind == TrackKind::Video)
+        .then(|| crate::decode::DecodeCheck::new(shared.decode_sample));
+    stats.keep_frames = decode.is_some();
     let entry = Arc::new(Mutex::new(stats));
     lock(&shared.received).push(Arc::clone(&entry));
     while let Some(event) = track.poll().await {
         match event {
             TrackRemoteEvent::OnRtpPacket(p) => {
                 let now = Instant::now();
-                let ext_id = shared.abs_send_time_id.load(Ordering::Relaxed);
-                let latency = (ext_id != 0)
-                    .then(|| p.header.get_extension(ext_id))
-                    .flatten()
-                    .and_then(|b| crate::capture_clock::parse(&b))
-                    .map(|stamp| crate::capture_clock::elapsed_since(stamp, SystemTime::now()));
+                let latency = capture_latency(&p.header, &shared);
                 let meta = PacketMeta {
                     ssrc: p.header.ssrc,
                     payload_type: p.header.payload_type,
@@ -320,7 +338,11 @@ async fn read_remote_track(track: Arc<dyn TrackRemote>, shared: Arc<Shared>) {
                     marker: p.header.marker,
                     latency,
                 };
-                lock(&entry).on_rtp(meta, &p.payload, now);
+                let frame = lock(&entry).on_rtp(meta, &p.payload, now);
+                if let (Some(frame), Some(check)) = (frame, decode.as_mut()) {
+                    let outcome = check.on_frame(&frame);
+                    lock(&entry).decode.add(outcome);
+                }
             }
             TrackRemoteEvent::OnOpen(init) => {
                 if let Some(codec) = track.codec(init.ssrc).await {
@@ -333,18 +355,34 @@ async fn read_remote_track(track: Arc<dyn TrackRemote>, shared: Arc<Shared>) {
     }
 }
 
+/// Capture-to-arrival latency from `abs-capture-time`, else `abs-send-time`.
+fn capture_latency(header: &rtc::rtp::header::Header, shared: &Shared) -> Option<Duration> {
+    let ext = |id: u8| (id != 0).then(|| header.get_extension(id)).flatten();
+    let now = SystemTime::now();
+    if let Some(stamp) = ext(shared.abs_capture_time_id.load(Ordering::Relaxed))
+        .and_then(|b| crate::capture_clock::parse_capture_time(&b))
+    {
+        return Some(crate::capture_clock::elapsed_since_ntp(stamp, now));
+    }
+    ext(shared.abs_send_time_id.load(Ordering::Relaxed))
+        .and_then(|b| crate::capture_clock::parse(&b))
+        .map(|stamp| crate::capture_clock::elapsed_since(stamp, now))
+}
+
 /// Media the publisher starts once the server has answered.
 struct PendingMedia {
     tracks: Vec<(Arc<LocalTrack>, Arc<dyn RtpSender>)>,
-    /// The clip to loop on the video track (present when publishing video).
-    clip: Option<Arc<IvfClip>>,
+    /// What to send on the video track (present when publishing video).
+    video: Option<VideoSource>,
+    audio: AudioSource,
 }
 
 impl PendingMedia {
     fn start(self, shared: &Arc<Shared>) {
         for (local, sender) in self.tracks {
             let mut states = shared.states.subscribe();
-            let clip = self.clip.clone();
+            let video = self.video.clone();
+            let audio_source = self.audio.clone();
             shared.spawn(async move {
                 // Wait for DTLS before writing: earlier samples would only be dropped.
                 let connected = states
@@ -358,18 +396,17 @@ impl PendingMedia {
                     TrackKind::Audio => (media::OPUS_PAYLOAD_TYPE, true),
                     TrackKind::Video => (media::VP8_PAYLOAD_TYPE, false),
                 };
-                let pt = media::negotiated_payload_type(&sender, fallback).await;
-                // Stamp capture times only when the answer accepted the extension.
-                let stamp =
-                    media::negotiated_extension(&sender, crate::capture_clock::ABS_SEND_TIME_URI)
-                        .await;
-                let (track, ssrc, counters) =
-                    (local.track.clone(), local.ssrc, local.counters.clone());
-                match (audio, clip) {
-                    (true, _) => media::send_audio(track, ssrc, pt, stamp, counters).await,
-                    (false, Some(clip)) => {
-                        media::send_video(track, ssrc, pt, stamp, clip, counters).await
-                    }
+                let out = media::Output {
+                    track: local.track.clone(),
+                    ssrc: local.ssrc,
+                    payload_type: media::negotiated_payload_type(&sender, fallback).await,
+                    // Stamp only what the answer accepted.
+                    extensions: media::Extensions::negotiated(&sender).await,
+                    counters: local.counters.clone(),
+                };
+                match (audio, video) {
+                    (true, _) => media::send_audio(out, audio_source).await,
+                    (false, Some(video)) => media::send_video(out, video).await,
                     (false, None) => {}
                 }
             });
@@ -409,10 +446,13 @@ impl Client {
     /// media flows as soon as the publisher connection is up.
     pub async fn join(opts: ClientOptions) -> Result<Client, ClientError> {
         let url = url::Url::parse(&opts.url)?;
-        let clip = match (&opts.video_clip, opts.publish_video) {
-            (_, false) => None,
-            (Some(clip), true) => Some(Arc::clone(clip)),
-            (None, true) => Some(Arc::new(IvfClip::parse(media::DEFAULT_VP8_CLIP)?)),
+        let video = match (&opts.video_source, &opts.video_clip, opts.publish_video) {
+            (_, _, false) => None,
+            (Some(source), _, true) => Some(source.clone()),
+            (None, Some(clip), true) => Some(VideoSource::Clip(Arc::clone(clip))),
+            (None, None, true) => Some(VideoSource::Clip(Arc::new(IvfClip::parse(
+                media::DEFAULT_VP8_CLIP,
+            )?))),
         };
 
         let (ws, _) = tokio::time::timeout(
@@ -486,6 +526,8 @@ impl Client {
             room: Mutex::new(room_map),
             tasks: Mutex::new(Vec::new()),
             abs_send_time_id: AtomicU8::new(0),
+            abs_capture_time_id: AtomicU8::new(0),
+            decode_sample: opts.decode_sample,
             rtcp_sent: Arc::new(RtcpSent::default()),
         });
 
@@ -514,6 +556,7 @@ impl Client {
                 shared: Arc::clone(&shared),
             },
             Arc::clone(&shared.rtcp_sent),
+            crate::impair::Impairment::default(),
         )
         .await?;
         let mut sub_engine = MediaEngine::default();
@@ -527,6 +570,7 @@ impl Client {
                 shared: Arc::clone(&shared),
             },
             Arc::clone(&shared.rtcp_sent),
+            opts.impairment,
         )
         .await?;
 
@@ -535,7 +579,8 @@ impl Client {
         let mut local_tracks = Vec::new();
         let mut pending = PendingMedia {
             tracks: Vec::new(),
-            clip,
+            video,
+            audio: opts.audio_source.clone(),
         };
         for (wanted, kind) in [
             (opts.publish_audio, TrackKind::Audio),
@@ -859,20 +904,33 @@ async fn build_pc(
     udp_addr: &str,
     handler: Handler,
     rtcp_sent: Arc<RtcpSent>,
+    impairment: crate::impair::Impairment,
 ) -> Result<Arc<dyn PeerConnection>, ClientError> {
     let counter = crate::keyframe::RtcpCounter::new(rtcp_sent);
     let registry = register_default_interceptors(Registry::new(), &mut media_engine)?;
     // Capture stamps for latency measurement (see `capture_clock`), registered after the
     // defaults so the extensions those register keep their ids.
     for kind in [RtpCodecKind::Audio, RtpCodecKind::Video] {
-        media_engine.register_header_extension(
-            RTCRtpHeaderExtensionCapability {
-                uri: crate::capture_clock::ABS_SEND_TIME_URI.to_owned(),
-            },
-            kind,
-            None,
-        )?;
+        for uri in [
+            crate::capture_clock::ABS_SEND_TIME_URI,
+            crate::capture_clock::ABS_CAPTURE_TIME_URI,
+        ] {
+            media_engine.register_header_extension(
+                RTCRtpHeaderExtensionCapability {
+                    uri: uri.to_owned(),
+                },
+                kind,
+                None,
+            )?;
+        }
     }
+    media_engine.register_header_extension(
+        RTCRtpHeaderExtensionCapability {
+            uri: media::AUDIO_LEVEL_URI.to_owned(),
+        },
+        RtpCodecKind::Audio,
+        None,
+    )?;
     let registry = registry
         .with(
             rtc::interceptor::Slot::from(crate::keyframe::SLOT),
@@ -881,11 +939,21 @@ async fn build_pc(
         .with(
             rtc::interceptor::Slot::from(crate::keyframe::COUNTER_SLOT),
             counter,
+        )
+        .with(
+            rtc::interceptor::Slot::from(crate::impair::SLOT),
+            crate::impair::Impairer::new(impairment),
         );
     let config = RTCConfigurationBuilder::new()
         .with_ice_servers(ice_servers.to_vec())
         .build();
-    let pc = PeerConnectionBuilder::new()
+    let mut builder = PeerConnectionBuilder::new();
+    if impairment.loss_percent > 0.0 {
+        // Loss is injected below SRTP, on the socket: dropping after SRTP would make its replay
+        // window reject the (same-index) retransmissions that repair the loss.
+        builder = builder.with_runtime(crate::impair::lossy_runtime(impairment.loss_percent)?);
+    }
+    let pc = builder
         .with_configuration(config)
         .with_media_engine(media_engine)
         .with_interceptor_registry(registry)
@@ -1016,6 +1084,14 @@ impl SignalingContext {
                 let ext_id = crate::capture_clock::extmap_id(sdp).unwrap_or(0);
                 self.shared
                     .abs_send_time_id
+                    .store(ext_id, Ordering::Relaxed);
+                let ext_id = crate::capture_clock::extmap_id_of(
+                    sdp,
+                    crate::capture_clock::ABS_CAPTURE_TIME_URI,
+                )
+                .unwrap_or(0);
+                self.shared
+                    .abs_capture_time_id
                     .store(ext_id, Ordering::Relaxed);
                 self.subscriber
                     .set_remote_description(RTCSessionDescription::offer(sdp.clone())?)

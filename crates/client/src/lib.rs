@@ -31,14 +31,22 @@
 
 pub mod capture_clock;
 mod client;
+pub mod decode;
+pub mod generate;
+mod impair;
 pub mod ivf;
 mod keyframe;
 pub mod media;
+pub mod ogg;
 pub mod stats;
+pub mod vpx;
 
 pub use client::{Client, ClientError, ClientOptions, ConnectionStates, RtcpSentStats};
-pub use media::SentTrackStats;
-pub use stats::{LatencyHistogram, OfferedTrack, PacketMeta, ReceivedTrackStats, SeqStats};
+pub use impair::Impairment;
+pub use media::{AudioClip, AudioFrame, AudioSource, SentTrackStats, VideoSource};
+pub use stats::{
+    DecodeStats, LatencyHistogram, OfferedTrack, PacketMeta, ReceivedTrackStats, SeqStats,
+};
 
 /// Re-exported histogram crate ([`LatencyHistogram::histogram`]).
 pub use hdrhistogram;

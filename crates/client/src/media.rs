@@ -1,18 +1,25 @@
-//! Local media: Opus silence and a looped VP8 clip, written through sample-based local tracks.
-//! Every frame carries its capture time in the `abs-send-time` extension ([`crate::capture_clock`]).
+//! Local media, written through sample-based local tracks: Opus (silence, a looped clip of
+//! encoded frames, or live-encoded generated audio) and VP8 (a looped clip or live-encoded
+//! generated video, see [`crate::generate`]). Every frame carries its capture time in the
+//! `abs-capture-time` and/or `abs-send-time` extension ([`crate::capture_clock`]), and audio
+//! frames with a known level carry `ssrc-audio-level`.
 
+use crate::generate::{GeneratedVideo, LiveAudio, LiveVideo};
 use crate::ivf::IvfClip;
 use bytes::Bytes;
 use rtc::media::Sample;
 use rtc::media_stream::MediaStreamTrack;
 use rtc::peer_connection::configuration::media_engine::{MIME_TYPE_OPUS, MIME_TYPE_VP8};
 use rtc::rtp::extension::abs_send_time_extension::AbsSendTimeExtension;
+use rtc::rtp::extension::audio_level_extension::AudioLevelExtension;
 use rtc::rtp::extension::HeaderExtension;
 use rtc::rtp_transceiver::rtp_sender::{
     RTCPFeedback, RTCRtpCodec, RTCRtpCodecParameters, RTCRtpCodingParameters,
     RTCRtpEncodingParameters, RtpCodecKind,
 };
 use rtc::rtp_transceiver::PayloadType;
+use rtc::shared::marshal::{Marshal, MarshalSize};
+use std::borrow::Cow;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -26,6 +33,92 @@ pub const OPUS_SILENCE_FRAME: [u8; 3] = [0xF8, 0xFF, 0xFE];
 pub const OPUS_FRAME_DURATION: Duration = Duration::from_millis(20);
 /// The VP8 clip published when no other is configured: 160x120, 30 fps, 3 s, keyframe every 1 s.
 pub const DEFAULT_VP8_CLIP: &[u8] = include_bytes!("../tests/data/vp8_160x120_30fps.ivf");
+
+/// The `ssrc-audio-level` extension's URI (RFC 6464).
+pub const AUDIO_LEVEL_URI: &str = "urn:ietf:params:rtp-hdrext:ssrc-audio-level";
+
+/// One encoded Opus packet of an [`AudioClip`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AudioFrame {
+    /// The Opus packet.
+    pub data: Bytes,
+    /// Its duration (from the TOC byte; 20 ms for generated audio).
+    pub duration: Duration,
+    /// RFC 6464 level (−dBov, 127 = silence) when known.
+    pub level: Option<u8>,
+}
+
+/// Encoded Opus packets looped by a publisher with fresh timestamps.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AudioClip {
+    /// The packets, in order.
+    pub frames: Vec<AudioFrame>,
+}
+
+/// What a publisher sends on its audio track.
+#[derive(Debug, Clone, Default)]
+pub enum AudioSource {
+    /// A 3-byte Opus silence frame every 20 ms ([`OPUS_SILENCE_FRAME`]).
+    #[default]
+    Silence,
+    /// A loop of encoded packets (generated once, or read from an Ogg Opus file), started at
+    /// a random packet so publishers sharing a clip do not talk in unison.
+    Clip(Arc<AudioClip>),
+    /// The generated talk/silence signal of this seed, encoded live with libopus.
+    Live(u64),
+}
+
+/// What a publisher sends on its video track.
+#[derive(Debug, Clone)]
+pub enum VideoSource {
+    /// A loop of encoded VP8 frames (the built-in clip, a file, or generated once). A keyframe
+    /// request jumps to the next keyframe of the loop.
+    Clip(Arc<IvfClip>),
+    /// The test pattern encoded live with libvpx; a keyframe request forces a keyframe.
+    Live(GeneratedVideo),
+}
+
+/// Which header extensions the answer accepted for a local track.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Extensions {
+    pub abs_send_time: bool,
+    pub abs_capture_time: bool,
+    pub audio_level: bool,
+}
+
+impl Extensions {
+    pub async fn negotiated(sender: &Arc<dyn RtpSender>) -> Self {
+        Self {
+            abs_send_time: negotiated_extension(sender, crate::capture_clock::ABS_SEND_TIME_URI)
+                .await,
+            abs_capture_time: negotiated_extension(
+                sender,
+                crate::capture_clock::ABS_CAPTURE_TIME_URI,
+            )
+            .await,
+            audio_level: negotiated_extension(sender, AUDIO_LEVEL_URI).await,
+        }
+    }
+}
+
+/// The `abs-capture-time` payload without the optional clock offset: a 64-bit NTP timestamp.
+struct AbsCaptureTime(u64);
+
+impl MarshalSize for AbsCaptureTime {
+    fn marshal_size(&self) -> usize {
+        8
+    }
+}
+
+impl Marshal for AbsCaptureTime {
+    fn marshal_to(&self, buf: &mut [u8]) -> rtc::shared::error::Result<usize> {
+        let out = buf
+            .get_mut(..8)
+            .ok_or(rtc::shared::error::Error::BufferTooShort)?;
+        out.copy_from_slice(&self.0.to_be_bytes());
+        Ok(8)
+    }
+}
 
 /// Payload type the publisher offers for Opus.
 pub(crate) const OPUS_PAYLOAD_TYPE: PayloadType = 111;
@@ -209,26 +302,41 @@ pub(crate) async fn read_local_rtcp(
     }
 }
 
-async fn write(
-    track: &TrackLocalStaticSample,
-    ssrc: u32,
-    payload_type: PayloadType,
-    stamp: bool,
-    data: Bytes,
-    duration: Duration,
-    counters: &SendCounters,
-) {
+/// Where a send loop writes.
+pub(crate) struct Output {
+    pub track: Arc<TrackLocalStaticSample>,
+    pub ssrc: u32,
+    pub payload_type: PayloadType,
+    pub extensions: Extensions,
+    pub counters: Arc<SendCounters>,
+}
+
+async fn write(out: &Output, data: Bytes, duration: Duration, level: Option<u8>) {
+    let counters = &out.counters;
     let len = data.len() as u64;
     let sample = Sample {
         data,
         duration,
         ..Sample::new(Instant::now())
     };
-    let mut writer = track.sample_writer(ssrc, payload_type);
-    if stamp {
-        // The capture stamp subscribers measure latency from (see `capture_clock`).
+    let mut writer = out.track.sample_writer(out.ssrc, out.payload_type);
+    // The capture stamp subscribers measure latency from (see `capture_clock`).
+    let captured = SystemTime::now();
+    if out.extensions.abs_capture_time {
+        writer = writer.with_extension(HeaderExtension::Custom {
+            uri: Cow::Borrowed(crate::capture_clock::ABS_CAPTURE_TIME_URI),
+            extension: Box::new(AbsCaptureTime(crate::capture_clock::ntp(captured))),
+        });
+    }
+    if out.extensions.abs_send_time {
         writer = writer.with_extension(HeaderExtension::AbsSendTime(AbsSendTimeExtension {
-            timestamp: u64::from(crate::capture_clock::abs_send_time(SystemTime::now())),
+            timestamp: u64::from(crate::capture_clock::abs_send_time(captured)),
+        }));
+    }
+    if let (true, Some(level)) = (out.extensions.audio_level, level) {
+        writer = writer.with_extension(HeaderExtension::AudioLevel(AudioLevelExtension {
+            level: level.min(127),
+            voice: level < 127,
         }));
     }
     match writer.write_sample(&sample).await {
@@ -243,45 +351,119 @@ async fn write(
     }
 }
 
-/// Sends an Opus silence frame every 20 ms, forever.
-pub(crate) async fn send_audio(
-    track: Arc<TrackLocalStaticSample>,
-    ssrc: u32,
-    payload_type: PayloadType,
-    stamp: bool,
-    counters: Arc<SendCounters>,
-) {
-    let mut ticker = tokio::time::interval(OPUS_FRAME_DURATION);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let frame = Bytes::from_static(&OPUS_SILENCE_FRAME);
+/// Sends audio from `source`, forever (until the task is aborted).
+pub(crate) async fn send_audio(out: Output, source: AudioSource) {
+    match source {
+        AudioSource::Silence => {
+            let clip = AudioClip {
+                frames: vec![AudioFrame {
+                    data: Bytes::from_static(&OPUS_SILENCE_FRAME),
+                    duration: OPUS_FRAME_DURATION,
+                    level: Some(127),
+                }],
+            };
+            loop_audio(&out, &clip, 0).await
+        }
+        AudioSource::Clip(clip) => {
+            let start = rand::random_range(0..clip.frames.len().max(1));
+            loop_audio(&out, &clip, start).await
+        }
+        AudioSource::Live(seed) => {
+            let mut live = match LiveAudio::new(seed) {
+                Ok(l) => l,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot start the Opus encoder");
+                    out.counters.write_errors.fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
+            };
+            let mut ticker = tokio::time::interval(OPUS_FRAME_DURATION);
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                ticker.tick().await;
+                // Keep the signal running while muted, as a microphone would.
+                let frame = match live.next_frame() {
+                    Ok(f) => f,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "Opus encoding failed");
+                        out.counters.write_errors.fetch_add(1, Ordering::Relaxed);
+                        continue;
+                    }
+                };
+                if out.counters.paused.load(Ordering::Relaxed) {
+                    continue;
+                }
+                write(&out, frame.data, frame.duration, frame.level).await;
+            }
+        }
+    }
+}
+
+/// Loops the packets of `clip` at their own durations, from packet `start` on.
+async fn loop_audio(out: &Output, clip: &AudioClip, start: usize) {
+    if clip.frames.is_empty() {
+        return;
+    }
+    let mut next = start % clip.frames.len();
+    let mut due = tokio::time::Instant::now();
     loop {
-        ticker.tick().await;
-        if counters.paused.load(Ordering::Relaxed) {
+        tokio::time::sleep_until(due).await;
+        let frame = &clip.frames[next];
+        next = (next + 1) % clip.frames.len();
+        // Never fall more than a second behind (a stalled runtime would otherwise burst).
+        let now = tokio::time::Instant::now();
+        due = (due + frame.duration).max(now - Duration::from_secs(1));
+        if out.counters.paused.load(Ordering::Relaxed) {
             continue;
         }
-        write(
-            &track,
-            ssrc,
-            payload_type,
-            stamp,
-            frame.clone(),
-            OPUS_FRAME_DURATION,
-            &counters,
-        )
-        .await;
+        write(out, frame.data.clone(), frame.duration, frame.level).await;
+    }
+}
+
+/// Sends video from `source`, forever (until the task is aborted).
+pub(crate) async fn send_video(out: Output, source: VideoSource) {
+    match source {
+        VideoSource::Clip(clip) => loop_video(&out, &clip).await,
+        VideoSource::Live(settings) => {
+            let mut live = match LiveVideo::new(settings) {
+                Ok(l) => l,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot start the VP8 encoder");
+                    out.counters.write_errors.fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
+            };
+            let duration = settings.frame_duration();
+            let mut ticker = tokio::time::interval(duration);
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                ticker.tick().await;
+                if out.counters.paused.load(Ordering::Relaxed) {
+                    continue;
+                }
+                let force = out.counters.keyframe_wanted.swap(false, Ordering::Relaxed);
+                match live.next_frame(force) {
+                    Ok(Some((data, keyframe))) => {
+                        if keyframe {
+                            out.counters.keyframes.fetch_add(1, Ordering::Relaxed);
+                        }
+                        write(&out, data, duration, None).await;
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        tracing::debug!(error = %e, "VP8 encoding failed");
+                        out.counters.write_errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        }
     }
 }
 
 /// Loops a VP8 clip forever at its frame rate. A keyframe request makes the loop jump to the
 /// next keyframe in the clip (wrapping to the first) unless the next frame already is one.
-pub(crate) async fn send_video(
-    track: Arc<TrackLocalStaticSample>,
-    ssrc: u32,
-    payload_type: PayloadType,
-    stamp: bool,
-    clip: Arc<IvfClip>,
-    counters: Arc<SendCounters>,
-) {
+async fn loop_video(out: &Output, clip: &IvfClip) {
+    let counters = &out.counters;
     let duration = clip.frame_duration();
     let keyframes = clip.keyframe_indices();
     let mut ticker = tokio::time::interval(duration);
@@ -302,16 +484,7 @@ pub(crate) async fn send_video(
         if frame.is_vp8_keyframe() {
             counters.keyframes.fetch_add(1, Ordering::Relaxed);
         }
-        write(
-            &track,
-            ssrc,
-            payload_type,
-            stamp,
-            frame.data.clone(),
-            duration,
-            &counters,
-        )
-        .await;
+        write(out, frame.data.clone(), duration, None).await;
         next = (next + 1) % clip.frames.len();
     }
 }

@@ -62,12 +62,21 @@ pub struct ReceivedTrackStats {
     /// Capture-to-receive latency of complete frames (video) or packets (audio), from the
     /// `abs-send-time` stamp the sender put on them (see [`crate::capture_clock`]).
     pub latency: LatencyHistogram,
+    /// Decode check results (all zero unless the client decodes a sample of frames).
+    pub decode: DecodeStats,
+    /// Whether VP8 frames are kept whole for a decoder ([`on_rtp`](Self::on_rtp) returns
+    /// them).
+    pub keep_frames: bool,
     /// Typical interval between complete frames (exponential average, freezes excluded).
     frame_interval: Option<Duration>,
     /// `arrival - rtp timestamp` of the previous packet, in RTP units.
     last_transit: Option<i64>,
     /// The video frame being assembled.
-    assembling: Option<FrameAssembly>,
+    /// Video frames being assembled, by RTP timestamp, oldest first (packets may arrive out
+    /// of order).
+    assembling: Vec<FrameAssembly>,
+    /// RTP timestamp of the latest completed frame.
+    last_completed_ts: Option<u32>,
 }
 
 /// The packets of one video frame seen so far.
@@ -75,15 +84,80 @@ pub struct ReceivedTrackStats {
 struct FrameAssembly {
     timestamp: u32,
     keyframe: bool,
-    start: u16,
+    start: Option<u16>,
     end: Option<u16>,
     seqs: Vec<u16>,
+    /// `(seq, payload)` of every packet, when frames are kept.
+    payloads: Vec<(u16, Vec<u8>)>,
+}
+
+/// A complete VP8 frame reassembled from its RTP packets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AssembledFrame {
+    /// Whether it is a keyframe.
+    pub keyframe: bool,
+    /// Sequence number of its first packet.
+    pub first_seq: u16,
+    /// Sequence number of its last packet (the marker).
+    pub last_seq: u16,
+    /// The VP8 bitstream (payload descriptors stripped).
+    pub data: Vec<u8>,
+}
+
+/// What the decode check found on one track.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DecodeStats {
+    /// Frames handed to the decoder.
+    pub attempted: u64,
+    /// Frames that decoded to a picture.
+    pub decoded: u64,
+    /// Frames libvpx rejected.
+    pub errors: u64,
+    /// Sampled groups of pictures abandoned because a frame in them never completed.
+    pub skipped: u64,
+    /// Size of the latest decoded picture.
+    pub width: u32,
+    /// Size of the latest decoded picture.
+    pub height: u32,
+}
+
+impl DecodeStats {
+    /// Adds another track's (or step's) counts; keeps the latest non-zero size.
+    pub fn add(&mut self, other: DecodeStats) {
+        self.attempted += other.attempted;
+        self.decoded += other.decoded;
+        self.errors += other.errors;
+        self.skipped += other.skipped;
+        if other.width > 0 {
+            self.width = other.width;
+            self.height = other.height;
+        }
+    }
 }
 
 impl FrameAssembly {
     fn complete(&self) -> bool {
-        self.end
-            .is_some_and(|end| self.seqs.len() == usize::from(end.wrapping_sub(self.start)) + 1)
+        match (self.start, self.end) {
+            (Some(start), Some(end)) => self.seqs.len() == usize::from(end.wrapping_sub(start)) + 1,
+            _ => false,
+        }
+    }
+
+    /// The frame's bitstream: payloads in sequence order, descriptors stripped.
+    fn into_assembled(mut self) -> Option<AssembledFrame> {
+        let start = self.start?;
+        self.payloads
+            .sort_by_key(|(seq, _)| seq.wrapping_sub(start));
+        let mut data = Vec::with_capacity(self.payloads.iter().map(|(_, p)| p.len()).sum());
+        for (_, p) in &self.payloads {
+            data.extend_from_slice(p.get(vp8_descriptor_len(p)?..)?);
+        }
+        Some(AssembledFrame {
+            keyframe: self.keyframe,
+            first_seq: start,
+            last_seq: self.end?,
+            data,
+        })
     }
 }
 
@@ -211,9 +285,12 @@ impl ReceivedTrackStats {
             freezes: 0,
             freeze_duration: Duration::ZERO,
             latency: LatencyHistogram::new(),
+            decode: DecodeStats::default(),
+            keep_frames: false,
             frame_interval: None,
             last_transit: None,
-            assembling: None,
+            assembling: Vec::new(),
+            last_completed_ts: None,
         }
     }
 
@@ -256,8 +333,14 @@ impl ReceivedTrackStats {
     }
 
     /// Accounts one RTP packet: [`on_packet`](Self::on_packet) plus jitter, frame assembly,
-    /// freezes and latency.
-    pub fn on_rtp(&mut self, meta: PacketMeta, payload: &[u8], now: Instant) {
+    /// freezes and latency. With [`keep_frames`](Self::keep_frames), returns the VP8 frame
+    /// this packet completed.
+    pub fn on_rtp(
+        &mut self,
+        meta: PacketMeta,
+        payload: &[u8],
+        now: Instant,
+    ) -> Option<AssembledFrame> {
         let first = self.first_packet_at.is_none();
         self.on_packet(
             meta.ssrc,
@@ -280,45 +363,86 @@ impl ReceivedTrackStats {
             self.last_transit = Some(transit);
         }
         match self.kind {
-            TrackKind::Audio => self.frame_done(now, meta.latency),
+            TrackKind::Audio => {
+                self.frame_done(now, meta.latency);
+                None
+            }
             TrackKind::Video => self.assemble(meta, payload, now),
         }
     }
 
-    fn assemble(&mut self, meta: PacketMeta, payload: &[u8], now: Instant) {
+    fn assemble(
+        &mut self,
+        meta: PacketMeta,
+        payload: &[u8],
+        now: Instant,
+    ) -> Option<AssembledFrame> {
+        /// Frames in progress at most; older ones are abandoned.
+        const MAX_IN_PROGRESS: usize = 8;
         let seq = meta.sequence_number;
-        if let Some(start) = vp8_frame_start(payload) {
-            // A new frame; an unfinished previous one is abandoned.
-            self.assembling = Some(FrameAssembly {
-                timestamp: meta.timestamp,
-                keyframe: start.keyframe,
-                start: seq,
-                end: None,
-                seqs: Vec::new(),
-            });
+        let ts = meta.timestamp;
+        // A late packet of a frame already completed or abandoned.
+        if let Some(last) = self.last_completed_ts {
+            if (ts.wrapping_sub(last) as i32) <= 0 {
+                return None;
+            }
         }
-        let Some(frame) = self.assembling.as_mut() else {
-            return;
+        let keep = self.keep_frames;
+        let i = match self.assembling.iter().position(|f| f.timestamp == ts) {
+            Some(i) => i,
+            None => {
+                if self.assembling.len() >= MAX_IN_PROGRESS {
+                    self.assembling.remove(0);
+                }
+                // Keep timestamp order (RTP timestamps wrap: compare as a signed distance).
+                let at = self
+                    .assembling
+                    .iter()
+                    .position(|f| (f.timestamp.wrapping_sub(ts) as i32) > 0)
+                    .unwrap_or(self.assembling.len());
+                self.assembling.insert(
+                    at,
+                    FrameAssembly {
+                        timestamp: ts,
+                        keyframe: false,
+                        start: None,
+                        end: None,
+                        seqs: Vec::new(),
+                        payloads: Vec::new(),
+                    },
+                );
+                at
+            }
         };
-        if frame.timestamp != meta.timestamp {
-            return;
+        let frame = &mut self.assembling[i];
+        if frame.seqs.contains(&seq) {
+            return None;
         }
-        if !frame.seqs.contains(&seq) {
-            frame.seqs.push(seq);
+        frame.seqs.push(seq);
+        if keep {
+            frame.payloads.push((seq, payload.to_vec()));
+        }
+        if let Some(start) = vp8_frame_start(payload) {
+            frame.start = Some(seq);
+            frame.keyframe = start.keyframe;
         }
         if meta.marker {
             frame.end = Some(seq);
         }
         if !frame.complete() {
-            return;
+            return None;
         }
+        // Complete: older unfinished frames are abandoned.
+        let frame = self.assembling.remove(i);
+        self.assembling.drain(..i);
+        self.last_completed_ts = Some(ts);
         let keyframe = frame.keyframe;
-        self.assembling = None;
         if self.first_frame_at.is_none() && !keyframe {
             // Not decodable before the first keyframe.
-            return;
+            return None;
         }
         self.frame_done(now, meta.latency);
+        keep.then(|| frame.into_assembled()).flatten()
     }
 
     fn frame_done(&mut self, now: Instant, latency: Option<Duration>) {
@@ -461,6 +585,27 @@ impl SeqStats {
 pub struct Vp8FrameStart {
     /// Whether the frame is a keyframe.
     pub keyframe: bool,
+}
+
+/// The length of the VP8 payload descriptor (RFC 7741 §4.2) at the start of an RTP payload.
+pub fn vp8_descriptor_len(payload: &[u8]) -> Option<usize> {
+    let b0 = *payload.first()?;
+    let mut i = 1;
+    if b0 & 0x80 != 0 {
+        let x = *payload.get(i)?;
+        i += 1;
+        if x & 0x80 != 0 {
+            let pid = *payload.get(i)?;
+            i += if pid & 0x80 != 0 { 2 } else { 1 };
+        }
+        if x & 0x40 != 0 {
+            i += 1;
+        }
+        if x & 0x30 != 0 {
+            i += 1;
+        }
+    }
+    (i <= payload.len()).then_some(i)
 }
 
 /// Parses the VP8 payload descriptor (RFC 7741 §4.2) and, when the packet begins a frame

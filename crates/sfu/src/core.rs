@@ -52,6 +52,8 @@ use crate::{stun, MediaConfig, Metrics, SfuError};
 
 /// Capacity of each participant's event queue; a client that falls this far behind is dropped.
 const EVENT_QUEUE: usize = 256;
+/// STUN checks kept per peer while its remote description is not known yet.
+const MAX_EARLY_CHECKS: usize = 16;
 /// Label of the data channel the server opens on each subscriber connection.
 pub const DATA_CHANNEL_LABEL: &str = "chorus";
 /// Largest relayed data message (the JSON envelope), in bytes: the default SCTP
@@ -143,6 +145,12 @@ struct Peer {
     awaiting_answer: bool,
     /// Subscriber: something changed while an offer was out.
     renegotiate: bool,
+    /// STUN checks that arrived before the remote description (a client starts checking as
+    /// soon as it has answered, racing its answer over the WebSocket); replayed once it is
+    /// applied instead of being rejected and retried by the client much later.
+    early_checks: Vec<(SocketAddr, BytesMut)>,
+    /// Whether the remote description (so the client's ICE credentials) is known.
+    remote_known: bool,
     /// Subscriber: the server's `chorus` data channel, once open.
     data_channel: Option<RTCDataChannelId>,
     /// Timer entry in the engine's timer set.
@@ -349,6 +357,22 @@ impl Core {
             self.drop_reason("unknown_source");
             return;
         };
+        if is_stun && !peer.remote_known {
+            if peer.early_checks.len() < MAX_EARLY_CHECKS {
+                peer.early_checks.push((from, BytesMut::from(data)));
+            } else {
+                self.drop_reason("early_check");
+            }
+            return;
+        }
+        self.read_into_peer(now, key, from, BytesMut::from(data));
+    }
+
+    /// Hands one datagram to a peer connection.
+    fn read_into_peer(&mut self, now: Instant, key: PeerKey, from: SocketAddr, data: BytesMut) {
+        let Some(peer) = self.peers.get_mut(&key) else {
+            return;
+        };
         let msg = TaggedBytesMut {
             now,
             transport: TransportContext {
@@ -359,7 +383,7 @@ impl Core {
                 ecn: None,
                 transport_protocol: TransportProtocol::UDP,
             },
-            message: BytesMut::from(data),
+            message: data,
         };
         // A panic inside the WebRTC stack on hostile input must not take every room down:
         // contain it to the peer that sent the datagram, whose state is no longer trusted.
@@ -915,6 +939,8 @@ impl Core {
                 awaiting_answer: false,
                 renegotiate: false,
                 data_channel: None,
+                early_checks: Vec::new(),
+                remote_known: false,
                 timer: None,
                 dirty: false,
             },
@@ -1059,6 +1085,8 @@ impl Core {
         peer.pc
             .set_remote_description(now, offer)
             .map_err(|e| SfuError::InvalidSdp(e.to_string()))?;
+        peer.remote_known = true;
+        let early = std::mem::take(&mut peer.early_checks);
         peer.expected_inbound = peer
             .pc
             .get_transceivers()
@@ -1079,6 +1107,9 @@ impl Core {
         let ufrag = peer.ufrag.clone();
         self.mark_dirty(key);
         self.trickle(participant, PeerRole::Publisher, &sdp, &ufrag, trickle);
+        for (from, data) in early {
+            self.read_into_peer(now, key, from, data);
+        }
         Ok(sdp)
     }
 
@@ -1126,6 +1157,8 @@ impl Core {
             .map_err(|e| SfuError::InvalidSdp(e.to_string()))?;
         debug!(sdp = %peer.pc.remote_description().map(|d| d.sdp.as_str()).unwrap_or(""), "subscriber answer");
         peer.awaiting_answer = false;
+        peer.remote_known = true;
+        let early = std::mem::take(&mut peer.early_checks);
         let again = std::mem::take(&mut peer.renegotiate);
         let outbound: Vec<TrackKey> = peer.outbound.values().copied().collect();
         for tk in outbound {
@@ -1137,6 +1170,9 @@ impl Core {
                     }
                 }
             }
+        }
+        for (from, data) in early {
+            self.read_into_peer(now, key, from, data);
         }
         self.mark_dirty(key);
         if again {
@@ -1201,6 +1237,8 @@ impl Core {
             peer.pc
                 .set_remote_description(now, offer)
                 .map_err(|e| SfuError::InvalidSdp(e.to_string()))?;
+            // The player checks only after our answer, so nothing can be waiting here.
+            peer.remote_known = true;
         }
         let published = self
             .participants

@@ -2,8 +2,8 @@
 //! hands back its final statistics.
 
 use chorus_client::{
-    Client, ClientError, ClientOptions, RTCPeerConnectionState, ReceivedTrackStats, RtcpSentStats,
-    SentTrackStats, TrackKind,
+    AudioSource, Client, ClientError, ClientOptions, Impairment, RTCPeerConnectionState,
+    ReceivedTrackStats, RtcpSentStats, SentTrackStats, TrackKind, VideoSource,
 };
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -59,6 +59,14 @@ pub struct BotSpec {
     pub token: String,
     /// Signaling WebSocket URL.
     pub ws_url: String,
+    /// Video to publish (`None`: the client's built-in clip).
+    pub video_source: Option<VideoSource>,
+    /// Audio to publish.
+    pub audio_source: AudioSource,
+    /// Decode every Nth group of pictures of received VP8 (0: off).
+    pub decode_sample: u32,
+    /// Receive-side impairment.
+    pub impairment: Impairment,
 }
 
 /// Counters every bot adds its deltas to, for the live view.
@@ -159,6 +167,10 @@ pub async fn run(
         publish_audio: spec.role == Role::Publisher && spec.audio,
         publish_video: spec.role == Role::Publisher && spec.video,
         join_timeout: Duration::from_secs(20),
+        video_source: spec.video_source.clone(),
+        audio_source: spec.audio_source.clone(),
+        decode_sample: spec.decode_sample,
+        impairment: spec.impairment,
         ..ClientOptions::new(spec.ws_url.clone(), spec.token.clone())
     };
     let join_sent = Instant::now();

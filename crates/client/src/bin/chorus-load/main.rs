@@ -16,6 +16,8 @@ mod scenario;
 
 use anyhow::{bail, Context};
 use bot::{BotResult, BotSpec, Live, Role};
+use chorus_client::generate::{encode_audio_loop, encode_video_loop, GeneratedVideo};
+use chorus_client::{AudioSource, Impairment, VideoSource};
 use chorus_signal::auth::{claims, mint, Grants};
 use clap::Parser;
 use report::{Limits, Report, RoomMedia, Sample, ServerReport};
@@ -78,6 +80,42 @@ struct Args {
     /// Override: publishers per room whose audio is live.
     #[arg(long)]
     talkers: Option<u32>,
+    /// Override `media.source`: `clip` (built-in 160x120 VP8 clip, Opus silence),
+    /// `generated` (libvpx test pattern, libopus talk/silence) or `file`.
+    #[arg(long, value_enum)]
+    media: Option<scenario::MediaSource>,
+    /// Override `media.cheap` (generated media): `true` encodes a few seconds once and loops
+    /// them in every bot, `false` runs an encoder per bot.
+    #[arg(long)]
+    cheap: Option<bool>,
+    /// Override `media.width`x`media.height` of generated video, e.g. `1280x720`.
+    #[arg(long, value_parser = parse_resolution)]
+    resolution: Option<(u32, u32)>,
+    /// Override `media.fps` of generated video.
+    #[arg(long)]
+    fps: Option<u32>,
+    /// Override `media.bitrate_kbps` of generated video.
+    #[arg(long)]
+    bitrate_kbps: Option<u32>,
+    /// Override `media.keyframe_interval` of generated video (e.g. `2s`).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    keyframe_interval: Option<Duration>,
+    /// Loop this VP8 IVF file (implies `--media file`).
+    #[arg(long)]
+    video_file: Option<PathBuf>,
+    /// Loop this Ogg Opus file (implies `--media file`).
+    #[arg(long)]
+    audio_file: Option<PathBuf>,
+    /// Override `media.decode_sample`: decode every Nth group of pictures of every received
+    /// VP8 track with libvpx (0: off).
+    #[arg(long)]
+    decode_sample: Option<u32>,
+    /// Override `impairment.loss_percent`: drop this percentage of incoming RTP per bot.
+    #[arg(long)]
+    loss_percent: Option<f64>,
+    /// Override `impairment.jitter_ms`: delay incoming RTP by a random 0..=N ms per bot.
+    #[arg(long)]
+    jitter_ms: Option<u32>,
     /// Prefix of room names (a run id is appended).
     #[arg(long, default_value = "load")]
     room_prefix: String,
@@ -131,6 +169,36 @@ impl Args {
             s.media.talkers = Some(t);
             overridden.push("--talkers");
         }
+        set!("--media", s.media.source, self.media);
+        set!("--cheap", s.media.cheap, self.cheap);
+        if let Some((w, h)) = self.resolution {
+            (s.media.width, s.media.height) = (w, h);
+            overridden.push("--resolution");
+        }
+        set!("--fps", s.media.fps, self.fps);
+        set!(
+            "--bitrate-kbps",
+            s.media.bitrate_kbps,
+            self.bitrate_kbps.map(Some)
+        );
+        set!(
+            "--keyframe-interval",
+            s.media.keyframe_interval,
+            self.keyframe_interval
+        );
+        let file = |p: &Option<PathBuf>| p.as_ref().map(|p| Some(p.display().to_string()));
+        set!("--video-file", s.media.video_file, file(&self.video_file));
+        set!("--audio-file", s.media.audio_file, file(&self.audio_file));
+        if (self.video_file.is_some() || self.audio_file.is_some()) && self.media.is_none() {
+            s.media.source = scenario::MediaSource::File;
+        }
+        set!("--decode-sample", s.media.decode_sample, self.decode_sample);
+        set!(
+            "--loss-percent",
+            s.impairment.loss_percent,
+            self.loss_percent
+        );
+        set!("--jitter-ms", s.impairment.jitter_ms, self.jitter_ms);
         if let Err((key, msg)) = s.validate() {
             bail!(
                 "{} (with {}): key `{key}`: {msg}",
@@ -170,6 +238,133 @@ fn main() {
     std::process::exit(code);
 }
 
+/// `WIDTHxHEIGHT`.
+fn parse_resolution(s: &str) -> Result<(u32, u32), String> {
+    let (w, h) = s
+        .split_once(['x', 'X'])
+        .ok_or_else(|| format!("{s:?}: expected WIDTHxHEIGHT, e.g. 640x360"))?;
+    let n = |v: &str| {
+        v.trim()
+            .parse::<u32>()
+            .map_err(|e| format!("{s:?}: {v:?}: {e}"))
+    };
+    Ok((n(w)?, n(h)?))
+}
+
+/// What every publisher sends, prepared once per process.
+#[derive(Clone)]
+struct MediaPlan {
+    /// `None`: the client's built-in clip.
+    video: Option<VideoSource>,
+    /// `None`: live-encoded generated audio with a fresh seed per bot.
+    audio: Option<AudioSource>,
+}
+
+impl MediaPlan {
+    fn prepare(s: &Scenario) -> anyhow::Result<Self> {
+        let m = &s.media;
+        match m.source {
+            scenario::MediaSource::Clip => Ok(Self {
+                video: None,
+                audio: Some(AudioSource::Silence),
+            }),
+            scenario::MediaSource::Generated => {
+                let settings = GeneratedVideo {
+                    width: m.width,
+                    height: m.height,
+                    fps: m.fps,
+                    bitrate_kbps: m.bitrate_kbps.unwrap_or(500),
+                    keyframe_interval: m.keyframe_interval,
+                };
+                settings.validate().context("media")?;
+                if !m.cheap {
+                    return Ok(Self {
+                        video: Some(VideoSource::Live(settings)),
+                        audio: None,
+                    });
+                }
+                let t = Instant::now();
+                // Two keyframe intervals, at least 4 s, of video; 20 s of audio so that bots
+                // starting at random offsets talk at different times.
+                let video = (m.video && s.publishers > 0)
+                    .then(|| {
+                        encode_video_loop(
+                            settings,
+                            (m.keyframe_interval * 2).max(Duration::from_secs(4)),
+                        )
+                    })
+                    .transpose()
+                    .context("encoding the generated video loop")?;
+                let audio = (m.audio && s.publishers > 0)
+                    .then(|| encode_audio_loop(rand::random(), Duration::from_secs(20)))
+                    .transpose()
+                    .context("encoding the generated audio loop")?;
+                if let Some(v) = &video {
+                    let bytes: usize = v.frames.iter().map(|f| f.data.len()).sum();
+                    let secs = v.frames.len() as f64 / f64::from(m.fps);
+                    eprintln!(
+                        "chorus-load: generated {}x{} VP8 loop: {} frames, {:.0} kbit/s, \
+                         encoded in {:.2} s (cheap mode)",
+                        m.width,
+                        m.height,
+                        v.frames.len(),
+                        bytes as f64 * 8.0 / 1000.0 / secs,
+                        t.elapsed().as_secs_f64()
+                    );
+                }
+                Ok(Self {
+                    video: video.map(|v| VideoSource::Clip(Arc::new(v))),
+                    audio: Some(
+                        audio.map_or(AudioSource::Silence, |a| AudioSource::Clip(Arc::new(a))),
+                    ),
+                })
+            }
+            scenario::MediaSource::File => {
+                let video = match &m.video_file {
+                    Some(path) => {
+                        let data = std::fs::read(path)
+                            .with_context(|| format!("reading video file {path}"))?;
+                        let clip = chorus_client::ivf::IvfClip::parse(&data)
+                            .with_context(|| format!("video file {path}"))?;
+                        if &clip.header.fourcc != b"VP80" {
+                            bail!(
+                                "video file {path}: codec {:?} is not supported, only VP8 IVF \
+                                 (FourCC VP80)",
+                                String::from_utf8_lossy(&clip.header.fourcc)
+                            );
+                        }
+                        if clip.keyframe_indices().first() != Some(&0) {
+                            bail!("video file {path}: the first frame is not a keyframe");
+                        }
+                        Some(VideoSource::Clip(Arc::new(clip)))
+                    }
+                    None => None,
+                };
+                let audio = match &m.audio_file {
+                    Some(path) => {
+                        let data = std::fs::read(path)
+                            .with_context(|| format!("reading audio file {path}"))?;
+                        let clip = chorus_client::ogg::parse_opus(&data)
+                            .with_context(|| format!("audio file {path}"))?;
+                        AudioSource::Clip(Arc::new(clip))
+                    }
+                    None => AudioSource::Silence,
+                };
+                Ok(Self {
+                    video,
+                    audio: Some(audio),
+                })
+            }
+        }
+    }
+
+    fn audio_for_bot(&self) -> AudioSource {
+        self.audio
+            .clone()
+            .unwrap_or_else(|| AudioSource::Live(rand::random()))
+    }
+}
+
 /// `http(s)://host:port/prefix` -> `ws(s)://host:port/prefix/ws`.
 fn ws_url(base: &url::Url) -> anyhow::Result<String> {
     let scheme = match base.scheme() {
@@ -207,6 +402,7 @@ struct Ctx {
     stop: watch::Receiver<bool>,
     leave: watch::Receiver<bool>,
     next_id: AtomicU64,
+    media: MediaPlan,
 }
 
 impl Ctx {
@@ -247,6 +443,13 @@ impl Ctx {
             video: media.video,
             muted: role == Role::Publisher && media.audio && slot >= self.scenario.talkers(),
             ws_url: self.ws_url.clone(),
+            video_source: self.media.video.clone(),
+            audio_source: self.media.audio_for_bot(),
+            decode_sample: media.decode_sample,
+            impairment: Impairment {
+                loss_percent: self.scenario.impairment.loss_percent,
+                jitter: Duration::from_millis(u64::from(self.scenario.impairment.jitter_ms)),
+            },
         })
     }
 
@@ -414,6 +617,7 @@ async fn run(args: Args) -> anyhow::Result<bool> {
              single layer today"
         );
     }
+    let media = MediaPlan::prepare(&scenario)?;
     let run_id = format!("{:08x}", rand::random::<u32>());
     let (stop_tx, stop_rx) = watch::channel(false);
     let (leave_tx, leave_rx) = watch::channel(false);
@@ -426,6 +630,7 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         stop: stop_rx,
         leave: leave_rx,
         next_id: AtomicU64::new(0),
+        media,
         args,
     });
     let started_unix = SystemTime::now()

@@ -91,6 +91,18 @@ pub struct RoleReport {
     pub freezes: Freezes,
     /// NACK packets sent.
     pub nacks_sent: u64,
+    /// Packets those NACKs asked to be retransmitted.
+    #[serde(default)]
+    pub nacked_packets: u64,
+    /// Decode check (`--decode-sample`): frames decoded with libvpx.
+    #[serde(default)]
+    pub frames_decoded: u64,
+    /// Decode check: frames libvpx rejected.
+    #[serde(default)]
+    pub decode_errors: u64,
+    /// Decode check: sampled groups of pictures abandoned because a frame never completed.
+    #[serde(default)]
+    pub decode_skipped: u64,
     /// PLIs sent.
     pub plis_sent: u64,
     /// Keyframe requests publishers received from the server.
@@ -282,6 +294,9 @@ pub fn aggregate<'a>(
                     if let Some(f) = t.frame_rate() {
                         fps.push(f);
                     }
+                    r.frames_decoded += t.decode.decoded;
+                    r.decode_errors += t.decode.errors;
+                    r.decode_skipped += t.decode.skipped;
                     r.freezes.count += t.freezes;
                     r.freezes.total_ms += t.freeze_duration.as_secs_f64() * 1000.0;
                     if t.active {
@@ -314,6 +329,7 @@ pub fn aggregate<'a>(
             }
         }
         r.nacks_sent += b.rtcp.nacks;
+        r.nacked_packets += b.rtcp.nacked_packets;
         r.plis_sent += b.rtcp.plis + b.rtcp.firs;
         r.keyframe_requests_received += b.sent.iter().map(|s| s.keyframe_requests).sum::<u64>();
     }
@@ -446,6 +462,10 @@ pub fn table(report: &Report) -> String {
         (
             "NACK / PLI sent",
             Box::new(|r: &RoleReport| format!("{} / {}", r.nacks_sent, r.plis_sent)),
+        ),
+        (
+            "decoded / decode errors",
+            Box::new(|r: &RoleReport| format!("{} / {}", r.frames_decoded, r.decode_errors)),
         ),
         (
             "errors",

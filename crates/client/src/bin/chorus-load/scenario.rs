@@ -40,6 +40,36 @@ pub struct Scenario {
     /// What each publisher sends.
     #[serde(default)]
     pub media: Media,
+    /// Impairment of what the bots receive.
+    #[serde(default)]
+    pub impairment: Impairment,
+}
+
+/// Loss and delay injected on every bot's receive side, below NACK handling (so
+/// retransmissions can repair the loss).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Impairment {
+    /// Percentage of incoming RTP packets dropped (0-100), retransmissions included.
+    #[serde(default)]
+    pub loss_percent: f64,
+    /// Each incoming RTP packet is delayed by a random 0..=jitter_ms milliseconds.
+    #[serde(default)]
+    pub jitter_ms: u32,
+}
+
+/// Where publishers' media comes from.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum MediaSource {
+    /// The built-in 160x120 VP8 clip and Opus silence frames.
+    #[default]
+    Clip,
+    /// A moving test pattern encoded with libvpx and a talk/silence signal encoded with
+    /// libopus.
+    Generated,
+    /// `video_file` (VP8 IVF) and/or `audio_file` (Ogg Opus), looped.
+    File,
 }
 
 /// What each publisher sends.
@@ -55,10 +85,43 @@ pub struct Media {
     /// Video codec; only VP8 is implemented.
     #[serde(default)]
     pub codec: VideoCodec,
-    /// Target video bitrate in kbit/s. Bots loop a pre-encoded clip ("cheap mode"), whose own
-    /// bitrate is what is sent; the value is recorded in the report only.
+    /// Where the media comes from.
+    #[serde(default)]
+    pub source: MediaSource,
+    /// Generated media only: encode a few seconds once per process and loop them in every bot
+    /// (true), or run an encoder per bot (false).
+    #[serde(default = "yes")]
+    pub cheap: bool,
+    /// Generated video width.
+    #[serde(default = "default_width")]
+    pub width: u32,
+    /// Generated video height.
+    #[serde(default = "default_height")]
+    pub height: u32,
+    /// Generated video frame rate.
+    #[serde(default = "default_fps")]
+    pub fps: u32,
+    /// Generated video: time between periodic keyframes.
+    #[serde(
+        default = "default_keyframe_interval",
+        deserialize_with = "de_duration",
+        serialize_with = "ser_duration"
+    )]
+    pub keyframe_interval: Duration,
+    /// Target video bitrate in kbit/s of generated video (default 500). With other sources
+    /// the clip's own bitrate is what is sent.
     #[serde(default)]
     pub bitrate_kbps: Option<u32>,
+    /// `source = "file"`: a VP8 IVF file to loop.
+    #[serde(default)]
+    pub video_file: Option<String>,
+    /// `source = "file"`: an Ogg Opus file to loop.
+    #[serde(default)]
+    pub audio_file: Option<String>,
+    /// Decode every Nth group of pictures of every received VP8 track with libvpx and count
+    /// decode errors (0: off).
+    #[serde(default)]
+    pub decode_sample: u32,
     /// Publish simulcast. Accepted, but Chorus forwards a single layer today and the bots send
     /// one encoding.
     #[serde(default)]
@@ -75,7 +138,16 @@ impl Default for Media {
             audio: true,
             video: true,
             codec: VideoCodec::Vp8,
+            source: MediaSource::Clip,
+            cheap: true,
+            width: default_width(),
+            height: default_height(),
+            fps: default_fps(),
+            keyframe_interval: default_keyframe_interval(),
             bitrate_kbps: None,
+            video_file: None,
+            audio_file: None,
+            decode_sample: 0,
             simulcast: false,
             talkers: None,
         }
@@ -102,6 +174,18 @@ fn default_duration() -> Duration {
 }
 fn default_ramp_up() -> f64 {
     10.0
+}
+fn default_width() -> u32 {
+    640
+}
+fn default_height() -> u32 {
+    360
+}
+fn default_fps() -> u32 {
+    30
+}
+fn default_keyframe_interval() -> Duration {
+    Duration::from_secs(2)
 }
 
 fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
@@ -204,6 +288,33 @@ impl Scenario {
         if self.media.bitrate_kbps == Some(0) {
             return Err(("media.bitrate_kbps", "must be positive".into()));
         }
+        let m = &self.media;
+        if m.source == MediaSource::Generated {
+            let even = |v: u32| (16..=4096).contains(&v) && v.is_multiple_of(2);
+            if !even(m.width) {
+                return Err(("media.width", "must be even, 16..=4096".into()));
+            }
+            if !even(m.height) {
+                return Err(("media.height", "must be even, 16..=4096".into()));
+            }
+            if !(1..=120).contains(&m.fps) {
+                return Err(("media.fps", "must be 1..=120".into()));
+            }
+            if m.keyframe_interval.is_zero() {
+                return Err(("media.keyframe_interval", "must be positive".into()));
+            }
+        }
+        if m.source == MediaSource::File && m.video_file.is_none() && m.audio_file.is_none() {
+            return Err((
+                "media.source",
+                "\"file\" needs media.video_file and/or media.audio_file".into(),
+            ));
+        }
+        if !(self.impairment.loss_percent.is_finite()
+            && (0.0..=100.0).contains(&self.impairment.loss_percent))
+        {
+            return Err(("impairment.loss_percent", "must be 0..=100".into()));
+        }
         Ok(())
     }
 
@@ -266,6 +377,21 @@ mod tests {
         assert_eq!(s.rooms, 1);
         assert_eq!(s.duration, Duration::from_secs(30));
         assert!(s.media.audio && s.media.video && !s.media.simulcast);
+        assert_eq!(s.media.source, MediaSource::Clip);
+        assert!(s.media.cheap);
+        assert_eq!((s.media.width, s.media.height, s.media.fps), (640, 360, 30));
+        let g = Scenario::parse(
+            "publishers = 1\n[media]\nsource = \"generated\"\ncheap = false\n\
+             keyframe_interval = \"1s\"\ndecode_sample = 2\n\
+             [impairment]\nloss_percent = 2.5\njitter_ms = 20\n",
+            "g.toml",
+        )
+        .expect("ok");
+        assert_eq!(g.media.source, MediaSource::Generated);
+        assert!(!g.media.cheap);
+        assert_eq!(g.media.keyframe_interval, Duration::from_secs(1));
+        assert_eq!(g.media.decode_sample, 2);
+        assert_eq!(g.impairment.jitter_ms, 20);
         assert_eq!(s.participants(), 3);
         assert_eq!(s.talkers(), 1);
     }
@@ -280,8 +406,20 @@ mod tests {
         assert!(e.starts_with("bad.toml: key `media.codec`:"), "{e}");
         assert!(e.contains("vp8"), "{e}");
 
-        let e = err("publishers = 1\n[media]\nvideo = true\nfps = 3\n");
-        assert!(e.starts_with("bad.toml: key `media.fps`:"), "{e}");
+        let e = err("publishers = 1\n[media]\nvideo = true\nframerate = 3\n");
+        assert!(e.starts_with("bad.toml: key `media.framerate`:"), "{e}");
+
+        let e = err("publishers = 1\n[media]\nsource = \"generated\"\nwidth = 641\n");
+        assert!(e.starts_with("bad.toml: key `media.width`:"), "{e}");
+
+        let e = err("publishers = 1\n[media]\nsource = \"file\"\n");
+        assert!(e.starts_with("bad.toml: key `media.source`:"), "{e}");
+
+        let e = err("publishers = 1\n[impairment]\nloss_percent = 101\n");
+        assert!(
+            e.starts_with("bad.toml: key `impairment.loss_percent`:"),
+            "{e}"
+        );
 
         let e = err("publishers = -1\n");
         assert!(e.starts_with("bad.toml: key `publishers`:"), "{e}");

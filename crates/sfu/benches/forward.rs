@@ -1,6 +1,7 @@
 //! The forwarding path in-process: one incoming SRTP video packet from a publisher to N
 //! downtracks (unprotect, interceptors, per-subscriber rewrite, protect), no sockets.
 //! `cargo bench -p chorus-sfu --bench forward`; throughput is outgoing packets.
+#![allow(missing_docs)] // criterion's macros generate undocumented items
 
 #[path = "../tests/harness/mod.rs"]
 mod harness;

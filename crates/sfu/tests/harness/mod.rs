@@ -42,11 +42,14 @@ pub struct ClientPeer {
     pub rtp_received: u64,
     pub last_seq: Option<u16>,
     pub seq_gaps: u64,
-    /// (SSRC, RTP timestamp) of the last RTP packet received, and when.
-    pub last_rtp: Option<(u32, u32, Instant)>,
+    /// The last RTP packet received.
+    pub last_rtp: Option<LastRtp>,
     /// Sender reports received: the report, the last RTP packet before it, and when.
-    pub sender_reports: Vec<(SenderReport, Option<(u32, u32, Instant)>, Instant)>,
+    pub sender_reports: Vec<(SenderReport, Option<LastRtp>, Instant)>,
 }
+
+/// (SSRC, RTP timestamp) of a received RTP packet, and when it arrived.
+pub type LastRtp = (u32, u32, Instant);
 
 /// Lets sender reports through to the application (the default chain terminates RTCP).
 struct SenderReportTap {

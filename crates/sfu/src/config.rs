@@ -35,7 +35,7 @@ impl Default for MediaConfig {
             udp_port: 7882,
             udp_port_range: None,
             external_ips: Vec::new(),
-            max_participants_per_room: 100,
+            max_participants_per_room: 500,
             max_rooms: 1000,
             pli_throttle_ms: 500,
         }

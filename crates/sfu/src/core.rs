@@ -13,7 +13,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use rand::distr::{Alphanumeric, SampleString};
@@ -145,6 +145,10 @@ struct Peer {
     awaiting_answer: bool,
     /// Subscriber: something changed while an offer was out.
     renegotiate: bool,
+    /// Subscriber: when the last offer went out.
+    last_offer: Option<Instant>,
+    /// Subscriber: a change is waiting for the offer window to pass (see `offer_interval`).
+    offer_due: Option<Instant>,
     /// STUN checks that arrived before the remote description (a client starts checking as
     /// soon as it has answered, racing its answer over the WebSocket); replayed once it is
     /// applied instead of being rejected and retried by the client much later.
@@ -431,12 +435,20 @@ impl Core {
                 break;
             }
             self.timers.remove(&(t, key));
+            let mut offer_for = None;
             if let Some(peer) = self.peers.get_mut(&key) {
                 peer.timer = None;
                 if let Err(e) = peer.pc.handle_timeout(now) {
                     debug!("peer timeout error: {e}");
                 }
+                if peer.offer_due.is_some_and(|t| t <= now) {
+                    peer.offer_due = None;
+                    offer_for = Some(peer.participant);
+                }
                 self.mark_dirty(key);
+            }
+            if let Some(participant) = offer_for {
+                self.negotiate(now, participant);
             }
         }
     }
@@ -476,7 +488,10 @@ impl Core {
             while let Some(msg) = peer.pc.poll_read() {
                 reads.push(msg.message);
             }
-            let next = peer.pc.poll_timeout();
+            let next = match (peer.pc.poll_timeout(), peer.offer_due) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
             if next != peer.timer {
                 if let Some(old) = peer.timer.take() {
                     self.timers.remove(&(old, key));
@@ -938,6 +953,8 @@ impl Core {
                 outbound: HashMap::new(),
                 awaiting_answer: false,
                 renegotiate: false,
+                last_offer: None,
+                offer_due: None,
                 data_channel: None,
                 early_checks: Vec::new(),
                 remote_known: false,
@@ -1594,6 +1611,21 @@ impl Core {
             peer.renegotiate = true;
             return;
         }
+        // Every offer carries every track, so offers cost O(tracks) and a busy room would
+        // cost O(n²) per join: space them out in proportion to their size, coalescing the
+        // changes that arrive meanwhile.
+        let interval = offer_interval(peer.outbound.len());
+        if let Some(last) = peer.last_offer {
+            if now < last + interval {
+                if peer.offer_due.is_none() {
+                    peer.offer_due = Some(last + interval);
+                    self.mark_dirty(key); // re-arms the peer's timer
+                }
+                return;
+            }
+        }
+        peer.offer_due = None;
+        peer.last_offer = Some(now);
         let mut trickle = Vec::new();
         let result = (|| -> Result<String, SfuError> {
             if !peer.candidates_added {
@@ -1732,6 +1764,12 @@ impl Core {
             );
         }
     }
+}
+
+/// Least time between two subscriber offers for a connection sending `tracks` tracks: 20 ms,
+/// plus 2 ms per track, at most one second.
+fn offer_interval(tracks: usize) -> Duration {
+    Duration::from_millis((20 + 2 * tracks as u64).min(1000))
 }
 
 /// Creates an answer, applies it locally and returns its SDP.

@@ -28,7 +28,6 @@ use rtc::peer_connection::sdp::RTCSessionDescription;
 use rtc::peer_connection::state::RTCPeerConnectionState;
 use rtc::peer_connection::transport::RTCIceCandidateInit;
 use rtc::peer_connection::RTCPeerConnection;
-use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
 use rtc::rtp_transceiver::rtp_sender::{
     RTCRtpCodec, RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
 };
@@ -36,6 +35,7 @@ use rtc::rtp_transceiver::{RTCRtpReceiverId, RTCRtpSenderId, RTCRtpTransceiverDi
 use rtc::sansio::Protocol;
 use rtc::sdp::extmap::{SDES_MID_URI, TRANSPORT_CC_URI};
 use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
+use rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, error, info, info_span, warn};
 

@@ -11,11 +11,11 @@ use std::time::Instant;
 
 use interceptor::{Attribute, Interceptor, Packet, StreamInfo, TaggedPacket};
 use prometheus::IntCounter;
-use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
-use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
-use rtc::rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack;
 use rtc::sansio::Protocol;
 use rtc::shared::error::Error;
+use rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
+use rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+use rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack;
 
 use crate::metrics::Metrics;
 
@@ -39,7 +39,7 @@ impl Counters {
     }
 
     /// Counts the feedback in a compound packet; true when it holds a keyframe request.
-    fn count(&self, packets: &[Box<dyn rtc::rtcp::Packet>]) -> bool {
+    fn count(&self, packets: &[Box<dyn rtcp::Packet>]) -> bool {
         let mut keyframe = false;
         for p in packets {
             let any = p.as_any();

@@ -1,5 +1,7 @@
 //! The [`Client`]: signaling, the two peer connections, media tasks and receive accounting.
 
+pub mod whip;
+
 use crate::ivf::{IvfClip, IvfError};
 use crate::keyframe::RtcpSent;
 use crate::media::{self, AudioSource, LocalTrack, SentTrackStats, VideoSource};
@@ -24,8 +26,9 @@ use webrtc::media_stream::track_local::TrackLocal;
 use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
 use webrtc::peer_connection::{
     register_default_interceptors, MediaEngine, PeerConnection, PeerConnectionBuilder,
-    PeerConnectionEventHandler, RTCConfigurationBuilder, RTCIceCandidateInit, RTCIceServer,
-    RTCPeerConnectionIceEvent, RTCPeerConnectionState, RTCSessionDescription, Registry,
+    PeerConnectionEventHandler, RTCConfigurationBuilder, RTCIceCandidateInit, RTCIceGatheringState,
+    RTCIceServer, RTCPeerConnectionIceEvent, RTCPeerConnectionState, RTCSessionDescription,
+    Registry,
 };
 use webrtc::rtp_transceiver::{RTCRtpTransceiverDirection, RTCRtpTransceiverInit, RtpSender};
 
@@ -73,6 +76,23 @@ pub enum ClientError {
     /// The signaling connection is closed.
     #[error("signaling connection closed")]
     Closed,
+    /// A WHIP/WHEP HTTP exchange failed: unsupported URL, connection, I/O or an unparsable
+    /// response.
+    #[error("http: {0}")]
+    Http(String),
+    /// A WHIP/WHEP endpoint answered with an unexpected status.
+    #[error("{endpoint} answered HTTP {status}: {body}")]
+    HttpStatus {
+        /// `whip` or `whep`.
+        endpoint: &'static str,
+        /// The HTTP status code.
+        status: u16,
+        /// The start of the response body (the server's explanation).
+        body: String,
+    },
+    /// A WHIP/WHEP `201 Created` without a `Location` header.
+    #[error("{0} answer has no Location header")]
+    MissingLocation(&'static str),
 }
 
 /// How to join.
@@ -242,9 +262,75 @@ struct Shared {
     /// See [`ClientOptions::decode_sample`].
     decode_sample: u32,
     rtcp_sent: Arc<RtcpSent>,
+    /// Turns true once a connection's ICE gathering is complete (WHIP/WHEP wait for it).
+    gathered: watch::Sender<bool>,
 }
 
 impl Shared {
+    fn new(
+        out: mpsc::UnboundedSender<Outgoing>,
+        room: BTreeMap<String, ParticipantInfo>,
+        decode_sample: u32,
+    ) -> Arc<Self> {
+        Arc::new(Shared {
+            out,
+            states: watch::Sender::new(ConnectionStates::default()),
+            publisher_gate: CandidateGate::new(Target::Publisher),
+            subscriber_gate: CandidateGate::new(Target::Subscriber),
+            received: Mutex::new(Vec::new()),
+            offered: Mutex::new(Vec::new()),
+            room: Mutex::new(room),
+            tasks: Mutex::new(Vec::new()),
+            abs_send_time_id: AtomicU8::new(0),
+            abs_capture_time_id: AtomicU8::new(0),
+            decode_sample,
+            rtcp_sent: Arc::new(RtcpSent::default()),
+            gathered: watch::Sender::new(false),
+        })
+    }
+
+    /// Remembers the capture-stamp extension ids of the SDP that describes received media.
+    fn set_extension_ids(&self, sdp: &str) {
+        let ext_id = crate::capture_clock::extmap_id(sdp).unwrap_or(0);
+        self.abs_send_time_id.store(ext_id, Ordering::Relaxed);
+        let ext_id =
+            crate::capture_clock::extmap_id_of(sdp, crate::capture_clock::ABS_CAPTURE_TIME_URI)
+                .unwrap_or(0);
+        self.abs_capture_time_id.store(ext_id, Ordering::Relaxed);
+    }
+
+    /// Per remote track, what has been received so far (see [`Client::received`]).
+    fn received(&self) -> Vec<ReceivedTrackStats> {
+        let offered = lock(&self.offered).clone();
+        let entries = lock(&self.received).clone();
+        entries
+            .iter()
+            .map(|e| {
+                let mut s = lock(e).clone();
+                s.active = offered
+                    .iter()
+                    .any(|o| o.track_id == s.track_id && o.participant_id == s.participant_id);
+                s
+            })
+            .collect()
+    }
+
+    /// RTCP feedback sent so far.
+    fn rtcp_sent(&self) -> RtcpSentStats {
+        let s = &self.rtcp_sent;
+        RtcpSentStats {
+            nacks: s.nacks.load(Ordering::Relaxed),
+            nacked_packets: s.nacked_packets.load(Ordering::Relaxed),
+            plis: s.plis.load(Ordering::Relaxed),
+            firs: s.firs.load(Ordering::Relaxed),
+        }
+    }
+
+    fn abort_tasks(&self) {
+        for task in lock(&self.tasks).drain(..) {
+            task.abort();
+        }
+    }
     fn send(&self, msg: ClientMessage) -> Result<(), ClientError> {
         self.out
             .send(Outgoing::Message(msg))
@@ -301,6 +387,12 @@ impl PeerConnectionEventHandler for Handler {
             Target::Publisher => s.publisher = state,
             Target::Subscriber => s.subscriber = state,
         });
+    }
+
+    async fn on_ice_gathering_state_change(&self, state: RTCIceGatheringState) {
+        if state == RTCIceGatheringState::Complete {
+            self.shared.gathered.send_replace(true);
+        }
     }
 
     async fn on_track(&self, track: Arc<dyn TrackRemote>) {
@@ -446,14 +538,7 @@ impl Client {
     /// media flows as soon as the publisher connection is up.
     pub async fn join(opts: ClientOptions) -> Result<Client, ClientError> {
         let url = url::Url::parse(&opts.url)?;
-        let video = match (&opts.video_source, &opts.video_clip, opts.publish_video) {
-            (_, _, false) => None,
-            (Some(source), _, true) => Some(source.clone()),
-            (None, Some(clip), true) => Some(VideoSource::Clip(Arc::clone(clip))),
-            (None, None, true) => Some(VideoSource::Clip(Arc::new(IvfClip::parse(
-                media::DEFAULT_VP8_CLIP,
-            )?))),
-        };
+        let video = video_to_publish(&opts)?;
 
         let (ws, _) = tokio::time::timeout(
             opts.join_timeout,
@@ -516,20 +601,7 @@ impl Client {
         for p in participants.iter().chain(std::iter::once(&participant)) {
             room_map.insert(p.id.clone(), p.clone());
         }
-        let shared = Arc::new(Shared {
-            out: out_tx,
-            states: watch::Sender::new(ConnectionStates::default()),
-            publisher_gate: CandidateGate::new(Target::Publisher),
-            subscriber_gate: CandidateGate::new(Target::Subscriber),
-            received: Mutex::new(Vec::new()),
-            offered: Mutex::new(Vec::new()),
-            room: Mutex::new(room_map),
-            tasks: Mutex::new(Vec::new()),
-            abs_send_time_id: AtomicU8::new(0),
-            abs_capture_time_id: AtomicU8::new(0),
-            decode_sample: opts.decode_sample,
-            rtcp_sent: Arc::new(RtcpSent::default()),
-        });
+        let shared = Shared::new(out_tx, room_map, opts.decode_sample);
 
         let udp_addr = opts
             .udp_addr
@@ -576,43 +648,8 @@ impl Client {
 
         // Local tracks; the msid stream id is our participant id, like a browser would pick
         // any id, the server maps it via `publisher_track_id`.
-        let mut local_tracks = Vec::new();
-        let mut pending = PendingMedia {
-            tracks: Vec::new(),
-            video,
-            audio: opts.audio_source.clone(),
-        };
-        for (wanted, kind) in [
-            (opts.publish_audio, TrackKind::Audio),
-            (opts.publish_video, TrackKind::Video),
-        ] {
-            if !wanted {
-                continue;
-            }
-            let local = LocalTrack::new(kind, &participant.id)?;
-            // `sendonly`, as the protocol describes (a browser's addTrack would offer sendrecv).
-            let transceiver = publisher
-                .add_transceiver_from_track(
-                    Arc::clone(&local.track) as Arc<dyn TrackLocal>,
-                    Some(RTCRtpTransceiverInit {
-                        direction: RTCRtpTransceiverDirection::Sendonly,
-                        streams: vec![participant.id.clone()],
-                        send_encodings: vec![],
-                    }),
-                )
-                .await?;
-            let sender = transceiver
-                .sender()
-                .await?
-                .ok_or_else(|| ClientError::Protocol("transceiver has no sender".into()))?;
-            shared.spawn(media::read_local_rtcp(
-                Arc::clone(&local.track),
-                Arc::clone(&local.counters),
-            ));
-            let local = Arc::new(local);
-            pending.tracks.push((Arc::clone(&local), sender));
-            local_tracks.push(local);
-        }
+        let (local_tracks, pending) =
+            add_local_tracks(&publisher, &opts, video, &participant.id, &shared).await?;
 
         shared.spawn(write_signaling(sink, out_rx));
         let publishing = !local_tracks.is_empty();
@@ -780,18 +817,7 @@ impl Client {
 
     /// Per remote track, what has been received so far, in the order tracks appeared.
     pub fn received(&self) -> Vec<ReceivedTrackStats> {
-        let offered = lock(&self.shared.offered).clone();
-        let entries = lock(&self.shared.received).clone();
-        entries
-            .iter()
-            .map(|e| {
-                let mut s = lock(e).clone();
-                s.active = offered
-                    .iter()
-                    .any(|o| o.track_id == s.track_id && o.participant_id == s.participant_id);
-                s
-            })
-            .collect()
+        self.shared.received()
     }
 
     /// The tracks the latest subscriber offer carries in active media sections.
@@ -801,13 +827,7 @@ impl Client {
 
     /// RTCP feedback sent so far (NACKs, PLIs, FIRs).
     pub fn rtcp_sent(&self) -> RtcpSentStats {
-        let s = &self.shared.rtcp_sent;
-        RtcpSentStats {
-            nacks: s.nacks.load(Ordering::Relaxed),
-            nacked_packets: s.nacked_packets.load(Ordering::Relaxed),
-            plis: s.plis.load(Ordering::Relaxed),
-            firs: s.firs.load(Ordering::Relaxed),
-        }
+        self.shared.rtcp_sent()
     }
 
     /// Per published track, what has been sent so far.
@@ -882,9 +902,7 @@ impl Client {
 
 impl Drop for Client {
     fn drop(&mut self) {
-        for task in lock(&self.shared.tasks).drain(..) {
-            task.abort();
-        }
+        self.shared.abort_tasks();
         // Closing is async; do it in the background when a runtime is around. Closing an
         // already closed connection is harmless.
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
@@ -896,6 +914,70 @@ impl Drop for Client {
             });
         }
     }
+}
+
+/// What to send on the video track: `None` when not publishing video.
+fn video_to_publish(opts: &ClientOptions) -> Result<Option<VideoSource>, ClientError> {
+    Ok(
+        match (&opts.video_source, &opts.video_clip, opts.publish_video) {
+            (_, _, false) => None,
+            (Some(source), _, true) => Some(source.clone()),
+            (None, Some(clip), true) => Some(VideoSource::Clip(Arc::clone(clip))),
+            (None, None, true) => Some(VideoSource::Clip(Arc::new(IvfClip::parse(
+                media::DEFAULT_VP8_CLIP,
+            )?))),
+        },
+    )
+}
+
+/// Adds a `sendonly` transceiver per published track (audio, then video) to `publisher`, with
+/// `stream_id` as the msid stream id. Returns the tracks and the media to start once the
+/// publisher connection is answered.
+async fn add_local_tracks(
+    publisher: &Arc<dyn PeerConnection>,
+    opts: &ClientOptions,
+    video: Option<VideoSource>,
+    stream_id: &str,
+    shared: &Arc<Shared>,
+) -> Result<(Vec<Arc<LocalTrack>>, PendingMedia), ClientError> {
+    let mut local_tracks = Vec::new();
+    let mut pending = PendingMedia {
+        tracks: Vec::new(),
+        video,
+        audio: opts.audio_source.clone(),
+    };
+    for (wanted, kind) in [
+        (opts.publish_audio, TrackKind::Audio),
+        (opts.publish_video, TrackKind::Video),
+    ] {
+        if !wanted {
+            continue;
+        }
+        let local = LocalTrack::new(kind, stream_id)?;
+        // `sendonly`, as the protocol describes (a browser's addTrack would offer sendrecv).
+        let transceiver = publisher
+            .add_transceiver_from_track(
+                Arc::clone(&local.track) as Arc<dyn TrackLocal>,
+                Some(RTCRtpTransceiverInit {
+                    direction: RTCRtpTransceiverDirection::Sendonly,
+                    streams: vec![stream_id.to_owned()],
+                    send_encodings: vec![],
+                }),
+            )
+            .await?;
+        let sender = transceiver
+            .sender()
+            .await?
+            .ok_or_else(|| ClientError::Protocol("transceiver has no sender".into()))?;
+        shared.spawn(media::read_local_rtcp(
+            Arc::clone(&local.track),
+            Arc::clone(&local.counters),
+        ));
+        let local = Arc::new(local);
+        pending.tracks.push((Arc::clone(&local), sender));
+        local_tracks.push(local);
+    }
+    Ok((local_tracks, pending))
 }
 
 async fn build_pc(
@@ -1081,18 +1163,7 @@ impl SignalingContext {
                 }
             }
             ServerMessage::Offer { sdp } => {
-                let ext_id = crate::capture_clock::extmap_id(sdp).unwrap_or(0);
-                self.shared
-                    .abs_send_time_id
-                    .store(ext_id, Ordering::Relaxed);
-                let ext_id = crate::capture_clock::extmap_id_of(
-                    sdp,
-                    crate::capture_clock::ABS_CAPTURE_TIME_URI,
-                )
-                .unwrap_or(0);
-                self.shared
-                    .abs_capture_time_id
-                    .store(ext_id, Ordering::Relaxed);
+                self.shared.set_extension_ids(sdp);
                 self.subscriber
                     .set_remote_description(RTCSessionDescription::offer(sdp.clone())?)
                     .await?;

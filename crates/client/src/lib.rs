@@ -10,6 +10,9 @@
 //!   frames, RFC 3550 jitter, freezes, and capture-to-arrival latency from the capture stamp every
 //!   sent frame carries, see [`capture_clock`]).
 //!
+//! [`WhipSession`] publishes the same media over WHIP, or plays a publisher over WHEP into the
+//! same [`ReceivedTrackStats`], with one HTTP exchange per session instead of the WebSocket.
+//!
 //! ```no_run
 //! # async fn demo() -> Result<(), chorus_client::ClientError> {
 //! use chorus_client::{Client, ClientOptions};
@@ -41,6 +44,7 @@ pub mod ogg;
 pub mod stats;
 pub mod vpx;
 
+pub use client::whip::{WhipKind, WhipSession};
 pub use client::{Client, ClientError, ClientOptions, ConnectionStates, RtcpSentStats};
 pub use impair::Impairment;
 pub use media::{AudioClip, AudioFrame, AudioSource, SentTrackStats, VideoSource};

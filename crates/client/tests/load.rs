@@ -232,3 +232,92 @@ async fn generated_media_decodes_through_the_server() {
     srv.shutdown(Duration::from_secs(1)).await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `--protocol whip-whep`: the publisher publishes with WHIP, both subscribers play it with
+/// WHEP; both receive audio and video without loss, with the same figures as WebSocket
+/// subscribers, and every session is created (201 + Location) and deleted without error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn whip_publisher_whep_subscribers() {
+    let srv = server().await;
+    let dir = scratch("whip");
+    let scenario = dir.join("whip-1x2.toml");
+    std::fs::write(
+        &scenario,
+        "publishers = 1\nsubscribers = 2\nduration = \"3s\"\nramp_up = 20.0\n",
+    )
+    .expect("write scenario");
+    let out = tokio::time::timeout(
+        Duration::from_secs(60),
+        load()
+            .arg(&scenario)
+            .args(["--url", &srv.base_url(), "--protocol", "whip-whep"])
+            .arg("--results-dir")
+            .arg(&dir)
+            .args(["--run", "w", "--no-progress", "--max-loss", "0"])
+            .output(),
+    )
+    .await
+    .expect("chorus-load finishes")
+    .expect("chorus-load runs");
+    let stdout = format!(
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{:?}\n{stdout}", out.status);
+    let text = std::fs::read_to_string(dir.join("w/report.json")).expect("report.json");
+    let r: Value = serde_json::from_str(&text).expect("report parses");
+    assert_eq!(r["passed"], Value::Bool(true), "{stdout}");
+    assert_eq!(r["scenario"]["protocol"], "whip-whep", "{stdout}");
+
+    let sub = &r["roles"]["subscriber"];
+    assert_eq!(num(sub, "/sessions"), 2.0, "{stdout}");
+    assert_eq!(num(sub, "/connected"), 2.0, "{stdout}");
+    assert_eq!(sub["errors"], serde_json::json!({}), "{stdout}");
+    assert_eq!(num(sub, "/tracks"), 4.0, "{stdout}");
+    assert_eq!(num(sub, "/join_video_ms/count"), 2.0, "{stdout}");
+    assert_eq!(num(sub, "/join_audio_ms/count"), 2.0, "{stdout}");
+    assert!(num(sub, "/packets_expected") > 200.0, "{stdout}");
+    assert_eq!(num(sub, "/packets_lost"), 0.0, "{stdout}");
+    assert!(num(sub, "/latency_video_ms/count") > 20.0, "{stdout}");
+    assert!(num(sub, "/latency_audio_ms/count") > 50.0, "{stdout}");
+    assert!(num(sub, "/fps") > 15.0, "{stdout}");
+
+    let publisher = &r["roles"]["publisher"];
+    assert_eq!(num(publisher, "/connected"), 1.0, "{stdout}");
+    assert_eq!(publisher["errors"], serde_json::json!({}), "{stdout}");
+    assert!(num(publisher, "/bitrate_out_kbps") > 20.0, "{stdout}");
+
+    // Refused sessions are bot errors named by endpoint and status.
+    let out = tokio::time::timeout(
+        Duration::from_secs(30),
+        load()
+            .arg(&scenario)
+            .args(["--url", &srv.base_url(), "--protocol", "whip-whep"])
+            .args(["--api-secret", "not-the-secret", "--duration", "1s"])
+            .arg("--results-dir")
+            .arg(&dir)
+            .args(["--run", "refused", "--no-progress"])
+            .output(),
+    )
+    .await
+    .expect("chorus-load finishes")
+    .expect("chorus-load runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{:?}\n{stdout}", out.status);
+    let text = std::fs::read_to_string(dir.join("refused/report.json")).expect("report.json");
+    let r: Value = serde_json::from_str(&text).expect("report parses");
+    assert_eq!(
+        r["roles"]["publisher"]["errors"],
+        serde_json::json!({"whip_status_401": 1}),
+        "{stdout}"
+    );
+    assert_eq!(
+        r["roles"]["subscriber"]["errors"],
+        serde_json::json!({"whep_status_401": 2}),
+        "{stdout}"
+    );
+
+    srv.shutdown(Duration::from_secs(1)).await;
+    let _ = std::fs::remove_dir_all(&dir);
+}

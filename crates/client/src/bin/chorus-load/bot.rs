@@ -2,8 +2,9 @@
 //! hands back its final statistics.
 
 use chorus_client::{
-    AudioSource, Client, ClientError, ClientOptions, Impairment, RTCPeerConnectionState,
-    ReceivedTrackStats, RtcpSentStats, SentTrackStats, TrackKind, VideoSource,
+    AudioSource, Client, ClientError, ClientOptions, ConnectionStates, Impairment,
+    RTCPeerConnectionState, ReceivedTrackStats, RtcpSentStats, SentTrackStats, TrackKind,
+    VideoSource, WhipKind, WhipSession,
 };
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -57,8 +58,13 @@ pub struct BotSpec {
     pub muted: bool,
     /// Signed join token.
     pub token: String,
+    /// Whether the bot receives media (every bot but a WHIP publisher).
+    pub receives: bool,
     /// Signaling WebSocket URL.
     pub ws_url: String,
+    /// `--protocol whip-whep`: the WHIP (publishers) or WHEP (subscribers) endpoint; `None`:
+    /// the WebSocket protocol.
+    pub http_url: Option<String>,
     /// Video to publish (`None`: the client's built-in clip).
     pub video_source: Option<VideoSource>,
     /// Audio to publish.
@@ -134,7 +140,112 @@ impl BotResult {
     }
 }
 
-fn error_kind(e: &ClientError) -> String {
+/// A bot's connection to the server: a WebSocket [`Client`] or a WHIP/WHEP session.
+enum Session {
+    Ws(Client),
+    Http(WhipSession),
+}
+
+impl Session {
+    async fn join(spec: &BotSpec, opts: ClientOptions) -> Result<Self, ClientError> {
+        match (&spec.http_url, spec.role) {
+            (None, _) => Client::join(opts).await.map(Session::Ws),
+            (Some(url), role) => {
+                let opts = ClientOptions {
+                    url: url.clone(),
+                    ..opts
+                };
+                match role {
+                    Role::Publisher => WhipSession::publish(opts).await,
+                    Role::Subscriber => WhipSession::play(opts).await,
+                }
+                .map(Session::Http)
+            }
+        }
+    }
+
+    fn received(&self) -> Vec<ReceivedTrackStats> {
+        match self {
+            Session::Ws(c) => c.received(),
+            Session::Http(s) => s.received(),
+        }
+    }
+
+    fn sent(&self) -> Vec<SentTrackStats> {
+        match self {
+            Session::Ws(c) => c.sent(),
+            Session::Http(s) => s.sent(),
+        }
+    }
+
+    fn rtcp_sent(&self) -> RtcpSentStats {
+        match self {
+            Session::Ws(c) => c.rtcp_sent(),
+            Session::Http(s) => s.rtcp_sent(),
+        }
+    }
+
+    fn connection_states(&self) -> ConnectionStates {
+        match self {
+            Session::Ws(c) => c.connection_states(),
+            Session::Http(s) => s.connection_states(),
+        }
+    }
+
+    /// Whether every connection the bot needs is connected.
+    fn up(&self, spec: &BotSpec) -> bool {
+        match self {
+            Session::Ws(c) => {
+                let states = c.connection_states();
+                let publishing = spec.role == Role::Publisher && (spec.audio || spec.video);
+                (!publishing || states.publisher == RTCPeerConnectionState::Connected)
+                    && states.subscriber_offers > 0
+                    && states.subscriber == RTCPeerConnectionState::Connected
+            }
+            Session::Http(s) => s.connection_state() == RTCPeerConnectionState::Connected,
+        }
+    }
+
+    /// Leaves; a failed WHIP/WHEP `DELETE` is returned as an error kind.
+    async fn leave(self) -> Option<String> {
+        match self {
+            Session::Ws(c) => {
+                c.leave().await;
+                None
+            }
+            Session::Http(s) => {
+                let kind = s.kind();
+                match s.leave().await {
+                    Ok(()) => None,
+                    // The server may already have ended the session (e.g. a WHEP session whose
+                    // publisher left first).
+                    Err(ClientError::HttpStatus { status: 404, .. }) => None,
+                    Err(ClientError::HttpStatus { status, .. }) => {
+                        Some(format!("{}_delete_status_{status}", kind.as_str()))
+                    }
+                    Err(ClientError::Timeout(_)) => {
+                        Some(format!("{}_delete_timeout", kind.as_str()))
+                    }
+                    Err(_) => Some(format!("{}_delete_http", kind.as_str())),
+                }
+            }
+        }
+    }
+}
+
+fn error_kind(e: &ClientError, http: Option<WhipKind>) -> String {
+    if let Some(kind) = http {
+        let kind = kind.as_str();
+        match e {
+            ClientError::HttpStatus {
+                endpoint, status, ..
+            } => return format!("{endpoint}_status_{status}"),
+            ClientError::MissingLocation(endpoint) => return format!("{endpoint}_no_location"),
+            ClientError::Http(_) | ClientError::InvalidUrl(_) => return format!("{kind}_http"),
+            ClientError::Timeout(_) => return format!("{kind}_timeout"),
+            _ => {}
+        }
+    }
     match e {
         ClientError::Rejected { code, .. } => format!("join_rejected_{}", code.as_str()),
         ClientError::Timeout(_) => "join_timeout".into(),
@@ -185,8 +296,12 @@ pub async fn run(
         rtcp: RtcpSentStats::default(),
         errors: BTreeMap::new(),
     };
+    let http = spec.http_url.as_ref().map(|_| match spec.role {
+        Role::Publisher => WhipKind::Publish,
+        Role::Subscriber => WhipKind::Play,
+    });
     let client = tokio::select! {
-        c = Client::join(opts) => c,
+        c = Session::join(&spec, opts) => c,
         _ = stop.wait_for(|s| *s) => {
             result.stopped_at = Instant::now();
             return result;
@@ -196,7 +311,7 @@ pub async fn run(
         Ok(c) => c,
         Err(e) => {
             tracing::debug!(identity = %spec.identity, room = %spec.room, error = %e, "join failed");
-            error(error_kind(&e), &mut errors);
+            error(error_kind(&e, http), &mut errors);
             result.errors = errors;
             result.stopped_at = Instant::now();
             return result;
@@ -220,10 +335,7 @@ pub async fn run(
             _ = stop.wait_for(|s| *s) => break,
         }
         let states = client.connection_states();
-        let publishing = spec.role == Role::Publisher && (spec.audio || spec.video);
-        let up = (!publishing || states.publisher == RTCPeerConnectionState::Connected)
-            && states.subscriber_offers > 0
-            && states.subscriber == RTCPeerConnectionState::Connected;
+        let up = client.up(&spec);
         let down = |s: RTCPeerConnectionState| {
             matches!(
                 s,
@@ -246,7 +358,7 @@ pub async fn run(
             connect_timed_out = true;
             error("connect_timeout".into(), &mut errors);
         }
-        if spec.muted && !muted {
+        if let (true, false, Session::Ws(client)) = (spec.muted, muted, &client) {
             let audio = client
                 .local_participant()
                 .tracks
@@ -277,11 +389,14 @@ pub async fn run(
         live.connected.fetch_sub(1, Ordering::Relaxed);
     }
     let _ = leave.wait_for(|l| *l).await;
-    let _ = tokio::time::timeout(Duration::from_secs(5), client.leave()).await;
+    if let Ok(Some(kind)) = tokio::time::timeout(Duration::from_secs(5), client.leave()).await {
+        live.errors.fetch_add(1, Ordering::Relaxed);
+        *result.errors.entry(kind).or_insert(0) += 1;
+    }
     result
 }
 
-fn report_live(client: &Client, live: &Live, reported: &mut Reported) {
+fn report_live(client: &Session, live: &Live, reported: &mut Reported) {
     let received = client.received();
     let bytes_in: u64 = received.iter().map(|t| t.bytes).sum();
     let expected: u64 = received.iter().map(|t| t.seq.expected()).sum();

@@ -43,7 +43,8 @@ const EXIT_THRESHOLD: i32 = 2;
 struct Args {
     /// Scenario: a TOML file, or the name of one in `loadtest/scenarios/` (e.g. `fanout-1x50`).
     scenario: String,
-    /// Server base URL (signaling is `<url>/ws`).
+    /// Server base URL (signaling is `<url>/ws`; with `--protocol whip-whep`, `<url>/whip/<room>`
+    /// and `<url>/whep/<room>`).
     #[arg(long, env = "CHORUS_LOAD_URL", default_value = "http://127.0.0.1:7880")]
     url: String,
     /// Where to scrape `/metrics` (default: `--url`). Plain HTTP only.
@@ -59,6 +60,10 @@ struct Args {
     /// API secret tokens are signed with (default: the dev-mode secret).
     #[arg(long, env = "CHORUS_API_SECRET", default_value = DEV_API_SECRET, hide_default_value = true)]
     api_secret: String,
+    /// Override `protocol`: `ws` (the WebSocket protocol) or `whip-whep` (publishers use WHIP,
+    /// subscribers play the room's most recent publisher with WHEP; plain http:// only).
+    #[arg(long, value_enum)]
+    protocol: Option<scenario::Protocol>,
     /// Override: steady-state duration after the ramp (e.g. `30s`, `2m`).
     #[arg(long, value_parser = humantime::parse_duration)]
     duration: Option<Duration>,
@@ -159,6 +164,7 @@ impl Args {
                 }
             };
         }
+        set!("--protocol", s.protocol, self.protocol);
         set!("--duration", s.duration, self.duration);
         set!("--rooms", s.rooms, self.rooms);
         set!("--publishers", s.publishers, self.publishers);
@@ -383,6 +389,25 @@ fn ws_url(base: &url::Url) -> anyhow::Result<String> {
     Ok(format!("{scheme}://{host}{port}{path}/ws"))
 }
 
+/// `http://host:port/prefix` -> `http://host:port/prefix/<endpoint>/<room>` (`endpoint`: `whip` or
+/// `whep`). WHIP/WHEP bots speak plain HTTP only.
+fn http_endpoint(base: &url::Url, endpoint: &str, room: &str) -> anyhow::Result<String> {
+    if base.scheme() != "http" {
+        bail!(
+            "--url: --protocol whip-whep needs an http:// URL, got {:?}",
+            base.scheme()
+        );
+    }
+    let mut url = base.clone();
+    url.set_query(None);
+    url.set_fragment(None);
+    url.path_segments_mut()
+        .map_err(|()| anyhow::anyhow!("--url cannot be a base URL"))?
+        .pop_if_empty()
+        .extend([endpoint, room]);
+    Ok(url.to_string())
+}
+
 fn run_name(scenario: &Scenario) -> String {
     let stamp = humantime::format_rfc3339_seconds(SystemTime::now())
         .to_string()
@@ -397,6 +422,8 @@ struct Ctx {
     scenario: Scenario,
     args: Args,
     ws_url: String,
+    /// The server base URL (`--url`).
+    base: url::Url,
     run_id: String,
     live: Arc<Live>,
     stop: watch::Receiver<bool>,
@@ -432,6 +459,12 @@ impl Ctx {
         let identity = format!("bot-{}-{n}", role.as_str());
         let room = self.room_name(room_index);
         let media = &self.scenario.media;
+        let http = self.scenario.protocol == scenario::Protocol::WhipWhep;
+        let http_url = match (http, role) {
+            (false, _) => None,
+            (true, Role::Publisher) => Some(http_endpoint(&self.base, "whip", &room)?),
+            (true, Role::Subscriber) => Some(http_endpoint(&self.base, "whep", &room)?),
+        };
         Ok(BotSpec {
             token: self.token(&room, &identity, role == Role::Publisher)?,
             identity,
@@ -441,8 +474,15 @@ impl Ctx {
             slot,
             audio: media.audio,
             video: media.video,
-            muted: role == Role::Publisher && media.audio && slot >= self.scenario.talkers(),
+            // WHIP has no mute: every WHIP publisher talks.
+            muted: !http
+                && role == Role::Publisher
+                && media.audio
+                && slot >= self.scenario.talkers(),
+            // WHIP publishers receive nothing.
+            receives: !(http && role == Role::Publisher),
             ws_url: self.ws_url.clone(),
+            http_url,
             video_source: self.media.video.clone(),
             audio_source: self.media.audio_for_bot(),
             decode_sample: media.decode_sample,
@@ -625,6 +665,7 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     let ctx = Arc::new(Ctx {
         scenario: scenario.clone(),
         ws_url: ws,
+        base: base.clone(),
         run_id,
         live: Arc::clone(&live),
         stop: stop_rx,
@@ -736,18 +777,15 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     let elapsed = stopped.duration_since(start);
 
     // Report.
+    // With WHEP, a subscriber plays one publisher (the room's most recent), who cannot mute.
+    let (publishers, talkers) = match scenario.protocol {
+        scenario::Protocol::Ws => (scenario.publishers, scenario.talkers()),
+        scenario::Protocol::WhipWhep => (scenario.publishers.min(1), scenario.publishers.min(1)),
+    };
     let room_media: Vec<RoomMedia> = (0..rooms)
         .map(|_| RoomMedia {
-            video_publishers: if scenario.media.video {
-                scenario.publishers
-            } else {
-                0
-            },
-            talkers: if scenario.media.audio {
-                scenario.talkers()
-            } else {
-                0
-            },
+            video_publishers: if scenario.media.video { publishers } else { 0 },
+            talkers: if scenario.media.audio { talkers } else { 0 },
         })
         .collect();
     let mut roles = BTreeMap::new();
@@ -886,5 +924,21 @@ mod tests {
             "wss://sfu.example.com/chorus/ws"
         );
         assert!(ws_url(&url::Url::parse("ftp://x").expect("url")).is_err());
+    }
+
+    #[test]
+    fn whip_and_whep_urls_from_base() {
+        let u = |s: &str, e: &str| {
+            http_endpoint(&url::Url::parse(s).expect("url"), e, "load-1-0").expect("endpoint")
+        };
+        assert_eq!(
+            u("http://127.0.0.1:7880", "whip"),
+            "http://127.0.0.1:7880/whip/load-1-0"
+        );
+        assert_eq!(
+            u("http://sfu.example.com/chorus/?x=1", "whep"),
+            "http://sfu.example.com/chorus/whep/load-1-0"
+        );
+        assert!(http_endpoint(&url::Url::parse("https://x").expect("url"), "whip", "r").is_err());
     }
 }

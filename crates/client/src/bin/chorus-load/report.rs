@@ -260,14 +260,20 @@ pub fn aggregate<'a>(
         let lived = b.stopped_at.saturating_duration_since(b.join_sent);
         match b.join_video() {
             Some(d) => jv.record(d),
-            None if room.video_publishers > own_video && lived > Duration::from_secs(5) => {
+            None if b.spec.receives
+                && room.video_publishers > own_video
+                && lived > Duration::from_secs(5) =>
+            {
                 *r.errors.entry("no_video".into()).or_insert(0) += 1
             }
             None => {}
         }
         match b.join_audio() {
             Some(d) => ja.record(d),
-            None if room.talkers > own_talk && lived > Duration::from_secs(5) => {
+            None if b.spec.receives
+                && room.talkers > own_talk
+                && lived > Duration::from_secs(5) =>
+            {
                 *r.errors.entry("no_audio".into()).or_insert(0) += 1
             }
             None => {}

@@ -37,6 +37,9 @@ pub struct Scenario {
     /// (subscribers first; publishers only when a room has no subscribers).
     #[serde(default)]
     pub churn: f64,
+    /// How bots signal: the WebSocket protocol, or WHIP (publishers) and WHEP (subscribers).
+    #[serde(default)]
+    pub protocol: Protocol,
     /// What each publisher sends.
     #[serde(default)]
     pub media: Media,
@@ -56,6 +59,22 @@ pub struct Impairment {
     /// Each incoming RTP packet is delayed by a random 0..=jitter_ms milliseconds.
     #[serde(default)]
     pub jitter_ms: u32,
+}
+
+/// How bots join.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+pub enum Protocol {
+    /// The WebSocket protocol (`<url>/ws`): publishers publish and receive everyone else,
+    /// subscribers receive everyone.
+    #[default]
+    #[serde(rename = "ws")]
+    #[value(name = "ws")]
+    Ws,
+    /// Publishers publish with WHIP (`POST <url>/whip/<room>`) and receive nothing;
+    /// subscribers play the room's most recent publisher with WHEP (`POST <url>/whep/<room>`).
+    #[serde(rename = "whip-whep")]
+    #[value(name = "whip-whep")]
+    WhipWhep,
 }
 
 /// Where publishers' media comes from.
@@ -378,6 +397,10 @@ mod tests {
         assert_eq!(s.duration, Duration::from_secs(30));
         assert!(s.media.audio && s.media.video && !s.media.simulcast);
         assert_eq!(s.media.source, MediaSource::Clip);
+        assert_eq!(s.protocol, Protocol::Ws);
+        let w =
+            Scenario::parse("publishers = 1\nprotocol = \"whip-whep\"\n", "w.toml").expect("ok");
+        assert_eq!(w.protocol, Protocol::WhipWhep);
         assert!(s.media.cheap);
         assert_eq!((s.media.width, s.media.height, s.media.fps), (640, 360, 30));
         let g = Scenario::parse(
@@ -426,6 +449,9 @@ mod tests {
 
         let e = err("publishers = 1\nduration = \"soon\"\n");
         assert!(e.starts_with("bad.toml: key `duration`:"), "{e}");
+
+        let e = err("publishers = 1\nprotocol = \"whip\"\n");
+        assert!(e.starts_with("bad.toml: key `protocol`:"), "{e}");
 
         let e = err("publishers = 1\nrooms = 0\n");
         assert_eq!(e, "bad.toml: key `rooms`: must be at least 1");

@@ -182,7 +182,6 @@ struct DownTrack {
     participant: ParticipantKey,
     peer: PeerKey,
     sender: RTCRtpSenderId,
-    ssrc: u32,
     munger: RtpMunger,
     /// Set once the subscriber's answer covering this downtrack is applied.
     negotiated: bool,
@@ -194,6 +193,8 @@ struct DownTrack {
 
 /// Header mappings from the publisher's leg to one subscriber's leg.
 struct LegParams {
+    /// The SSRC the sender currently sends with (the stack may renumber on renegotiation).
+    ssrc: u32,
     /// Incoming payload type -> outgoing payload type.
     pt: Vec<(u8, u8)>,
     /// Incoming extension id -> outgoing extension id.
@@ -636,8 +637,9 @@ impl Core {
                 continue;
             }
             if dt.params.is_none() {
+                // Once per negotiation; a video downtrack that still waits for its first
+                // keyframe asks for one below.
                 dt.params = resolve_leg(&mut sub.pc, dt.sender, &track.pt_mime, &track.ext_uri);
-                wanted_keyframe = true;
             }
             let Some(params) = &dt.params else {
                 self.metrics
@@ -683,7 +685,14 @@ impl Core {
                 }
             };
             let out = rtc::rtp::Packet {
-                header: downtrack_header(&packet.header, params, dt.ssrc, out_pt, seq, timestamp),
+                header: downtrack_header(
+                    &packet.header,
+                    params,
+                    params.ssrc,
+                    out_pt,
+                    seq,
+                    timestamp,
+                ),
                 payload: packet.payload.clone(), // shared, not copied
             };
             let bytes = out.payload.len() as u64;
@@ -700,7 +709,17 @@ impl Core {
                         self.dirty.push(dt.peer);
                     }
                 }
-                _ => self
+                Some(Err(e)) => {
+                    // The leg no longer accepts what we resolved (its payload types or
+                    // extension ids changed): resolve again on the next packet.
+                    debug!(track = %track.id, "write_rtp refused: {e}");
+                    dt.params = None;
+                    self.metrics
+                        .dropped
+                        .with_label_values(&["write_failed"])
+                        .inc();
+                }
+                None => self
                     .metrics
                     .dropped
                     .with_label_values(&["write_failed"])
@@ -1180,11 +1199,11 @@ impl Core {
         let outbound: Vec<TrackKey> = peer.outbound.values().copied().collect();
         for tk in outbound {
             if let Some(t) = self.tracks.get_mut(&tk) {
+                // Every answer may renumber payload types or extension ids on this leg:
+                // resolve each downtrack's mapping again on its next packet.
                 for dt in t.downtracks.iter_mut().filter(|d| d.peer == key) {
-                    if !dt.negotiated {
-                        dt.negotiated = true;
-                        dt.params = None;
-                    }
+                    dt.negotiated = true;
+                    dt.params = None;
                 }
             }
         }
@@ -1546,7 +1565,6 @@ impl Core {
             participant: subscriber,
             peer: sub_key,
             sender,
-            ssrc,
             munger: RtpMunger::new(rng.random(), rng.random()),
             negotiated: false,
             awaiting_keyframe: track.video_codec.is_some(),
@@ -1840,6 +1858,7 @@ fn resolve_leg(
         .rtp_transceiver(sender.into())
         .and_then(|t| t.mid().clone());
     let mut s = pc.rtp_sender(sender)?;
+    let ssrc = s.track().ssrcs().next()?;
     let params = s.get_parameters();
     let codecs = &params.rtp_parameters.codecs;
     let pt: Vec<(u8, u8)> = pt_mime
@@ -1877,5 +1896,5 @@ fn resolve_leg(
             .find(|h| h.uri == SDES_MID_URI)
             .map(|h| (h.id as u8, bytes::Bytes::from(m.into_bytes())))
     });
-    Some(LegParams { pt, ext, mid })
+    Some(LegParams { ssrc, pt, ext, mid })
 }

@@ -41,7 +41,7 @@ use tracing::{debug, error, info, info_span, warn};
 
 use crate::codec::VideoCodec;
 use crate::keyframe::KeyframeThrottle;
-use crate::metrics::KindCounters;
+use crate::metrics::{KindCounters, PathDrops};
 use crate::munger::{Munged, RtpMunger};
 use crate::peer::{add_local_candidates, build_peer_connection};
 use crate::session::{
@@ -248,6 +248,7 @@ pub struct Core {
     advertised: Vec<SocketAddr>,
     config: MediaConfig,
     metrics: Metrics,
+    drops: PathDrops,
     next_key: u64,
     peers: HashMap<PeerKey, Peer>,
     by_addr: HashMap<SocketAddr, PeerKey>,
@@ -278,6 +279,7 @@ impl Core {
         Core {
             advertised,
             config,
+            drops: PathDrops::new(&metrics),
             metrics,
             next_key: 1,
             peers: HashMap::new(),
@@ -619,10 +621,7 @@ impl Core {
             track.ssrc = packet.header.ssrc;
         } else if track.ssrc != packet.header.ssrc {
             // Simulcast layers beyond the first are not forwarded yet.
-            self.metrics
-                .dropped
-                .with_label_values(&["other_layer"])
-                .inc();
+            self.drops.other_layer.inc();
             return;
         }
         track.counters.packets_in.inc();
@@ -633,7 +632,7 @@ impl Core {
                 continue;
             };
             if !sub.connected || !dt.negotiated {
-                self.metrics.dropped.with_label_values(&["not_ready"]).inc();
+                self.drops.not_ready.inc();
                 continue;
             }
             if dt.params.is_none() {
@@ -642,10 +641,7 @@ impl Core {
                 dt.params = resolve_leg(&mut sub.pc, dt.sender, &track.pt_mime, &track.ext_uri);
             }
             let Some(params) = &dt.params else {
-                self.metrics
-                    .dropped
-                    .with_label_values(&["not_negotiated"])
-                    .inc();
+                self.drops.not_negotiated.inc();
                 continue;
             };
             let Some(&(_, out_pt)) = params
@@ -653,10 +649,7 @@ impl Core {
                 .iter()
                 .find(|(i, _)| *i == packet.header.payload_type)
             else {
-                self.metrics
-                    .dropped
-                    .with_label_values(&["unknown_payload_type"])
-                    .inc();
+                self.drops.unknown_payload_type.inc();
                 continue;
             };
             if dt.awaiting_keyframe {
@@ -666,10 +659,7 @@ impl Core {
                 {
                     dt.awaiting_keyframe = false;
                 } else {
-                    self.metrics
-                        .dropped
-                        .with_label_values(&["waiting_keyframe"])
-                        .inc();
+                    self.drops.waiting_keyframe.inc();
                     wanted_keyframe = true;
                     continue;
                 }
@@ -680,7 +670,7 @@ impl Core {
             {
                 Munged::Forward { seq, timestamp } => (seq, timestamp),
                 Munged::TooOld => {
-                    self.metrics.dropped.with_label_values(&["too_old"]).inc();
+                    self.drops.too_old.inc();
                     continue;
                 }
             };
@@ -714,16 +704,9 @@ impl Core {
                     // extension ids changed): resolve again on the next packet.
                     debug!(track = %track.id, "write_rtp refused: {e}");
                     dt.params = None;
-                    self.metrics
-                        .dropped
-                        .with_label_values(&["write_failed"])
-                        .inc();
+                    self.drops.write_failed.inc();
                 }
-                None => self
-                    .metrics
-                    .dropped
-                    .with_label_values(&["write_failed"])
-                    .inc(),
+                None => self.drops.write_failed.inc(),
             }
         }
         if wanted_keyframe {

@@ -122,6 +122,41 @@ impl Metrics {
     }
 }
 
+/// Drop counters of the packet path, resolved once so a dropped packet costs no label lookup.
+#[derive(Clone)]
+pub struct PathDrops {
+    /// A simulcast layer other than the forwarded one.
+    pub other_layer: IntCounter,
+    /// The subscriber connection is not connected, or its answer not applied yet.
+    pub not_ready: IntCounter,
+    /// No codec of the subscriber's leg matches the publisher's.
+    pub not_negotiated: IntCounter,
+    /// A payload type the publisher's leg did not negotiate.
+    pub unknown_payload_type: IntCounter,
+    /// A new video downtrack waiting for its first keyframe.
+    pub waiting_keyframe: IntCounter,
+    /// Older than the first packet a downtrack forwarded.
+    pub too_old: IntCounter,
+    /// The stack refused the packet for this leg.
+    pub write_failed: IntCounter,
+}
+
+impl PathDrops {
+    /// The counters of `chorus_packets_dropped_total` the packet path uses.
+    pub fn new(m: &Metrics) -> Self {
+        let c = |reason: &str| m.dropped.with_label_values(&[reason]);
+        Self {
+            other_layer: c("other_layer"),
+            not_ready: c("not_ready"),
+            not_negotiated: c("not_negotiated"),
+            unknown_payload_type: c("unknown_payload_type"),
+            waiting_keyframe: c("waiting_keyframe"),
+            too_old: c("too_old"),
+            write_failed: c("write_failed"),
+        }
+    }
+}
+
 /// Counters resolved once per track kind, so the packet path touches no label lookup.
 #[derive(Clone)]
 pub struct KindCounters {

@@ -74,3 +74,134 @@ fn serve_rejects_a_config_with_an_unknown_key_naming_it() {
         "{stderr}"
     );
 }
+
+/// Reads an HTTP/1.0 response to `GET path` from `addr`.
+async fn http_get(addr: &str, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("http");
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
+        .await
+        .expect("write");
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out).await;
+    out
+}
+
+/// Opens `/ws` and joins; returns the socket and the server's first reply.
+async fn ws_join(
+    addr: &str,
+    identity: &str,
+) -> (
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
+    chorus_signal::protocol::ServerMessage,
+) {
+    use futures::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/ws"))
+        .await
+        .expect("ws");
+    let grants = chorus_signal::auth::Grants {
+        room: "drain".into(),
+        can_publish: false,
+        can_subscribe: true,
+        can_publish_data: false,
+    };
+    let claims = chorus_signal::auth::claims(
+        identity,
+        "drain",
+        std::time::Duration::from_secs(60),
+        grants,
+    );
+    let token = chorus_signal::auth::mint(DEV_API_KEY, DEV_API_SECRET, &claims).expect("token");
+    let join = serde_json::json!({"type": "join", "version": 1, "token": token});
+    ws.send(Message::text(join.to_string()))
+        .await
+        .expect("send");
+    loop {
+        let frame = ws.next().await.expect("reply").expect("frame");
+        if let Message::Text(t) = frame {
+            return (ws, serde_json::from_str(&t).expect("protocol JSON"));
+        }
+    }
+}
+
+/// SIGTERM: `/readyz` turns 503 and new joins are refused while participants remain; once the
+/// last one leaves, the process exits cleanly.
+#[tokio::test]
+async fn sigterm_drains_then_exits() {
+    use std::io::BufRead;
+    use std::time::{Duration, Instant};
+
+    use chorus_signal::protocol::{ErrorCode, ServerMessage};
+    use futures::SinkExt;
+
+    let mut child = Command::new(env!("CARGO_BIN_EXE_chorus"))
+        .args(["serve", "--http-bind", "127.0.0.1:0", "--udp-port", "0"])
+        .args(["--media-bind-ip", "127.0.0.1"])
+        .env("CHORUS_LOG_FORMAT", "json")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("chorus starts");
+    // Logs share stdout with the banner: read up to the banner, keep draining the rest.
+    let mut lines = std::io::BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let banner = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .find(|l| l.starts_with("chorus listening: http://"))
+        .expect("banner");
+    std::thread::spawn(move || lines.for_each(drop));
+    let addr = banner
+        .trim_start_matches("chorus listening: http://")
+        .split_whitespace()
+        .next()
+        .expect("address")
+        .to_owned();
+    assert!(http_get(&addr, "/readyz").await.starts_with("HTTP/1.0 200"));
+    let (mut ws, joined) = ws_join(&addr, "stayer").await;
+    assert!(matches!(joined, ServerMessage::Joined { .. }), "{joined:?}");
+
+    let started = Instant::now();
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    let mut draining = false;
+    for _ in 0..40 {
+        if http_get(&addr, "/readyz").await.starts_with("HTTP/1.0 503") {
+            draining = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(draining, "/readyz reports draining after SIGTERM");
+    let (_, refused) = ws_join(&addr, "latecomer").await;
+    assert!(
+        matches!(
+            refused,
+            ServerMessage::Error {
+                code: ErrorCode::Internal,
+                ..
+            }
+        ),
+        "joins are refused while draining: {refused:?}"
+    );
+    // The last participant leaves; the drain ends and the process exits on its own.
+    ws.send(tokio_tungstenite::tungstenite::Message::text(
+        r#"{"type":"leave"}"#,
+    ))
+    .await
+    .expect("leave");
+    loop {
+        if let Some(code) = child.try_wait().expect("wait") {
+            assert!(code.success(), "exit status {code}");
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "still running 10 s after SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

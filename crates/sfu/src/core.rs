@@ -757,11 +757,7 @@ impl Core {
             return;
         }
         self.metrics.data_messages.with_label_values(&["in"]).inc();
-        let members = self
-            .rooms
-            .get(&p.room)
-            .map(|r| r.participants.clone())
-            .unwrap_or_default();
+        let members = self.room_members(&p.room);
         for m in members {
             if m == sender {
                 continue;
@@ -832,16 +828,21 @@ impl Core {
     }
 
     fn broadcast(&mut self, room: &str, except: Option<ParticipantKey>, event: RoomEvent) {
-        let members = self
-            .rooms
-            .get(room)
-            .map(|r| r.participants.clone())
-            .unwrap_or_default();
+        let members = self.room_members(room);
         for m in members {
             if Some(m) != except {
                 self.send_event(m, event.clone());
             }
         }
+    }
+
+    /// A snapshot of a room's participants (empty for an unknown room), to iterate while
+    /// mutating the engine.
+    fn room_members(&self, room: &str) -> Vec<ParticipantKey> {
+        self.rooms
+            .get(room)
+            .map(|r| r.participants.clone())
+            .unwrap_or_default()
     }
 
     fn participant_desc(&self, key: ParticipantKey) -> Option<ParticipantDesc> {
@@ -1466,11 +1467,7 @@ impl Core {
                 track: desc,
             },
         );
-        let members = self
-            .rooms
-            .get(&room)
-            .map(|r| r.participants.clone())
-            .unwrap_or_default();
+        let members = self.room_members(&room);
         for m in members {
             let auto = self.participants.get(&m).is_some_and(|p| {
                 m != participant

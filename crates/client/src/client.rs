@@ -8,8 +8,8 @@ use crate::media::{self, AudioSource, LocalTrack, SentTrackStats, VideoSource};
 use crate::stats::PacketMeta;
 use crate::stats::{offered_tracks, OfferedTrack, ReceivedTrackStats};
 use chorus_signal::protocol::{
-    ClientMessage, ErrorCode, IceCandidate, IceServer, ParticipantInfo, ServerMessage, Target,
-    TrackKind, PROTOCOL_VERSION,
+    ClientMessage, ErrorCode, IceCandidate, IceServer, ParticipantInfo, Quality, ServerMessage,
+    Target, TrackKind, PROTOCOL_VERSION,
 };
 use futures::{SinkExt, StreamExt};
 use rtc::rtp_transceiver::rtp_sender::RTCRtpHeaderExtensionCapability;
@@ -30,7 +30,9 @@ use webrtc::peer_connection::{
     RTCIceServer, RTCPeerConnectionIceEvent, RTCPeerConnectionState, RTCSessionDescription,
     Registry,
 };
-use webrtc::rtp_transceiver::{RTCRtpTransceiverDirection, RTCRtpTransceiverInit, RtpSender};
+use webrtc::rtp_transceiver::{
+    RTCRtpTransceiverDirection, RTCRtpTransceiverInit, RtpSender, RtpTransceiver,
+};
 
 /// How often the client pings the server to keep the WebSocket alive.
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(15);
@@ -461,9 +463,16 @@ fn capture_latency(header: &rtc::rtp::header::Header, shared: &Shared) -> Option
         .map(|stamp| crate::capture_clock::elapsed_since(stamp, now))
 }
 
+/// A local track with the sender and transceiver it was added with.
+struct PendingTrack {
+    local: Arc<LocalTrack>,
+    sender: Arc<dyn RtpSender>,
+    transceiver: Arc<dyn RtpTransceiver>,
+}
+
 /// Media the publisher starts once the server has answered.
 struct PendingMedia {
-    tracks: Vec<(Arc<LocalTrack>, Arc<dyn RtpSender>)>,
+    tracks: Vec<PendingTrack>,
     /// What to send on the video track (present when publishing video).
     video: Option<VideoSource>,
     audio: AudioSource,
@@ -471,37 +480,61 @@ struct PendingMedia {
 
 impl PendingMedia {
     fn start(self, shared: &Arc<Shared>) {
-        for (local, sender) in self.tracks {
-            let mut states = shared.states.subscribe();
-            let video = self.video.clone();
-            let audio_source = self.audio.clone();
-            shared.spawn(async move {
-                // Wait for DTLS before writing: earlier samples would only be dropped.
-                let connected = states
-                    .wait_for(|s| s.publisher == RTCPeerConnectionState::Connected)
-                    .await
-                    .is_ok();
-                if !connected {
-                    return;
-                }
-                let (fallback, audio) = match local.kind {
-                    TrackKind::Audio => (media::OPUS_PAYLOAD_TYPE, true),
-                    TrackKind::Video => (media::VP8_PAYLOAD_TYPE, false),
+        for PendingTrack {
+            local,
+            sender,
+            transceiver,
+        } in self.tracks
+        {
+            for (index, layer) in local.layers.iter().enumerate() {
+                let mut states = shared.states.subscribe();
+                let video = match &self.video {
+                    Some(VideoSource::Simulcast(layers)) => {
+                        layers.get(index).map(|l| l.source.clone())
+                    }
+                    other => other.clone(),
                 };
-                let out = media::Output {
-                    track: local.track.clone(),
-                    ssrc: local.ssrc,
-                    payload_type: media::negotiated_payload_type(&sender, fallback).await,
+                let audio_source = self.audio.clone();
+                let (local, sender, transceiver) = (
+                    Arc::clone(&local),
+                    Arc::clone(&sender),
+                    Arc::clone(&transceiver),
+                );
+                let (rid, ssrc, counters) =
+                    (layer.rid.clone(), layer.ssrc, Arc::clone(&layer.counters));
+                shared.spawn(async move {
+                    // Wait for DTLS before writing: earlier samples would only be dropped.
+                    let connected = states
+                        .wait_for(|s| s.publisher == RTCPeerConnectionState::Connected)
+                        .await
+                        .is_ok();
+                    if !connected {
+                        return;
+                    }
+                    let (fallback, audio) = match local.kind {
+                        TrackKind::Audio => (media::OPUS_PAYLOAD_TYPE, true),
+                        TrackKind::Video => (media::VP8_PAYLOAD_TYPE, false),
+                    };
                     // Stamp only what the answer accepted.
-                    extensions: media::Extensions::negotiated(&sender).await,
-                    counters: local.counters.clone(),
-                };
-                match (audio, video) {
-                    (true, _) => media::send_audio(out, audio_source).await,
-                    (false, Some(video)) => media::send_video(out, video).await,
-                    (false, None) => {}
-                }
-            });
+                    let mut extensions = media::Extensions::negotiated(&sender).await;
+                    if !rid.is_empty() {
+                        let mid = transceiver.mid().await.ok().flatten().unwrap_or_default();
+                        extensions.mid_rid = Some((mid.into(), rid.into()));
+                    }
+                    let out = media::Output {
+                        track: local.track.clone(),
+                        ssrc,
+                        payload_type: media::negotiated_payload_type(&sender, fallback).await,
+                        extensions,
+                        counters,
+                    };
+                    match (audio, video) {
+                        (true, _) => media::send_audio(out, audio_source).await,
+                        (false, Some(video)) => media::send_video(out, video).await,
+                        (false, None) => {}
+                    }
+                });
+            }
         }
     }
 }
@@ -855,6 +888,18 @@ impl Client {
         self.shared.send(ClientMessage::Unsubscribe { track_ids })
     }
 
+    /// Chooses the simulcast layer received of these tracks (server track ids); the server
+    /// switches on the layer's next keyframe.
+    pub fn set_quality<I, S>(&self, track_ids: I, quality: Quality) -> Result<(), ClientError>
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        let track_ids = track_ids.into_iter().map(Into::into).collect();
+        self.shared
+            .send(ClientMessage::TrackSettings { track_ids, quality })
+    }
+
     /// Mutes or unmutes one of my published tracks (server track id). When the room already
     /// knows which local track that is, sending media on it pauses while muted.
     pub fn mute(&self, track_id: &str, muted: bool) -> Result<(), ClientError> {
@@ -866,9 +911,7 @@ impl Client {
             .map(|t| t.publisher_track_id);
         if let Some(local_id) = local_id {
             for t in self.local_tracks.iter().filter(|t| t.track_id == local_id) {
-                t.counters
-                    .paused
-                    .store(muted, std::sync::atomic::Ordering::Relaxed);
+                t.set_paused(muted);
             }
         }
         self.shared.send(ClientMessage::Mute {
@@ -953,7 +996,11 @@ async fn add_local_tracks(
         if !wanted {
             continue;
         }
-        let local = LocalTrack::new(kind, stream_id)?;
+        let rids = match (kind, &pending.video) {
+            (TrackKind::Video, Some(v)) => v.rids(),
+            _ => Vec::new(),
+        };
+        let local = LocalTrack::new(kind, stream_id, &rids)?;
         // `sendonly`, as the protocol describes (a browser's addTrack would offer sendrecv).
         let transceiver = publisher
             .add_transceiver_from_track(
@@ -971,10 +1018,18 @@ async fn add_local_tracks(
             .ok_or_else(|| ClientError::Protocol("transceiver has no sender".into()))?;
         shared.spawn(media::read_local_rtcp(
             Arc::clone(&local.track),
-            Arc::clone(&local.counters),
+            local
+                .layers
+                .iter()
+                .map(|l| (l.ssrc, Arc::clone(&l.counters)))
+                .collect(),
         ));
         let local = Arc::new(local);
-        pending.tracks.push((Arc::clone(&local), sender));
+        pending.tracks.push(PendingTrack {
+            local: Arc::clone(&local),
+            sender,
+            transceiver,
+        });
         local_tracks.push(local);
     }
     Ok((local_tracks, pending))
@@ -1012,6 +1067,10 @@ async fn build_pc(
         },
         RtpCodecKind::Audio,
         None,
+    )?;
+    // Simulcast publishing: every packet names its track (mid) and encoding (rid).
+    rtc::peer_connection::configuration::interceptor_registry::configure_simulcast_extension_headers(
+        &mut media_engine,
     )?;
     let registry = registry
         .with(

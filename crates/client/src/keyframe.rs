@@ -99,10 +99,14 @@ impl Interceptor for RtcpCounter {
 /// RTCP first.
 pub(crate) const SLOT: usize = 14_000;
 
-/// Whether an RTCP packet asks for a keyframe.
-pub(crate) fn is_keyframe_request(packet: &dyn rtc::rtcp::Packet) -> bool {
+/// The media SSRC an RTCP packet asks a keyframe of, if it is a PLI or FIR.
+pub(crate) fn keyframe_request_ssrc(packet: &dyn rtc::rtcp::Packet) -> Option<u32> {
     let any = packet.as_any();
-    any.is::<PictureLossIndication>() || any.is::<FullIntraRequest>()
+    if let Some(pli) = any.downcast_ref::<PictureLossIndication>() {
+        return Some(pli.media_ssrc);
+    }
+    let fir = any.downcast_ref::<FullIntraRequest>()?;
+    Some(fir.fir.first().map_or(fir.media_ssrc, |e| e.ssrc))
 }
 
 /// Marks inbound PLI/FIR for delivery to the application and lets everything else end at the
@@ -124,7 +128,7 @@ impl Protocol<TaggedPacket, TaggedPacket, ()> for KeyframeRequestForwarder {
         if let Packet::Rtcp(packets) = &msg.message.packet {
             let requests: Vec<Box<dyn rtc::rtcp::Packet>> = packets
                 .iter()
-                .filter(|p| is_keyframe_request(p.as_ref()))
+                .filter(|p| keyframe_request_ssrc(p.as_ref()).is_some())
                 .cloned()
                 .collect();
             if requests.is_empty() {

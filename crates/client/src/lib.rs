@@ -47,7 +47,9 @@ pub mod vpx;
 pub use client::whip::{WhipKind, WhipSession};
 pub use client::{Client, ClientError, ClientOptions, ConnectionStates, RtcpSentStats};
 pub use impair::Impairment;
-pub use media::{AudioClip, AudioFrame, AudioSource, SentTrackStats, VideoSource};
+pub use media::{
+    AudioClip, AudioFrame, AudioSource, SentLayerStats, SentTrackStats, SimulcastLayer, VideoSource,
+};
 pub use stats::{
     DecodeStats, LatencyHistogram, OfferedTrack, PacketMeta, ReceivedTrackStats, SeqStats,
 };
@@ -57,7 +59,7 @@ pub use hdrhistogram;
 
 /// Re-exported protocol types of `chorus-signal`.
 pub use chorus_signal::protocol::{
-    ErrorCode, ParticipantInfo, ServerMessage, Target, TrackInfo, TrackKind,
+    ErrorCode, ParticipantInfo, Quality, ServerMessage, Target, TrackInfo, TrackKind,
 };
 /// Re-exported connection state of the `webrtc` crate.
 pub use webrtc::peer_connection::RTCPeerConnectionState;

@@ -76,14 +76,39 @@ pub enum VideoSource {
     Clip(Arc<IvfClip>),
     /// The test pattern encoded live with libvpx; a keyframe request forces a keyframe.
     Live(GeneratedVideo),
+    /// Simulcast: one encoding per layer, lowest quality first, each sent with its `rid`
+    /// (RFC 8853) on one track. A layer's source must not itself be `Simulcast`.
+    Simulcast(Vec<SimulcastLayer>),
+}
+
+/// One simulcast encoding of a [`VideoSource::Simulcast`] track.
+#[derive(Debug, Clone)]
+pub struct SimulcastLayer {
+    /// Its `rid`, e.g. `q`, `h`, `f`.
+    pub rid: String,
+    /// What it sends.
+    pub source: VideoSource,
+}
+
+impl VideoSource {
+    /// The `rid`s this source sends, lowest first; empty without simulcast.
+    pub fn rids(&self) -> Vec<String> {
+        match self {
+            VideoSource::Simulcast(layers) => layers.iter().map(|l| l.rid.clone()).collect(),
+            _ => Vec::new(),
+        }
+    }
 }
 
 /// Which header extensions the answer accepted for a local track.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(crate) struct Extensions {
     pub abs_send_time: bool,
     pub abs_capture_time: bool,
     pub audio_level: bool,
+    /// `sdes:mid` and `sdes:rtp-stream-id` values to stamp on every packet (simulcast: the
+    /// receiver binds each layer's SSRC by them).
+    pub mid_rid: Option<(Bytes, Bytes)>,
 }
 
 impl Extensions {
@@ -97,7 +122,27 @@ impl Extensions {
             )
             .await,
             audio_level: negotiated_extension(sender, AUDIO_LEVEL_URI).await,
+            mid_rid: None,
         }
+    }
+}
+
+/// A header extension written as given.
+struct RawExtension(Bytes);
+
+impl MarshalSize for RawExtension {
+    fn marshal_size(&self) -> usize {
+        self.0.len()
+    }
+}
+
+impl Marshal for RawExtension {
+    fn marshal_to(&self, buf: &mut [u8]) -> rtc::shared::error::Result<usize> {
+        let n = self.0.len();
+        buf.get_mut(..n)
+            .ok_or(rtc::shared::error::Error::BufferTooShort)?
+            .copy_from_slice(&self.0);
+        Ok(n)
     }
 }
 
@@ -188,6 +233,28 @@ pub struct SentTrackStats {
     pub write_errors: u64,
     /// Whether sending is paused because the track is muted.
     pub paused: bool,
+    /// Per simulcast encoding, lowest first; empty without simulcast.
+    pub layers: Vec<SentLayerStats>,
+}
+
+/// What the client has sent on one simulcast encoding.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SentLayerStats {
+    /// The encoding's `rid`.
+    pub rid: String,
+    /// Encoded frames written.
+    pub frames: u64,
+    /// Encoded bytes written.
+    pub bytes: u64,
+    /// PLI/FIR requests received for this encoding.
+    pub keyframe_requests: u64,
+}
+
+/// One encoding of a local track: its `rid` (empty without simulcast), SSRC and counters.
+pub(crate) struct LocalLayer {
+    pub rid: String,
+    pub ssrc: u32,
+    pub counters: Arc<SendCounters>,
 }
 
 /// One local track on the publisher connection.
@@ -195,14 +262,17 @@ pub(crate) struct LocalTrack {
     pub kind: chorus_signal::protocol::TrackKind,
     pub track_id: String,
     pub track: Arc<TrackLocalStaticSample>,
-    pub ssrc: u32,
-    pub counters: Arc<SendCounters>,
+    /// One per encoding; one without simulcast.
+    pub layers: Vec<LocalLayer>,
 }
 
 impl LocalTrack {
+    /// A track of `kind` in stream `stream_id`, with one encoding per `rids` entry (simulcast)
+    /// or a single one when `rids` is empty.
     pub fn new(
         kind: chorus_signal::protocol::TrackKind,
         stream_id: &str,
+        rids: &[String],
     ) -> Result<Self, webrtc::error::Error> {
         let (codec, rtp_kind, prefix) = match kind {
             chorus_signal::protocol::TrackKind::Audio => {
@@ -212,8 +282,30 @@ impl LocalTrack {
                 (vp8_codec(), RtpCodecKind::Video, "video")
             }
         };
-        let ssrc = rand::random::<u32>();
         let track_id = format!("{prefix}-{:08x}", rand::random::<u32>());
+        let single = [String::new()];
+        let rids = if rids.is_empty() { &single[..] } else { rids };
+        let layers: Vec<LocalLayer> = rids
+            .iter()
+            .map(|rid| LocalLayer {
+                rid: rid.clone(),
+                ssrc: rand::random::<u32>(),
+                counters: Arc::new(SendCounters::default()),
+            })
+            .collect();
+        let encodings = layers
+            .iter()
+            .map(|l| RTCRtpEncodingParameters {
+                rtp_coding_parameters: RTCRtpCodingParameters {
+                    rid: l.rid.clone(),
+                    ssrc: Some(l.ssrc),
+                    ..Default::default()
+                },
+                active: true,
+                codec: codec.rtp_codec.clone(),
+                ..Default::default()
+            })
+            .collect();
         let track = TrackLocalStaticSample::new(
             Instant::now(),
             MediaStreamTrack::new(
@@ -221,37 +313,54 @@ impl LocalTrack {
                 track_id.clone(),
                 prefix.to_owned(),
                 rtp_kind,
-                vec![RTCRtpEncodingParameters {
-                    rtp_coding_parameters: RTCRtpCodingParameters {
-                        ssrc: Some(ssrc),
-                        ..Default::default()
-                    },
-                    active: true,
-                    codec: codec.rtp_codec,
-                    ..Default::default()
-                }],
+                encodings,
             ),
         )?;
         Ok(Self {
             kind,
             track_id,
             track: Arc::new(track),
-            ssrc,
-            counters: Arc::new(SendCounters::default()),
+            layers,
         })
     }
 
+    /// Pauses (muted) or resumes every encoding.
+    pub fn set_paused(&self, paused: bool) {
+        for l in &self.layers {
+            l.counters.paused.store(paused, Ordering::Relaxed);
+        }
+    }
+
     pub fn stats(&self) -> SentTrackStats {
-        let c = &self.counters;
+        let sum = |f: fn(&SendCounters) -> &AtomicU64| {
+            self.layers
+                .iter()
+                .map(|l| f(&l.counters).load(Ordering::Relaxed))
+                .sum()
+        };
         SentTrackStats {
             kind: self.kind,
             local_track_id: self.track_id.clone(),
-            frames: c.frames.load(Ordering::Relaxed),
-            keyframes: c.keyframes.load(Ordering::Relaxed),
-            bytes: c.bytes.load(Ordering::Relaxed),
-            keyframe_requests: c.keyframe_requests.load(Ordering::Relaxed),
-            write_errors: c.write_errors.load(Ordering::Relaxed),
-            paused: c.paused.load(Ordering::Relaxed),
+            frames: sum(|c| &c.frames),
+            keyframes: sum(|c| &c.keyframes),
+            bytes: sum(|c| &c.bytes),
+            keyframe_requests: sum(|c| &c.keyframe_requests),
+            write_errors: sum(|c| &c.write_errors),
+            paused: self
+                .layers
+                .iter()
+                .any(|l| l.counters.paused.load(Ordering::Relaxed)),
+            layers: self
+                .layers
+                .iter()
+                .filter(|l| !l.rid.is_empty())
+                .map(|l| SentLayerStats {
+                    rid: l.rid.clone(),
+                    frames: l.counters.frames.load(Ordering::Relaxed),
+                    bytes: l.counters.bytes.load(Ordering::Relaxed),
+                    keyframe_requests: l.counters.keyframe_requests.load(Ordering::Relaxed),
+                })
+                .collect(),
         }
     }
 }
@@ -286,16 +395,20 @@ pub(crate) async fn negotiated_extension(sender: &Arc<dyn RtpSender>, uri: &str)
 /// track is unbound.
 pub(crate) async fn read_local_rtcp(
     track: Arc<TrackLocalStaticSample>,
-    counters: Arc<SendCounters>,
+    layers: Vec<(u32, Arc<SendCounters>)>,
 ) {
     while let Some(event) = track.poll().await {
         let TrackLocalEvent::OnRtcpPacket(packets) = event else {
             continue;
         };
-        let wants_keyframe = packets
-            .iter()
-            .any(|p| crate::keyframe::is_keyframe_request(p.as_ref()));
-        if wants_keyframe {
+        for (ssrc, counters) in &layers {
+            let wants_keyframe = packets
+                .iter()
+                .filter_map(|p| crate::keyframe::keyframe_request_ssrc(p.as_ref()))
+                .any(|media_ssrc| media_ssrc == *ssrc || layers.len() == 1);
+            if !wants_keyframe {
+                continue;
+            }
             counters.keyframe_requests.fetch_add(1, Ordering::Relaxed);
             counters.keyframe_wanted.store(true, Ordering::Relaxed);
         }
@@ -332,6 +445,17 @@ async fn write(out: &Output, data: Bytes, duration: Duration, level: Option<u8>)
         writer = writer.with_extension(HeaderExtension::AbsSendTime(AbsSendTimeExtension {
             timestamp: u64::from(crate::capture_clock::abs_send_time(captured)),
         }));
+    }
+    if let Some((mid, rid)) = &out.extensions.mid_rid {
+        writer = writer
+            .with_extension(HeaderExtension::Custom {
+                uri: Cow::Borrowed(rtc::sdp::extmap::SDES_MID_URI),
+                extension: Box::new(RawExtension(mid.clone())),
+            })
+            .with_extension(HeaderExtension::Custom {
+                uri: Cow::Borrowed(rtc::sdp::extmap::SDES_RTP_STREAM_ID_URI),
+                extension: Box::new(RawExtension(rid.clone())),
+            });
     }
     if let (true, Some(level)) = (out.extensions.audio_level, level) {
         writer = writer.with_extension(HeaderExtension::AudioLevel(AudioLevelExtension {
@@ -423,6 +547,11 @@ async fn loop_audio(out: &Output, clip: &AudioClip, start: usize) {
 /// Sends video from `source`, forever (until the task is aborted).
 pub(crate) async fn send_video(out: Output, source: VideoSource) {
     match source {
+        VideoSource::Simulcast(_) => {
+            // Each layer runs its own loop with its own source (see `PendingMedia::start`).
+            tracing::warn!("nested simulcast source");
+            out.counters.write_errors.fetch_add(1, Ordering::Relaxed);
+        }
         VideoSource::Clip(clip) => loop_video(&out, &clip).await,
         VideoSource::Live(settings) => {
             let mut live = match LiveVideo::new(settings) {

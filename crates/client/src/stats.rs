@@ -35,6 +35,12 @@ pub struct ReceivedTrackStats {
     pub frames: u64,
     /// VP8 keyframes started. Zero for audio.
     pub keyframes: u64,
+    /// Video: the frame size (width, height) of the latest keyframe, which tells which
+    /// simulcast layer the server forwards.
+    pub frame_size: Option<(u16, u16)>,
+    /// Video: payload bytes received per frame size (each packet counted under the size of the
+    /// keyframe before it), i.e. per simulcast layer.
+    pub bytes_by_size: Vec<((u16, u16), u64)>,
     /// Packets with the RTP marker bit set.
     pub markers: u64,
     /// When the first packet arrived.
@@ -271,6 +277,8 @@ impl ReceivedTrackStats {
             bytes: 0,
             frames: 0,
             keyframes: 0,
+            frame_size: None,
+            bytes_by_size: Vec::new(),
             markers: 0,
             first_packet_at: None,
             last_packet_at: None,
@@ -490,12 +498,27 @@ impl ReceivedTrackStats {
         }
         if self.kind == TrackKind::Video {
             match vp8_frame_start(payload) {
-                Some(Vp8FrameStart { keyframe: true }) => {
+                Some(Vp8FrameStart {
+                    keyframe: true,
+                    size,
+                }) => {
                     self.frames += 1;
                     self.keyframes += 1;
+                    if size.is_some() {
+                        self.frame_size = size;
+                    }
                 }
-                Some(Vp8FrameStart { keyframe: false }) => self.frames += 1,
+                Some(Vp8FrameStart {
+                    keyframe: false, ..
+                }) => self.frames += 1,
                 None => {}
+            }
+            if let Some(size) = self.frame_size {
+                let len = payload.len() as u64;
+                match self.bytes_by_size.iter_mut().find(|(s, _)| *s == size) {
+                    Some((_, b)) => *b += len,
+                    None => self.bytes_by_size.push((size, len)),
+                }
             }
         }
         self.first_packet_at.get_or_insert(now);
@@ -585,6 +608,8 @@ impl SeqStats {
 pub struct Vp8FrameStart {
     /// Whether the frame is a keyframe.
     pub keyframe: bool,
+    /// A keyframe's width and height, when the packet holds its header (RFC 6386 §9.1).
+    pub size: Option<(u16, u16)>,
 }
 
 /// The length of the VP8 payload descriptor (RFC 7741 §4.2) at the start of an RTP payload.
@@ -636,9 +661,20 @@ pub fn vp8_frame_start(payload: &[u8]) -> Option<Vp8FrameStart> {
         }
     }
     let header = *payload.get(i)?;
-    Some(Vp8FrameStart {
-        keyframe: header & 0x01 == 0,
-    })
+    let keyframe = header & 0x01 == 0;
+    // A keyframe's 3-byte frame tag is followed by the start code 9d 01 2a and the 14-bit
+    // little-endian width and height.
+    let size = keyframe
+        .then(|| payload.get(i + 3..i + 10))
+        .flatten()
+        .filter(|b| b[..3] == [0x9d, 0x01, 0x2a])
+        .map(|b| {
+            (
+                u16::from_le_bytes([b[3], b[4]]) & 0x3fff,
+                u16::from_le_bytes([b[5], b[6]]) & 0x3fff,
+            )
+        });
+    Some(Vp8FrameStart { keyframe, size })
 }
 
 /// A track the server currently offers on the subscriber connection.
@@ -748,12 +784,26 @@ mod tests {
         // Minimal descriptor, S=1 PID=0, keyframe header (P=0).
         assert_eq!(
             vp8_frame_start(&[0x10, 0x00, 0x9d]),
-            Some(Vp8FrameStart { keyframe: true })
+            Some(Vp8FrameStart {
+                keyframe: true,
+                size: None
+            })
         );
         // Minimal descriptor, interframe (P=1).
         assert_eq!(
             vp8_frame_start(&[0x10, 0x01]),
-            Some(Vp8FrameStart { keyframe: false })
+            Some(Vp8FrameStart {
+                keyframe: false,
+                size: None
+            })
+        );
+        // A keyframe with its header: 640x360.
+        assert_eq!(
+            vp8_frame_start(&[0x10, 0x50, 0x12, 0x00, 0x9d, 0x01, 0x2a, 0x80, 0x02, 0x68, 0x01]),
+            Some(Vp8FrameStart {
+                keyframe: true,
+                size: Some((640, 360))
+            })
         );
         // Continuation packet.
         assert_eq!(vp8_frame_start(&[0x00, 0x00]), None);
@@ -762,12 +812,18 @@ mod tests {
         // X=1, I=1 with a 15-bit picture id, then keyframe header.
         assert_eq!(
             vp8_frame_start(&[0x90, 0x80, 0x81, 0x23, 0x00]),
-            Some(Vp8FrameStart { keyframe: true })
+            Some(Vp8FrameStart {
+                keyframe: true,
+                size: None
+            })
         );
         // X=1, I=1 (7-bit), L=1, T=1, then interframe header.
         assert_eq!(
             vp8_frame_start(&[0x90, 0xE0, 0x05, 0x07, 0x20, 0x01]),
-            Some(Vp8FrameStart { keyframe: false })
+            Some(Vp8FrameStart {
+                keyframe: false,
+                size: None
+            })
         );
         // Truncated descriptors.
         assert_eq!(vp8_frame_start(&[]), None);

@@ -33,14 +33,15 @@ use rtc::rtp_transceiver::rtp_sender::{
 };
 use rtc::rtp_transceiver::{RTCRtpReceiverId, RTCRtpSenderId, RTCRtpTransceiverDirection};
 use rtc::sansio::Protocol;
-use rtc::sdp::extmap::{SDES_MID_URI, TRANSPORT_CC_URI};
+use rtc::sdp::extmap::{
+    SDES_MID_URI, SDES_REPAIR_RTP_STREAM_ID_URI, SDES_RTP_STREAM_ID_URI, TRANSPORT_CC_URI,
+};
 use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
 use rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, error, info, info_span, warn};
 
 use crate::codec::VideoCodec;
-use crate::keyframe::KeyframeThrottle;
 use crate::metrics::{KindCounters, PathDrops};
 use crate::munger::{Munged, RtpMunger};
 use crate::peer::{add_local_candidates, build_peer_connection};
@@ -48,6 +49,7 @@ use crate::session::{
     CandidateInit, EngineStats, JoinRequest, Origin, ParticipantDesc, PeerRole, RoomEvent,
     TrackDesc, TrackKind,
 };
+use crate::simulcast::{order_rids, Decision, Layer, LayerSelector, Quality};
 use crate::{stun, MediaConfig, Metrics, SfuError};
 
 /// Capacity of each participant's event queue; a client that falls this far behind is dropped.
@@ -94,6 +96,12 @@ pub(crate) enum Command {
         participant: u64,
         track_ids: Vec<String>,
         subscribe: bool,
+        reply: Reply<()>,
+    },
+    SetQuality {
+        participant: u64,
+        track_ids: Vec<String>,
+        quality: Quality,
         reply: Reply<()>,
     },
     Mute {
@@ -173,6 +181,9 @@ struct Participant {
     events: Option<mpsc::Sender<RoomEvent>>,
     published: Vec<TrackKey>,
     subscriptions: Vec<TrackKey>,
+    /// The quality asked for per track (absent: [`Quality::High`]), kept across
+    /// unsubscribing and subscribing again.
+    qualities: HashMap<TrackKey, Quality>,
     join_started: Instant,
     join_reported: bool,
 }
@@ -185,8 +196,11 @@ struct DownTrack {
     munger: RtpMunger,
     /// Set once the subscriber's answer covering this downtrack is applied.
     negotiated: bool,
-    /// Video: nothing is forwarded until a keyframe starts, so the decoder starts clean.
-    awaiting_keyframe: bool,
+    /// The layer forwarded and the one wanted. Video starts (and switches layer) only on a
+    /// keyframe, so the decoder starts clean.
+    selector: LayerSelector,
+    /// When the last packet was forwarded: a layer switch continues timestamps from there.
+    last_forward: Option<Instant>,
     /// Resolved on the first packet after negotiation.
     params: Option<LegParams>,
 }
@@ -217,9 +231,9 @@ struct PublishedTrack {
     publisher_track_id: String,
     /// Set for video codecs whose keyframes we recognise.
     video_codec: Option<VideoCodec>,
-    ssrc: u32,
+    /// The encodings, lowest quality first: one without simulcast, one per `rid` with it.
+    layers: Vec<Layer>,
     muted: bool,
-    throttle: KeyframeThrottle,
     counters: KindCounters,
     downtracks: Vec<DownTrack>,
 }
@@ -232,7 +246,32 @@ impl PublishedTrack {
             mime_type: self.codec.mime_type.clone(),
             publisher_track_id: self.publisher_track_id.clone(),
             muted: self.muted,
+            layers: if self.layers.len() > 1 {
+                self.layers.iter().map(|l| l.rid.clone()).collect()
+            } else {
+                Vec::new()
+            },
         }
+    }
+
+    /// The layer index of a packet's SSRC, binding a simulcast layer's SSRC on its first
+    /// packet (the stack has matched it to its `rid` by then).
+    fn layer_of(&mut self, ssrc: u32, pc: Option<&mut RTCPeerConnection>) -> Option<u8> {
+        if let Some(i) = self.layers.iter().position(|l| l.ssrc == ssrc) {
+            return Some(i as u8);
+        }
+        let rid = if self.layers.len() == 1 && self.layers[0].rid.is_empty() {
+            String::new()
+        } else {
+            let receiver = pc?.rtp_receiver(self.receiver)?;
+            receiver.track().rid(ssrc)?.to_owned()
+        };
+        let i = self
+            .layers
+            .iter()
+            .position(|l| l.rid == rid && l.ssrc == 0)?;
+        self.layers[i].ssrc = ssrc;
+        Some(i as u8)
     }
 }
 
@@ -543,7 +582,7 @@ impl Core {
                                 .map(|p| p.subscriptions.clone())
                                 .unwrap_or_default();
                             for tk in subs {
-                                self.request_keyframe(now, tk);
+                                self.downtrack_keyframe(now, tk, key);
                             }
                         }
                     }
@@ -596,7 +635,7 @@ impl Core {
                     .and_then(|p| p.outbound.get(&track_id))
                     .copied();
                 if let Some(tk) = tk {
-                    self.request_keyframe(now, tk);
+                    self.downtrack_keyframe(now, tk, key);
                 }
             }
             _ => {}
@@ -617,16 +656,20 @@ impl Core {
         let Some(track) = self.tracks.get_mut(&tk) else {
             return;
         };
-        if track.ssrc == 0 {
-            track.ssrc = packet.header.ssrc;
-        } else if track.ssrc != packet.header.ssrc {
-            // Simulcast layers beyond the first are not forwarded yet.
+        let publisher_pc = self.peers.get_mut(&key).map(|p| &mut p.pc);
+        let Some(layer) = track.layer_of(packet.header.ssrc, publisher_pc) else {
+            // An SSRC the negotiated layers do not account for.
             self.drops.other_layer.inc();
             return;
-        }
+        };
         track.counters.packets_in.inc();
         track.counters.bytes_in.inc_by(packet.payload.len() as u64);
         let mut wanted_keyframe = false;
+        // Whether this packet starts a keyframe: worked out at most once, and only when a
+        // downtrack waits for one.
+        let mut keyframe: Option<bool> = None;
+        let video_codec = track.video_codec;
+        let clock_rate = track.codec.clock_rate;
         for dt in &mut track.downtracks {
             let Some(sub) = self.peers.get_mut(&dt.peer) else {
                 continue;
@@ -652,17 +695,28 @@ impl Core {
                 self.drops.unknown_payload_type.inc();
                 continue;
             };
-            if dt.awaiting_keyframe {
-                if track
-                    .video_codec
-                    .is_some_and(|c| c.starts_keyframe(&packet.payload))
-                {
-                    dt.awaiting_keyframe = false;
-                } else {
+            let decision = dt.selector.decide(layer, || {
+                *keyframe.get_or_insert_with(|| {
+                    video_codec.is_some_and(|c| c.starts_keyframe(&packet.payload))
+                })
+            });
+            match decision {
+                Decision::Forward => {}
+                Decision::Switch => {
+                    let gap = dt.last_forward.map_or(1, |t| {
+                        let ticks =
+                            now.saturating_duration_since(t).as_secs_f64() * f64::from(clock_rate);
+                        ticks as u32
+                    });
+                    dt.munger.switch_source(gap);
+                    self.metrics.layer_switches.inc();
+                }
+                Decision::WantKeyframe => {
                     self.drops.waiting_keyframe.inc();
                     wanted_keyframe = true;
                     continue;
                 }
+                Decision::Skip => continue,
             }
             let (seq, timestamp) = match dt
                 .munger
@@ -692,6 +746,7 @@ impl Core {
                 .map(|mut s| s.write_rtp(now, out));
             match written {
                 Some(Ok(())) => {
+                    dt.last_forward = Some(now);
                     track.counters.packets_out.inc();
                     track.counters.bytes_out.inc_by(bytes);
                     if !sub.dirty {
@@ -710,7 +765,7 @@ impl Core {
             }
         }
         if wanted_keyframe {
-            self.request_keyframe(now, tk);
+            self.request_keyframe(now, tk, layer);
         }
     }
 
@@ -787,16 +842,36 @@ impl Core {
     }
 
     /// Asks the publisher of `tk` for a keyframe, at most once per throttle interval.
-    fn request_keyframe(&mut self, now: Instant, tk: TrackKey) {
+    /// Asks for a keyframe of the layer the downtrack of `tk` on subscriber peer `peer`
+    /// forwards (or wants, if it forwards nothing yet).
+    fn downtrack_keyframe(&mut self, now: Instant, tk: TrackKey, peer: PeerKey) {
+        let layer = self.tracks.get(&tk).and_then(|t| {
+            t.downtracks
+                .iter()
+                .find(|d| d.peer == peer)
+                .map(|d| d.selector.current().unwrap_or(d.selector.target()))
+        });
+        if let Some(layer) = layer {
+            self.request_keyframe(now, tk, layer);
+        }
+    }
+
+    fn request_keyframe(&mut self, now: Instant, tk: TrackKey, layer: u8) {
         let Some(track) = self.tracks.get_mut(&tk) else {
             return;
         };
-        if track.kind != TrackKind::Video || track.ssrc == 0 || !track.throttle.request(now) {
+        if track.kind != TrackKind::Video {
+            return;
+        }
+        let Some(l) = track.layers.get_mut(usize::from(layer)) else {
+            return;
+        };
+        if l.ssrc == 0 || !l.throttle.request(now) {
             return;
         }
         let pli = PictureLossIndication {
             sender_ssrc: 0,
-            media_ssrc: track.ssrc,
+            media_ssrc: l.ssrc,
         };
         let peer_key = track.peer;
         if let Some(peer) = self.peers.get_mut(&peer_key) {
@@ -909,6 +984,14 @@ impl Core {
                 reply,
             } => {
                 let _ = reply.send(self.set_subscribed(now, participant, track_ids, subscribe));
+            }
+            Command::SetQuality {
+                participant,
+                track_ids,
+                quality,
+                reply,
+            } => {
+                let _ = reply.send(self.set_quality(now, participant, track_ids, quality));
             }
             Command::Mute {
                 participant,
@@ -1036,6 +1119,7 @@ impl Core {
                 events,
                 published: Vec::new(),
                 subscriptions: Vec::new(),
+                qualities: HashMap::new(),
                 join_started: now,
                 join_reported: false,
             },
@@ -1347,6 +1431,61 @@ impl Core {
         Ok(())
     }
 
+    /// Sets the quality `participant` wants for each of `track_ids`: a subscribed simulcast
+    /// track switches to the matching layer on that layer's next keyframe (one is requested).
+    fn set_quality(
+        &mut self,
+        now: Instant,
+        participant: ParticipantKey,
+        track_ids: Vec<String>,
+        quality: Quality,
+    ) -> Result<(), SfuError> {
+        let room = self
+            .participants
+            .get(&participant)
+            .ok_or(SfuError::Gone)?
+            .room
+            .clone();
+        let mut keys = Vec::with_capacity(track_ids.len());
+        for id in &track_ids {
+            let tk = self
+                .track_ids
+                .get(id)
+                .copied()
+                .filter(|tk| {
+                    self.tracks.get(tk).is_some_and(|t| {
+                        self.participants
+                            .get(&t.publisher)
+                            .is_some_and(|p| p.room == room)
+                    })
+                })
+                .ok_or_else(|| SfuError::UnknownTrack(id.clone()))?;
+            keys.push(tk);
+        }
+        for tk in keys {
+            if let Some(p) = self.participants.get_mut(&participant) {
+                p.qualities.insert(tk, quality);
+            }
+            let Some(track) = self.tracks.get_mut(&tk) else {
+                continue;
+            };
+            let layers = track.layers.len();
+            let Some(dt) = track
+                .downtracks
+                .iter_mut()
+                .find(|d| d.participant == participant)
+            else {
+                continue;
+            };
+            let target = quality.layer(layers);
+            if dt.selector.target() != target {
+                dt.selector.set_target(target);
+                self.request_keyframe(now, tk, target);
+            }
+        }
+        Ok(())
+    }
+
     fn mute(
         &mut self,
         participant: ParticipantKey,
@@ -1392,7 +1531,7 @@ impl Core {
             return;
         };
         if peer.role != PeerRole::Publisher || peer.inbound.contains_key(&init.track_id) {
-            return; // a further simulcast layer of a known track
+            return; // a further simulcast layer of a known track: bound on its first packet
         }
         let participant = peer.participant;
         let Some(mut receiver) = peer.pc.rtp_receiver(init.receiver_id) else {
@@ -1411,6 +1550,29 @@ impl Core {
         let video_codec = (kind == TrackKind::Video)
             .then(|| VideoCodec::from_mime(&codec.mime_type))
             .flatten();
+        let rids: Vec<String> = receiver
+            .track()
+            .codings()
+            .iter()
+            .map(|c| c.rtp_coding_parameters.rid.clone())
+            .filter(|r| !r.is_empty())
+            .collect();
+        let pli_interval = self.config.pli_throttle();
+        let layers = if rids.len() > 1 {
+            order_rids(&rids)
+                .into_iter()
+                .map(|rid| {
+                    let ssrc = if init.rid.as_deref() == Some(rid.as_str()) {
+                        init.ssrc
+                    } else {
+                        0
+                    };
+                    Layer::new(rid, ssrc, pli_interval)
+                })
+                .collect()
+        } else {
+            vec![Layer::new(String::new(), init.ssrc, pli_interval)]
+        };
         let track = PublishedTrack {
             id: id.clone(),
             kind,
@@ -1436,9 +1598,8 @@ impl Core {
                 .collect(),
             publisher_track_id: init.track_id.clone(),
             video_codec,
-            ssrc: init.ssrc,
+            layers,
             muted: false,
-            throttle: KeyframeThrottle::new(self.config.pli_throttle()),
             counters: KindCounters::new(&self.metrics, kind.as_str()),
             downtracks: Vec::new(),
         };
@@ -1541,13 +1702,22 @@ impl Core {
         }
         peer.outbound.insert(track_id, tk);
         let mut rng = rand::rng();
+        let quality = self
+            .participants
+            .get(&subscriber)
+            .and_then(|p| p.qualities.get(&tk).copied())
+            .unwrap_or_default();
         let dt = DownTrack {
             participant: subscriber,
             peer: sub_key,
             sender,
             munger: RtpMunger::new(rng.random(), rng.random()),
             negotiated: false,
-            awaiting_keyframe: track.video_codec.is_some(),
+            selector: LayerSelector::new(
+                quality.layer(track.layers.len()),
+                track.video_codec.is_some(),
+            ),
+            last_forward: None,
             params: None,
         };
         if let Some(t) = self.tracks.get_mut(&tk) {
@@ -1864,7 +2034,16 @@ fn resolve_leg(
         .iter()
         // mid is per leg (set separately); transport-wide sequence numbers are per transport
         // and must not leak from the publisher's leg.
-        .filter(|(_, uri)| uri != SDES_MID_URI && uri != TRANSPORT_CC_URI)
+        // The publisher's rid names its layer, not the subscriber's single stream.
+        .filter(|(_, uri)| {
+            ![
+                SDES_MID_URI,
+                TRANSPORT_CC_URI,
+                SDES_RTP_STREAM_ID_URI,
+                SDES_REPAIR_RTP_STREAM_ID_URI,
+            ]
+            .contains(&uri.as_str())
+        })
         .filter_map(|(in_id, uri)| {
             exts.iter()
                 .find(|h| &h.uri == uri)

@@ -13,6 +13,7 @@
 //! - [`peer`]: how a peer connection is built (codecs, extensions, interceptors, ICE-lite).
 //! - [`codec`]: keyframe detection per video codec, so a new downtrack starts on a keyframe.
 //! - [`munger`]: sequence number and timestamp rewriting per downtrack.
+//! - [`simulcast`]: a published track's layers and which one each downtrack forwards.
 //! - [`keyframe`]: keyframe request throttling.
 //! - [`feedback`]: the interceptor that counts NACK/PLI/FIR and lets PLI/FIR through.
 //! - [`stun`]: routing a datagram from an unknown address by its STUN USERNAME.
@@ -33,6 +34,7 @@ pub mod metrics;
 pub mod munger;
 pub mod peer;
 pub mod session;
+pub mod simulcast;
 pub mod stun;
 
 pub use config::MediaConfig;
@@ -41,6 +43,7 @@ pub use session::{
     CandidateInit, JoinRequest, Origin, ParticipantDesc, PeerRole, Permissions, RoomEvent, Session,
     SessionHandle, Sfu, TrackDesc, TrackKind,
 };
+pub use simulcast::Quality;
 
 /// Errors the media plane returns to its callers.
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]

@@ -32,6 +32,8 @@ pub struct Metrics {
     pub udp_datagrams_in: IntCounter,
     /// Data-channel messages relayed, by direction (`in` from a sender, `out` to each receiver).
     pub data_messages: IntCounterVec,
+    /// Simulcast layer switches made by downtracks.
+    pub layer_switches: IntCounter,
 }
 
 impl Metrics {
@@ -98,7 +100,12 @@ impl Metrics {
                 ),
                 &["direction"],
             )?,
+            layer_switches: IntCounter::new(
+                "chorus_layer_switches_total",
+                "Simulcast layer switches made by downtracks",
+            )?,
         };
+        registry.register(Box::new(m.layer_switches.clone()))?;
         registry.register(Box::new(m.data_messages.clone()))?;
         registry.register(Box::new(m.rooms.clone()))?;
         registry.register(Box::new(m.participants.clone()))?;
@@ -125,7 +132,7 @@ impl Metrics {
 /// Drop counters of the packet path, resolved once so a dropped packet costs no label lookup.
 #[derive(Clone)]
 pub struct PathDrops {
-    /// A simulcast layer other than the forwarded one.
+    /// An SSRC that none of the track's negotiated layers accounts for.
     pub other_layer: IntCounter,
     /// The subscriber connection is not connected, or its answer not applied yet.
     pub not_ready: IntCounter,

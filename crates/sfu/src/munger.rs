@@ -67,6 +67,8 @@ pub struct RtpMunger {
     /// Added (wrapping) to every incoming timestamp.
     ts_offset: u32,
     out_ts_start: u32,
+    /// Highest outgoing sequence number and its timestamp so far, where a new source continues.
+    last_out: Option<(u16, u32)>,
 }
 
 impl RtpMunger {
@@ -78,6 +80,20 @@ impl RtpMunger {
             out_start: out_seq,
             ts_offset: 0,
             out_ts_start: out_ts,
+            last_out: None,
+        }
+    }
+
+    /// Makes the next packet start a new source (another simulcast layer, with its own
+    /// sequence numbers and timestamps): its outgoing sequence number follows the highest sent
+    /// so far and its timestamp the last one plus `ts_gap` (the time since, in clock ticks, at
+    /// least 1), so the subscriber sees one continuous stream.
+    pub fn switch_source(&mut self, ts_gap: u32) {
+        if let Some((seq, ts)) = self.last_out {
+            self.incoming = SeqExtender::default();
+            self.first_in = None;
+            self.out_start = seq.wrapping_add(1);
+            self.out_ts_start = ts.wrapping_add(ts_gap.max(1));
         }
     }
 
@@ -91,10 +107,13 @@ impl RtpMunger {
         if ext < first {
             return Munged::TooOld;
         }
-        Munged::Forward {
-            seq: self.out_start.wrapping_add((ext - first) as u16),
-            timestamp: timestamp.wrapping_add(self.ts_offset),
+        let seq = self.out_start.wrapping_add((ext - first) as u16);
+        let timestamp = timestamp.wrapping_add(self.ts_offset);
+        match self.last_out {
+            Some((last, _)) if (seq.wrapping_sub(last) as i16) <= 0 => {}
+            _ => self.last_out = Some((seq, timestamp)),
         }
+        Munged::Forward { seq, timestamp }
     }
 }
 
@@ -158,6 +177,37 @@ mod tests {
             },
         ];
         assert_eq!(out, want);
+    }
+
+    #[test]
+    fn a_new_source_continues_the_numbering() {
+        let mut m = RtpMunger::new(100, 5000);
+        assert_eq!(
+            m.munge(10, 90_000),
+            Munged::Forward {
+                seq: 100,
+                timestamp: 5000
+            }
+        );
+        m.munge(12, 93_000);
+        m.munge(11, 93_000); // late: does not move where the next source continues
+        m.switch_source(3000);
+        // Another layer: unrelated numbers, continued from seq 102 / ts 8000.
+        assert_eq!(
+            m.munge(40_000, 7),
+            Munged::Forward {
+                seq: 103,
+                timestamp: 11_000
+            }
+        );
+        assert_eq!(
+            m.munge(40_001, 3007),
+            Munged::Forward {
+                seq: 104,
+                timestamp: 14_000
+            }
+        );
+        assert_eq!(m.munge(39_999, 7), Munged::TooOld);
     }
 
     #[test]

@@ -19,7 +19,10 @@ use rtc::peer_connection::{RTCPeerConnection, RTCPeerConnectionBuilder};
 use rtc::rtp_transceiver::rtp_sender::{
     RTCPFeedback, RTCRtpCodec, RTCRtpCodecParameters, RTCRtpHeaderExtensionCapability, RtpCodecKind,
 };
-use rtc::sdp::extmap::{ABS_SEND_TIME_URI, AUDIO_LEVEL_URI, SDES_MID_URI};
+use rtc::sdp::extmap::{
+    ABS_SEND_TIME_URI, AUDIO_LEVEL_URI, SDES_MID_URI, SDES_REPAIR_RTP_STREAM_ID_URI,
+    SDES_RTP_STREAM_ID_URI,
+};
 
 use crate::feedback::{FeedbackTap, FEEDBACK_TAP_SLOT};
 use crate::metrics::Metrics;
@@ -108,6 +111,9 @@ fn media_engine() -> Result<MediaEngine, SfuError> {
             &[RtpCodecKind::Audio, RtpCodecKind::Video][..],
         ),
         (AUDIO_LEVEL_URI, &[RtpCodecKind::Audio][..]),
+        // Simulcast: which layer a packet belongs to (RFC 8852).
+        (SDES_RTP_STREAM_ID_URI, &[RtpCodecKind::Video][..]),
+        (SDES_REPAIR_RTP_STREAM_ID_URI, &[RtpCodecKind::Video][..]),
         (
             ABS_SEND_TIME_URI,
             &[RtpCodecKind::Audio, RtpCodecKind::Video][..],

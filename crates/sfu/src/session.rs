@@ -89,6 +89,8 @@ pub struct TrackDesc {
     pub publisher_track_id: String,
     /// Muted by the publisher.
     pub muted: bool,
+    /// Simulcast layers (`rid`s), lowest quality first; empty without simulcast.
+    pub layers: Vec<String>,
 }
 
 /// A participant as the room sees it.
@@ -334,6 +336,22 @@ impl SessionHandle {
             participant,
             track_ids,
             subscribe,
+            reply,
+        })
+        .await
+    }
+
+    /// Sets the quality this participant receives of simulcast tracks (see
+    /// [`crate::simulcast`]); takes effect on the wanted layer's next keyframe.
+    pub async fn set_quality(
+        &self,
+        track_ids: Vec<String>,
+        quality: crate::Quality,
+    ) -> Result<(), SfuError> {
+        self.call(|participant, reply| Command::SetQuality {
+            participant,
+            track_ids,
+            quality,
             reply,
         })
         .await

@@ -88,6 +88,23 @@ pub struct TrackInfo {
     pub publisher_track_id: String,
     /// Whether the publisher has muted it.
     pub muted: bool,
+    /// Simulcast layers (`rid`s), lowest quality first; empty or absent without simulcast.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub layers: Vec<String>,
+}
+
+/// Which simulcast layer a subscriber wants of a track: the lowest, the middle or the highest
+/// the publisher sends (a track with two layers maps `medium` to its higher one).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Quality {
+    /// The lowest layer (e.g. 320x180).
+    Low,
+    /// The middle layer (e.g. 640x360).
+    Medium,
+    /// The highest layer (e.g. 1280x720); the default.
+    #[default]
+    High,
 }
 
 /// A participant as the room sees it.
@@ -143,6 +160,14 @@ pub enum ClientMessage {
     Unsubscribe {
         /// Track ids from [`TrackInfo::id`].
         track_ids: Vec<String>,
+    },
+    /// Choose the simulcast layer I receive of these tracks. The server switches on the
+    /// layer's next keyframe (requesting one). Applies to tracks subscribed later as well.
+    TrackSettings {
+        /// Track ids from [`TrackInfo::id`].
+        track_ids: Vec<String>,
+        /// The quality wanted.
+        quality: Quality,
     },
     /// Mute or unmute one of my published tracks.
     Mute {
@@ -300,6 +325,7 @@ impl ClientMessage {
             Self::Candidate { .. } => "candidate",
             Self::Subscribe { .. } => "subscribe",
             Self::Unsubscribe { .. } => "unsubscribe",
+            Self::TrackSettings { .. } => "track_settings",
             Self::Mute { .. } => "mute",
             Self::Leave {} => "leave",
             Self::Ping { .. } => "ping",

@@ -16,8 +16,8 @@ use tracing::{debug, info, info_span, Instrument};
 use crate::auth::Claims;
 use crate::ice::ice_servers_for;
 use crate::protocol::{
-    ClientMessage, ErrorCode, IceCandidate, ParticipantInfo, ServerMessage, Target, TrackInfo,
-    TrackKind, MAX_MESSAGE_BYTES, PROTOCOL_VERSION,
+    ClientMessage, ErrorCode, IceCandidate, ParticipantInfo, Quality, ServerMessage, Target,
+    TrackInfo, TrackKind, MAX_MESSAGE_BYTES, PROTOCOL_VERSION,
 };
 use crate::{error_code, SharedState};
 
@@ -43,6 +43,7 @@ pub fn track_info(t: &TrackDesc) -> TrackInfo {
         mime_type: t.mime_type.clone(),
         publisher_track_id: t.publisher_track_id.clone(),
         muted: t.muted,
+        layers: t.layers.clone(),
     }
 }
 
@@ -365,6 +366,14 @@ async fn dispatch(
             handle.set_subscribed(track_ids, true).await
         }
         ClientMessage::Unsubscribe { track_ids } => handle.set_subscribed(track_ids, false).await,
+        ClientMessage::TrackSettings { track_ids, quality } => {
+            let quality = match quality {
+                Quality::Low => chorus_sfu::Quality::Low,
+                Quality::Medium => chorus_sfu::Quality::Medium,
+                Quality::High => chorus_sfu::Quality::High,
+            };
+            handle.set_quality(track_ids, quality).await
+        }
         ClientMessage::Mute { track_id, muted } => handle.mute(track_id, muted).await,
     };
     match result {

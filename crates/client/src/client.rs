@@ -106,6 +106,8 @@ pub struct ClientOptions {
     pub token: String,
     /// Ask the server to subscribe to everyone else's tracks automatically.
     pub auto_subscribe: bool,
+    /// The simulcast quality to receive (see [`Client::set_quality`] to change it per track).
+    pub quality: Quality,
     /// Publish an Opus track ([`audio_source`](Self::audio_source)).
     pub publish_audio: bool,
     /// Publish a VP8 track ([`video_source`](Self::video_source), else the looped
@@ -150,6 +152,7 @@ impl Default for ClientOptions {
             url: String::new(),
             token: String::new(),
             auto_subscribe: true,
+            quality: Quality::High,
             publish_audio: true,
             publish_video: true,
             video_clip: None,
@@ -586,6 +589,7 @@ impl Client {
             version: PROTOCOL_VERSION,
             token: opts.token.clone(),
             auto_subscribe: opts.auto_subscribe,
+            quality: opts.quality,
         };
         sink.send(Message::text(serde_json::to_string(&join)?))
             .await

@@ -242,6 +242,84 @@ async fn generated_media_decodes_through_the_server() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A simulcast publisher (three generated layers) and three subscribers asking for low,
+/// medium and high in turn (`quality = "mixed"`): each layer reaches exactly one subscriber,
+/// decodes cleanly, and the report shows received and sent bitrate per layer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn simulcast_layers_reach_the_subscribers_that_ask_for_them() {
+    let srv = server().await;
+    let dir = scratch("simulcast");
+    let scenario = dir.join("sim-1x3.toml");
+    std::fs::write(
+        &scenario,
+        "publishers = 1\nsubscribers = 3\nduration = \"5s\"\nramp_up = 20.0\n\
+         quality = \"mixed\"\n[media]\nsource = \"generated\"\nsimulcast = true\n\
+         audio = false\nfps = 15\nlayers = [\n\
+         { rid = \"q\", width = 160, height = 90, bitrate_kbps = 80 },\n\
+         { rid = \"h\", width = 320, height = 180, bitrate_kbps = 250 },\n\
+         { rid = \"f\", width = 640, height = 360, bitrate_kbps = 700 },\n]\n",
+    )
+    .expect("write scenario");
+    let out = tokio::time::timeout(
+        Duration::from_secs(90),
+        load()
+            .arg(&scenario)
+            .args(["--url", &srv.base_url()])
+            .arg("--results-dir")
+            .arg(&dir)
+            .args(["--run", "s", "--no-progress", "--decode-sample", "1"])
+            .args(["--max-loss", "0"])
+            .output(),
+    )
+    .await
+    .expect("chorus-load finishes")
+    .expect("chorus-load runs");
+    let out_text = format!(
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{:?}\n{out_text}", out.status);
+    let text = std::fs::read_to_string(dir.join("s").join("report.json")).expect("report.json");
+    let r: Value = serde_json::from_str(&text).expect("report parses");
+    let sub = &r["roles"]["subscriber"];
+    assert_eq!(num(sub, "/connected"), 3.0, "{out_text}");
+    assert_eq!(sub["errors"], serde_json::json!({}), "{out_text}");
+    assert_eq!(num(sub, "/decode_errors"), 0.0, "{out_text}");
+    assert!(num(sub, "/frames_decoded") > 30.0, "{out_text}");
+    let layers = sub["layers_in"].as_array().expect("layers_in");
+    let sizes: Vec<(&str, f64, f64)> = layers
+        .iter()
+        .map(|l| {
+            (
+                l["size"].as_str().unwrap_or(""),
+                num(l, "/tracks"),
+                num(l, "/kbps_per_track"),
+            )
+        })
+        .collect();
+    let names: Vec<&str> = sizes.iter().map(|s| s.0).collect();
+    assert_eq!(names, ["160x90", "320x180", "640x360"], "{out_text}");
+    assert!(sizes.iter().all(|s| s.1 == 1.0), "{sizes:?}\n{out_text}");
+    // Bitrates rise with the layer.
+    assert!(
+        sizes[0].2 < sizes[1].2 && sizes[1].2 < sizes[2].2,
+        "{sizes:?}\n{out_text}"
+    );
+    let sent = r["roles"]["publisher"]["layers_out"]
+        .as_array()
+        .expect("layers_out");
+    let rids: Vec<&str> = sent
+        .iter()
+        .map(|l| l["rid"].as_str().unwrap_or(""))
+        .collect();
+    assert_eq!(rids, ["q", "h", "f"], "{out_text}");
+    assert!(out_text.contains("sent layer f"), "{out_text}");
+
+    srv.shutdown(Duration::from_secs(1)).await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// `--protocol whip-whep`: the publisher publishes with WHIP, both subscribers play it with
 /// WHEP; both receive audio and video without loss, with the same figures as WebSocket
 /// subscribers, and every session is created (201 + Location) and deleted without error.

@@ -1705,7 +1705,7 @@ impl Core {
         let quality = self
             .participants
             .get(&subscriber)
-            .and_then(|p| p.qualities.get(&tk).copied())
+            .and_then(|p| p.qualities.get(&tk).copied().or(Some(p.request.quality)))
             .unwrap_or_default();
         let dt = DownTrack {
             participant: subscriber,

@@ -72,6 +72,8 @@ pub struct JoinRequest {
     pub permissions: Permissions,
     /// Subscribe to every other participant's tracks automatically.
     pub auto_subscribe: bool,
+    /// The simulcast quality received of tracks without a per-track setting.
+    pub quality: crate::Quality,
     /// How the participant connects.
     pub origin: Origin,
 }

@@ -102,6 +102,7 @@ pub fn join_request(
         },
         permissions,
         auto_subscribe,
+        quality: chorus_sfu::Quality::High,
         origin,
     }
 }

@@ -133,6 +133,10 @@ pub enum ClientMessage {
         /// Subscribe to every other participant's tracks automatically (default true).
         #[serde(default = "default_true")]
         auto_subscribe: bool,
+        /// The simulcast quality to receive of every track, until `track_settings` says
+        /// otherwise (default high).
+        #[serde(default)]
+        quality: Quality,
     },
     /// SDP offer for the publisher connection.
     Offer {
@@ -341,11 +345,19 @@ mod tests {
     fn client_messages_round_trip_and_match_the_documented_json() {
         let cases: Vec<(&str, ClientMessage)> = vec![
             (
-                r#"{"type":"join","version":1,"token":"t","auto_subscribe":false}"#,
+                r#"{"type":"join","version":1,"token":"t","auto_subscribe":false,"quality":"low"}"#,
                 ClientMessage::Join {
                     version: 1,
                     token: "t".into(),
                     auto_subscribe: false,
+                    quality: Quality::Low,
+                },
+            ),
+            (
+                r#"{"type":"track_settings","track_ids":["TR_v"],"quality":"medium"}"#,
+                ClientMessage::TrackSettings {
+                    track_ids: vec!["TR_v".into()],
+                    quality: Quality::Medium,
                 },
             ),
             (
@@ -402,7 +414,8 @@ mod tests {
             ClientMessage::Join {
                 version: 1,
                 token: "x".into(),
-                auto_subscribe: true
+                auto_subscribe: true,
+                quality: Quality::High,
             }
         );
     }

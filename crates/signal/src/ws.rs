@@ -32,6 +32,14 @@ pub async fn handler(ws: WebSocketUpgrade, State(state): State<SharedState>) -> 
         .on_upgrade(move |socket| connection(socket, state))
 }
 
+fn sfu_quality(q: Quality) -> chorus_sfu::Quality {
+    match q {
+        Quality::Low => chorus_sfu::Quality::Low,
+        Quality::Medium => chorus_sfu::Quality::Medium,
+        Quality::High => chorus_sfu::Quality::High,
+    }
+}
+
 /// Converts a media-plane track to its protocol shape.
 pub fn track_info(t: &TrackDesc) -> TrackInfo {
     TrackInfo {
@@ -190,6 +198,7 @@ async fn join(conn: &mut Conn) -> Option<(Session, Claims)> {
         version,
         token,
         auto_subscribe,
+        quality,
     } = first
     else {
         conn.error(ErrorCode::InvalidState, "the first message must be join")
@@ -229,7 +238,8 @@ async fn join(conn: &mut Conn) -> Option<(Session, Claims)> {
         subscribe: claims.grants.can_subscribe,
         publish_data: claims.grants.can_publish_data,
     };
-    let request = crate::join_request(&claims, permissions, auto_subscribe, Origin::WebSocket);
+    let mut request = crate::join_request(&claims, permissions, auto_subscribe, Origin::WebSocket);
+    request.quality = sfu_quality(quality);
     let session = match conn.state.sfu.join(request).await {
         Ok(s) => s,
         Err(e) => {
@@ -367,12 +377,7 @@ async fn dispatch(
         }
         ClientMessage::Unsubscribe { track_ids } => handle.set_subscribed(track_ids, false).await,
         ClientMessage::TrackSettings { track_ids, quality } => {
-            let quality = match quality {
-                Quality::Low => chorus_sfu::Quality::Low,
-                Quality::Medium => chorus_sfu::Quality::Medium,
-                Quality::High => chorus_sfu::Quality::High,
-            };
-            handle.set_quality(track_ids, quality).await
+            handle.set_quality(track_ids, sfu_quality(quality)).await
         }
         ClientMessage::Mute { track_id, muted } => handle.mute(track_id, muted).await,
     };

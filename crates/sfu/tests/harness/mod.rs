@@ -148,6 +148,7 @@ fn request(identity: &str, publish: bool, subscribe: bool) -> JoinRequest {
             publish_data: false,
         },
         auto_subscribe: true,
+        quality: chorus_sfu::Quality::High,
         origin: Origin::WebSocket,
     }
 }

@@ -2,7 +2,7 @@
 //! hands back its final statistics.
 
 use chorus_client::{
-    AudioSource, Client, ClientError, ClientOptions, ConnectionStates, Impairment,
+    AudioSource, Client, ClientError, ClientOptions, ConnectionStates, Impairment, Quality,
     RTCPeerConnectionState, ReceivedTrackStats, RtcpSentStats, SentTrackStats, TrackKind,
     VideoSource, WhipKind, WhipSession,
 };
@@ -69,6 +69,8 @@ pub struct BotSpec {
     pub video_source: Option<VideoSource>,
     /// Audio to publish.
     pub audio_source: AudioSource,
+    /// The simulcast layer to ask for (WebSocket bots; WHEP has no way to ask).
+    pub quality: Quality,
     /// Decode every Nth group of pictures of received VP8 (0: off).
     pub decode_sample: u32,
     /// Receive-side impairment.
@@ -282,6 +284,7 @@ pub async fn run(
         audio_source: spec.audio_source.clone(),
         decode_sample: spec.decode_sample,
         impairment: spec.impairment,
+        quality: spec.quality,
         ..ClientOptions::new(spec.ws_url.clone(), spec.token.clone())
     };
     let join_sent = Instant::now();

@@ -99,6 +99,13 @@ struct Args {
     /// Override `media.fps` of generated video.
     #[arg(long)]
     fps: Option<u32>,
+    /// Override `media.simulcast`: publish generated video as simulcast layers
+    /// (`media.layers`).
+    #[arg(long)]
+    simulcast: Option<bool>,
+    /// Override `quality`: the layer subscribers ask for (`low`, `medium`, `high`, `mixed`).
+    #[arg(long, value_enum)]
+    quality: Option<scenario::SubscriberQuality>,
     /// Override `media.bitrate_kbps` of generated video.
     #[arg(long)]
     bitrate_kbps: Option<u32>,
@@ -182,6 +189,8 @@ impl Args {
             overridden.push("--resolution");
         }
         set!("--fps", s.media.fps, self.fps);
+        set!("--simulcast", s.media.simulcast, self.simulcast);
+        set!("--quality", s.quality, self.quality);
         set!(
             "--bitrate-kbps",
             s.media.bitrate_kbps,
@@ -267,6 +276,63 @@ struct MediaPlan {
 }
 
 impl MediaPlan {
+    /// Generated simulcast video: one libvpx encoding per layer (looped when cheap, live per
+    /// bot otherwise), and generated audio.
+    fn simulcast(s: &Scenario) -> anyhow::Result<Self> {
+        let m = &s.media;
+        let mut layers = Vec::with_capacity(m.layers.len());
+        for l in &m.layers {
+            let settings = GeneratedVideo {
+                width: l.width,
+                height: l.height,
+                fps: m.fps,
+                bitrate_kbps: l.bitrate_kbps,
+                keyframe_interval: m.keyframe_interval,
+            };
+            settings
+                .validate()
+                .with_context(|| format!("media.layers {:?}", l.rid))?;
+            let source = if m.cheap && s.publishers > 0 {
+                let t = Instant::now();
+                let clip = encode_video_loop(
+                    settings,
+                    (m.keyframe_interval * 2).max(Duration::from_secs(4)),
+                )
+                .with_context(|| format!("encoding simulcast layer {:?}", l.rid))?;
+                let bytes: usize = clip.frames.iter().map(|f| f.data.len()).sum();
+                let secs = clip.frames.len() as f64 / f64::from(m.fps);
+                eprintln!(
+                    "chorus-load: simulcast layer {} {}x{}: {} frames, {:.0} kbit/s, encoded in \
+                     {:.2} s (cheap mode)",
+                    l.rid,
+                    l.width,
+                    l.height,
+                    clip.frames.len(),
+                    bytes as f64 * 8.0 / 1000.0 / secs,
+                    t.elapsed().as_secs_f64()
+                );
+                VideoSource::Clip(Arc::new(clip))
+            } else {
+                VideoSource::Live(settings)
+            };
+            layers.push(chorus_client::SimulcastLayer {
+                rid: l.rid.clone(),
+                source,
+            });
+        }
+        let audio = if m.cheap && m.audio && s.publishers > 0 {
+            let clip = encode_audio_loop(rand::random(), Duration::from_secs(20))
+                .context("encoding the generated audio loop")?;
+            Some(AudioSource::Clip(Arc::new(clip)))
+        } else {
+            None
+        };
+        Ok(Self {
+            video: Some(VideoSource::Simulcast(layers)),
+            audio,
+        })
+    }
+
     fn prepare(s: &Scenario) -> anyhow::Result<Self> {
         let m = &s.media;
         match m.source {
@@ -283,6 +349,9 @@ impl MediaPlan {
                     keyframe_interval: m.keyframe_interval,
                 };
                 settings.validate().context("media")?;
+                if m.simulcast && m.video {
+                    return Self::simulcast(s);
+                }
                 if !m.cheap {
                     return Ok(Self {
                         video: Some(VideoSource::Live(settings)),
@@ -485,6 +554,7 @@ impl Ctx {
             http_url,
             video_source: self.media.video.clone(),
             audio_source: self.media.audio_for_bot(),
+            quality: self.scenario.quality.for_slot(slot),
             decode_sample: media.decode_sample,
             impairment: Impairment {
                 loss_percent: self.scenario.impairment.loss_percent,
@@ -651,12 +721,6 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     let run = args.run.clone().unwrap_or_else(|| run_name(&scenario));
     let out_dir = args.results_dir.join(&run);
     std::fs::create_dir_all(&out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
-    if scenario.media.simulcast {
-        eprintln!(
-            "chorus-load: simulcast requested, but bots send one encoding and Chorus forwards a \
-             single layer today"
-        );
-    }
     let media = MediaPlan::prepare(&scenario)?;
     let run_id = format!("{:08x}", rand::random::<u32>());
     let (stop_tx, stop_rx) = watch::channel(false);

@@ -85,6 +85,13 @@ pub struct RoleReport {
     pub bitrate_in_kbps: f64,
     /// Mean sent payload bitrate per publishing session.
     pub bitrate_out_kbps: f64,
+    /// Received video per layer, i.e. per frame size (simulcast shows one entry per layer
+    /// the subscribers received).
+    #[serde(default)]
+    pub layers_in: Vec<LayerIn>,
+    /// Sent video per simulcast encoding (publishers).
+    #[serde(default)]
+    pub layers_out: Vec<LayerOut>,
     /// Mean complete frames per second of received video tracks.
     pub fps: Option<f64>,
     /// Video freezes over all received video tracks.
@@ -109,6 +116,30 @@ pub struct RoleReport {
     pub keyframe_requests_received: u64,
     /// Errors by kind.
     pub errors: BTreeMap<String, u64>,
+}
+
+/// Received video at one frame size.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct LayerIn {
+    /// `WIDTHxHEIGHT`, from the VP8 keyframes.
+    pub size: String,
+    /// Received video tracks that got frames of this size.
+    pub tracks: u64,
+    /// Mean payload bitrate per such track while receiving it.
+    pub kbps_per_track: f64,
+}
+
+/// Sent video of one simulcast encoding.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct LayerOut {
+    /// The encoding's `rid`.
+    pub rid: String,
+    /// Publishing sessions that sent it.
+    pub publishers: u64,
+    /// Mean payload bitrate per publisher.
+    pub kbps_per_publisher: f64,
+    /// Keyframe requests the server sent for it, over all publishers.
+    pub keyframe_requests: u64,
 }
 
 /// Server resource use, from its `/metrics`.
@@ -243,6 +274,9 @@ pub fn aggregate<'a>(
     );
     let (mut jit_v, mut jit_a, mut fps) = (Vec::new(), Vec::new(), Vec::new());
     let (mut kbps_in, mut kbps_out) = (Vec::new(), Vec::new());
+    // size -> (tracks, bytes, seconds); rid -> (publishers, bytes, seconds, keyframe requests)
+    let mut sizes: BTreeMap<(u16, u16), (u64, u64, f64)> = BTreeMap::new();
+    let mut rids: Vec<(String, u64, u64, f64, u64)> = Vec::new();
     for b in results {
         r.sessions += 1;
         for (k, v) in &b.errors {
@@ -293,6 +327,15 @@ pub fn aggregate<'a>(
                 continue;
             }
             let jitter_ms = t.jitter().as_secs_f64() * 1000.0;
+            let track_secs = t.first_packet_at.map_or(0.0, |f| {
+                b.stopped_at.saturating_duration_since(f).as_secs_f64()
+            });
+            for (size, bytes) in &t.bytes_by_size {
+                let e = sizes.entry(*size).or_default();
+                e.0 += 1;
+                e.1 += bytes;
+                e.2 += track_secs;
+            }
             match t.kind {
                 TrackKind::Video => {
                     lv.merge(&t.latency);
@@ -332,6 +375,19 @@ pub fn aggregate<'a>(
                 .as_secs_f64();
             if secs > 0.5 {
                 kbps_out.push(bytes_out as f64 * 8.0 / 1000.0 / secs);
+                for l in b.sent.iter().flat_map(|s| &s.layers) {
+                    let i = match rids.iter().position(|r| r.0 == l.rid) {
+                        Some(i) => i,
+                        None => {
+                            rids.push((l.rid.clone(), 0, 0, 0.0, 0));
+                            rids.len() - 1
+                        }
+                    };
+                    rids[i].1 += 1;
+                    rids[i].2 += l.bytes;
+                    rids[i].3 += secs;
+                    rids[i].4 += l.keyframe_requests;
+                }
             }
         }
         r.nacks_sent += b.rtcp.nacks;
@@ -357,6 +413,32 @@ pub fn aggregate<'a>(
     r.bitrate_in_kbps = mean(&kbps_in).unwrap_or(0.0);
     r.bitrate_out_kbps = mean(&kbps_out).unwrap_or(0.0);
     r.freezes.total_ms = round(r.freezes.total_ms);
+    let kbps = |bytes: u64, secs: f64| {
+        if secs > 0.0 {
+            round(bytes as f64 * 8.0 / 1000.0 / secs)
+        } else {
+            0.0
+        }
+    };
+    r.layers_in = sizes
+        .into_iter()
+        .map(|((w, h), (tracks, bytes, secs))| LayerIn {
+            size: format!("{w}x{h}"),
+            tracks,
+            kbps_per_track: kbps(bytes, secs),
+        })
+        .collect();
+    r.layers_out = rids
+        .into_iter()
+        .map(
+            |(rid, publishers, bytes, secs, keyframe_requests)| LayerOut {
+                rid,
+                publishers,
+                kbps_per_publisher: kbps(bytes, secs),
+                keyframe_requests,
+            },
+        )
+        .collect();
     r
 }
 
@@ -460,6 +542,19 @@ pub fn table(report: &Report) -> String {
                 format!("{:.0} / {:.0}", r.bitrate_in_kbps, r.bitrate_out_kbps)
             }),
         ),
+        (
+            "video in per layer: tracks@kbit/s",
+            Box::new(|r: &RoleReport| {
+                if r.layers_in.is_empty() {
+                    return "-".to_owned();
+                }
+                r.layers_in
+                    .iter()
+                    .map(|l| format!("{}:{}@{:.0}", l.size, l.tracks, l.kbps_per_track))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            }),
+        ),
         ("video fps", Box::new(move |r: &RoleReport| opt(r.fps, ""))),
         (
             "freezes (total ms)",
@@ -519,6 +614,12 @@ pub fn table(report: &Report) -> String {
         report.bots.rss_mb_max,
         report.bots.bots
     );
+    for l in &report.overall.layers_out {
+        s += &format!(
+            "sent layer {}: {:.0} kbit/s per publisher ({} publishers), {} keyframe requests\n",
+            l.rid, l.kbps_per_publisher, l.publishers, l.keyframe_requests
+        );
+    }
     for c in &report.checks {
         s += &format!(
             "check {}: {} <= {} {}\n",

@@ -40,6 +40,10 @@ pub struct Scenario {
     /// How bots signal: the WebSocket protocol, or WHIP (publishers) and WHEP (subscribers).
     #[serde(default)]
     pub protocol: Protocol,
+    /// The simulcast layer subscribers ask for: `low`, `medium`, `high` (the server's
+    /// default) or `mixed` (a third of the subscribers each).
+    #[serde(default)]
+    pub quality: SubscriberQuality,
     /// What each publisher sends.
     #[serde(default)]
     pub media: Media,
@@ -75,6 +79,64 @@ pub enum Protocol {
     #[serde(rename = "whip-whep")]
     #[value(name = "whip-whep")]
     WhipWhep,
+}
+
+/// Which simulcast layer subscribing bots ask for.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum SubscriberQuality {
+    /// The lowest layer.
+    Low,
+    /// The middle layer.
+    Medium,
+    /// The highest layer.
+    #[default]
+    High,
+    /// Low, medium and high in turn, by the bot's slot in its room.
+    Mixed,
+}
+
+impl SubscriberQuality {
+    /// What the bot in `slot` asks for.
+    pub fn for_slot(self, slot: u32) -> chorus_client::Quality {
+        use chorus_client::Quality;
+        match self {
+            Self::Low => Quality::Low,
+            Self::Medium => Quality::Medium,
+            Self::High => Quality::High,
+            Self::Mixed => [Quality::Low, Quality::Medium, Quality::High][(slot % 3) as usize],
+        }
+    }
+}
+
+/// One simulcast encoding of generated video.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SimulcastLayer {
+    /// Its `rid`.
+    pub rid: String,
+    /// Width in pixels (even).
+    pub width: u32,
+    /// Height in pixels (even).
+    pub height: u32,
+    /// Target bitrate in kbit/s.
+    pub bitrate_kbps: u32,
+}
+
+fn default_layers() -> Vec<SimulcastLayer> {
+    [
+        ("q", 320, 180, 150),
+        ("h", 640, 360, 500),
+        ("f", 1280, 720, 1500),
+    ]
+    .into_iter()
+    .map(|(rid, width, height, bitrate_kbps)| SimulcastLayer {
+        rid: rid.into(),
+        width,
+        height,
+        bitrate_kbps,
+    })
+    .collect()
 }
 
 /// Where publishers' media comes from.
@@ -141,10 +203,14 @@ pub struct Media {
     /// decode errors (0: off).
     #[serde(default)]
     pub decode_sample: u32,
-    /// Publish simulcast. Accepted, but Chorus forwards a single layer today and the bots send
-    /// one encoding.
+    /// Publish generated video as simulcast: one encoding per `layers` entry (needs
+    /// `source = "generated"`; `width`/`height`/`bitrate_kbps` are then unused).
     #[serde(default)]
     pub simulcast: bool,
+    /// The simulcast encodings, lowest first (default: q 320x180 150 kbit/s, h 640x360 500
+    /// kbit/s, f 1280x720 1500 kbit/s).
+    #[serde(default = "default_layers")]
+    pub layers: Vec<SimulcastLayer>,
     /// Publishers per room whose audio is live; the others mute their audio track after
     /// joining. Default: all of them.
     #[serde(default)]
@@ -168,6 +234,7 @@ impl Default for Media {
             audio_file: None,
             decode_sample: 0,
             simulcast: false,
+            layers: default_layers(),
             talkers: None,
         }
     }
@@ -323,6 +390,39 @@ impl Scenario {
                 return Err(("media.keyframe_interval", "must be positive".into()));
             }
         }
+        if m.simulcast && m.video {
+            if m.source != MediaSource::Generated {
+                return Err((
+                    "media.simulcast",
+                    "needs media.source = \"generated\" (each layer is encoded with libvpx)".into(),
+                ));
+            }
+            if !(2..=3).contains(&m.layers.len()) {
+                return Err(("media.layers", "simulcast needs 2 or 3 layers".into()));
+            }
+            for (i, l) in m.layers.iter().enumerate() {
+                let valid_rid = !l.rid.is_empty()
+                    && l.rid.len() <= 16
+                    && l.rid.chars().all(|c| c.is_ascii_alphanumeric());
+                if !valid_rid || m.layers[..i].iter().any(|o| o.rid == l.rid) {
+                    return Err((
+                        "media.layers",
+                        format!("rid {:?} must be unique, 1-16 letters or digits", l.rid),
+                    ));
+                }
+                let even = |v: u32| (16..=4096).contains(&v) && v.is_multiple_of(2);
+                if !even(l.width) || !even(l.height) || l.bitrate_kbps == 0 {
+                    return Err((
+                        "media.layers",
+                        format!(
+                            "layer {:?}: width and height must be even, 16..=4096, and \
+                             bitrate_kbps positive",
+                            l.rid
+                        ),
+                    ));
+                }
+            }
+        }
         if m.source == MediaSource::File && m.video_file.is_none() && m.audio_file.is_none() {
             return Err((
                 "media.source",
@@ -458,6 +558,19 @@ mod tests {
 
         let e = err("publishers = 2\n[media]\ntalkers = 3\n");
         assert!(e.starts_with("bad.toml: key `media.talkers`:"), "{e}");
+
+        let e = err("publishers = 1\n[media]\nsimulcast = true\n");
+        assert!(e.starts_with("bad.toml: key `media.simulcast`:"), "{e}");
+
+        let e = err(
+            "publishers = 1\n[media]\nsource = \"generated\"\nsimulcast = true\n\
+             layers = [{ rid = \"a\", width = 320, height = 180, bitrate_kbps = 100 },\
+             { rid = \"a\", width = 640, height = 360, bitrate_kbps = 300 }]\n",
+        );
+        assert!(e.starts_with("bad.toml: key `media.layers`:"), "{e}");
+
+        let e = err("publishers = 1\nquality = \"best\"\n");
+        assert!(e.starts_with("bad.toml: key `quality`:"), "{e}");
 
         let e = err("publishers = 1\nramp_up = 0\n");
         assert!(e.starts_with("bad.toml: key `ramp_up`:"), "{e}");

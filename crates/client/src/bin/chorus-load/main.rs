@@ -28,6 +28,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::watch;
+
+/// The WebRTC stack allocates per packet (queues, headers, buffers) on every runtime thread;
+/// mimalloc's thread-local free lists cost less than glibc's allocator, as in the server.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use tokio::task::JoinHandle;
 
 /// The dev-mode API key of `chorus serve --dev` (duplicated from chorus-server's config).
@@ -151,6 +156,10 @@ struct Args {
     /// No live progress line.
     #[arg(long)]
     no_progress: bool,
+    /// Runtime worker threads for the bots; 0 runs every bot on one thread (fewest wake-ups,
+    /// one core at most). Default: one per core.
+    #[arg(long)]
+    threads: Option<usize>,
 }
 
 impl Args {
@@ -239,7 +248,17 @@ fn main() {
         )
         .with_writer(std::io::stderr)
         .init();
-    let code = match tokio::runtime::Runtime::new()
+    let runtime = match args.threads {
+        Some(0) => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build(),
+        Some(n) => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(n)
+            .enable_all()
+            .build(),
+        None => tokio::runtime::Runtime::new(),
+    };
+    let code = match runtime
         .context("starting the runtime")
         .and_then(|rt| rt.block_on(run(args)))
     {
@@ -867,7 +886,24 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     }
     let overall = report::aggregate(results.iter(), &room_media, stopped);
     let server = server_report(&probes, idle, steady_from);
-    let bots = bots_report(&probes, probes.peak_connected.max(total));
+    let mut bots = bots_report(&probes, probes.peak_connected.max(total));
+    // Bots' CPU over the server report's window, so the two compare like with like.
+    if let Some(srv) = &server {
+        let from = probes
+            .bots
+            .iter()
+            .find(|(t, _)| *t >= steady_from)
+            .or_else(|| probes.bots.first());
+        if let (Some(a), Some(b)) = (from, probes.bots.last()) {
+            let window = b.0 - a.0;
+            if window > 0.0 {
+                let cpu = (b.1.cpu_seconds - a.1.cpu_seconds) * 100.0 / window;
+                bots.steady_cpu_percent = Some((cpu * 100.0).round() / 100.0);
+                bots.cpu_ratio_to_server = (srv.cpu_percent > 0.0)
+                    .then(|| (cpu / srv.cpu_percent * 100.0).round() / 100.0);
+            }
+        }
+    }
     let limits = Limits {
         max_loss: ctx.args.max_loss,
         max_join_p95_ms: ctx.args.max_join_p95_ms,
@@ -972,6 +1008,8 @@ fn bots_report(probes: &Probes, bots: u64) -> report::BotsReport {
         rss_mb_max: (rss / 1048576.0 * 100.0).round() / 100.0,
         bots,
         cpu_percent_per_bot: (bots > 0).then(|| (cpu / bots as f64 * 1000.0).round() / 1000.0),
+        steady_cpu_percent: None,
+        cpu_ratio_to_server: None,
     }
 }
 

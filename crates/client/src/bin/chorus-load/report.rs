@@ -178,6 +178,13 @@ pub struct BotsReport {
     pub bots: u64,
     /// CPU percent per bot.
     pub cpu_percent_per_bot: Option<f64>,
+    /// Mean CPU in the server report's steady window (after the ramp), percent of one core.
+    #[serde(default)]
+    pub steady_cpu_percent: Option<f64>,
+    /// Steady-state bot CPU over the server's steady-state CPU: what one unit of server work
+    /// costs the load generator.
+    #[serde(default)]
+    pub cpu_ratio_to_server: Option<f64>,
 }
 
 /// One point of the timeline (every second).
@@ -608,9 +615,11 @@ pub fn table(report: &Report) -> String {
         s += "server: /metrics not reachable\n";
     }
     s += &format!(
-        "bots: cpu {:.1}% of a core ({} per bot), rss {:.1} MiB, {} bots\n",
+        "bots: cpu {:.1}% of a core over the run ({} per bot), {} in the steady window ({} x the server's), rss {:.1} MiB, {} bots\n",
         report.bots.cpu_percent,
         opt(report.bots.cpu_percent_per_bot, "%"),
+        opt(report.bots.steady_cpu_percent, "%"),
+        opt(report.bots.cpu_ratio_to_server, ""),
         report.bots.rss_mb_max,
         report.bots.bots
     );

@@ -108,6 +108,10 @@ pub struct ClientOptions {
     pub auto_subscribe: bool,
     /// The simulcast quality to receive (see [`Client::set_quality`] to change it per track).
     pub quality: Quality,
+    /// Publish the audio track muted (a participant joining with the microphone off): it
+    /// sends only a silence frame every 400 ms, as Opus DTX does, until [`Client::mute`]
+    /// unmutes it. Tell the room with [`Client::mute`] once the track is published.
+    pub audio_muted: bool,
     /// Publish an Opus track ([`audio_source`](Self::audio_source)).
     pub publish_audio: bool,
     /// Publish a VP8 track ([`video_source`](Self::video_source), else the looped
@@ -153,6 +157,7 @@ impl Default for ClientOptions {
             token: String::new(),
             auto_subscribe: true,
             quality: Quality::High,
+            audio_muted: false,
             publish_audio: true,
             publish_video: true,
             video_clip: None,
@@ -905,7 +910,8 @@ impl Client {
     }
 
     /// Mutes or unmutes one of my published tracks (server track id). When the room already
-    /// knows which local track that is, sending media on it pauses while muted.
+    /// knows which local track that is, sending media on it pauses while muted (audio keeps a
+    /// silence frame every 400 ms, as Opus DTX does; the server forwards none of it).
     pub fn mute(&self, track_id: &str, muted: bool) -> Result<(), ClientError> {
         let local_id = self
             .local_participant()
@@ -1005,6 +1011,9 @@ async fn add_local_tracks(
             _ => Vec::new(),
         };
         let local = LocalTrack::new(kind, stream_id, &rids)?;
+        if kind == TrackKind::Audio && opts.audio_muted {
+            local.set_paused(true);
+        }
         // `sendonly`, as the protocol describes (a browser's addTrack would offer sendrecv).
         let transceiver = publisher
             .add_transceiver_from_track(

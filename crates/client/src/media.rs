@@ -31,6 +31,10 @@ use webrtc::rtp_transceiver::RtpSender;
 pub const OPUS_SILENCE_FRAME: [u8; 3] = [0xF8, 0xFF, 0xFE];
 /// Opus frame duration.
 pub const OPUS_FRAME_DURATION: Duration = Duration::from_millis(20);
+/// While muted, audio sends one silence frame per this many frame times (400 ms), as an Opus
+/// encoder in DTX mode does during silence: the track stays alive (published, and its SSRC
+/// known) at 1/20 of the packet rate.
+const DTX_EVERY: u32 = 20;
 /// The VP8 clip published when no other is configured: 160x120, 30 fps, 3 s, keyframe every 1 s.
 pub const DEFAULT_VP8_CLIP: &[u8] = include_bytes!("../tests/data/vp8_160x120_30fps.ivf");
 
@@ -475,6 +479,17 @@ async fn write(out: &Output, data: Bytes, duration: Duration, level: Option<u8>)
     }
 }
 
+/// One muted-audio (DTX) silence frame.
+async fn write_dtx(out: &Output) {
+    write(
+        out,
+        Bytes::from_static(&OPUS_SILENCE_FRAME),
+        OPUS_FRAME_DURATION * DTX_EVERY,
+        Some(127),
+    )
+    .await;
+}
+
 /// Sends audio from `source`, forever (until the task is aborted).
 pub(crate) async fn send_audio(out: Output, source: AudioSource) {
     match source {
@@ -503,6 +518,7 @@ pub(crate) async fn send_audio(out: Output, source: AudioSource) {
             };
             let mut ticker = tokio::time::interval(OPUS_FRAME_DURATION);
             ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut dtx = 0u32;
             loop {
                 ticker.tick().await;
                 // Keep the signal running while muted, as a microphone would.
@@ -515,8 +531,13 @@ pub(crate) async fn send_audio(out: Output, source: AudioSource) {
                     }
                 };
                 if out.counters.paused.load(Ordering::Relaxed) {
+                    dtx += 1;
+                    if dtx % DTX_EVERY == 1 {
+                        write_dtx(&out).await;
+                    }
                     continue;
                 }
+                dtx = 0;
                 write(&out, frame.data, frame.duration, frame.level).await;
             }
         }
@@ -530,6 +551,7 @@ async fn loop_audio(out: &Output, clip: &AudioClip, start: usize) {
     }
     let mut next = start % clip.frames.len();
     let mut due = tokio::time::Instant::now();
+    let mut dtx = 0u32;
     loop {
         tokio::time::sleep_until(due).await;
         let frame = &clip.frames[next];
@@ -538,8 +560,13 @@ async fn loop_audio(out: &Output, clip: &AudioClip, start: usize) {
         let now = tokio::time::Instant::now();
         due = (due + frame.duration).max(now - Duration::from_secs(1));
         if out.counters.paused.load(Ordering::Relaxed) {
+            dtx += 1;
+            if dtx % DTX_EVERY == 1 {
+                write_dtx(out).await;
+            }
             continue;
         }
+        dtx = 0;
         write(out, frame.data.clone(), frame.duration, frame.level).await;
     }
 }

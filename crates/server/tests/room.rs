@@ -214,3 +214,76 @@ async fn manual_subscription_and_mute_are_per_track() {
     viewer.leave().await;
     publisher.leave().await;
 }
+
+/// A muted track's packets (here the silence frames a muted microphone still sends every
+/// 400 ms) reach nobody; after unmuting, media resumes with continuous sequence numbers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_muted_track_is_not_forwarded_and_resumes_without_a_gap() {
+    let srv = common::server().await;
+    let base = srv.base_url();
+    let room = common::room();
+    let url = format!("ws://{}/ws", srv.http_addr);
+    let mut opts = ClientOptions::new(url.clone(), common::token(&room, "speaker"));
+    opts.publish_video = false;
+    let speaker = Client::join(opts).await.expect("join");
+    let mut opts = ClientOptions::new(url.clone(), common::token(&room, "listener"));
+    opts.publish_audio = false;
+    opts.publish_video = false;
+    let mut listener = Client::join(opts).await.expect("join");
+    let audio_packets = |c: &Client| -> u64 {
+        c.received()
+            .iter()
+            .filter(|t| t.kind == TrackKind::Audio)
+            .map(|t| t.packets())
+            .sum()
+    };
+    listener
+        .wait_until(T, |c| audio_packets(c) >= 50)
+        .await
+        .expect("audio flows");
+    speaker
+        .wait_until(T, |c| !c.local_participant().tracks.is_empty())
+        .await
+        .expect("speaker's track published");
+    let track = speaker.local_participant().tracks[0].id.clone();
+
+    speaker.mute(&track, true).expect("mute");
+    listener
+        .wait_event(T, |e| {
+            matches!(e, ServerMessage::TrackMuted { muted: true, .. })
+        })
+        .await
+        .expect("track_muted");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let during = audio_packets(&listener);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        audio_packets(&listener),
+        during,
+        "nothing forwarded while muted"
+    );
+    let dropped = common::metric(&base, "chorus_packets_dropped_total{reason=\"muted\"}").await;
+    assert!(
+        dropped >= Some(2.0),
+        "the muted frames were dropped: {dropped:?}"
+    );
+
+    speaker.mute(&track, false).expect("unmute");
+    listener
+        .wait_until(T, |c| audio_packets(c) >= during + 50)
+        .await
+        .expect("audio resumes");
+    let r = listener.received();
+    let a = r
+        .iter()
+        .find(|t| t.kind == TrackKind::Audio)
+        .expect("audio track");
+    assert_eq!(
+        (a.seq.gaps, a.seq.missing),
+        (0, 0),
+        "no gap across the mute: {a:#?}"
+    );
+    speaker.leave().await;
+    listener.leave().await;
+    srv.shutdown(Duration::from_secs(2)).await;
+}

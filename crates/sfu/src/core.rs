@@ -201,6 +201,9 @@ struct DownTrack {
     selector: LayerSelector,
     /// When the last packet was forwarded: a layer switch continues timestamps from there.
     last_forward: Option<Instant>,
+    /// The next forwarded packet continues the numbering after a pause (the track was muted
+    /// and its packets dropped), so the subscriber sees no gap to NACK.
+    rebase: bool,
     /// Resolved on the first packet after negotiation.
     params: Option<LegParams>,
 }
@@ -656,6 +659,11 @@ impl Core {
         let Some(track) = self.tracks.get_mut(&tk) else {
             return;
         };
+        if track.muted {
+            // What a muted track still sends (comfort noise, black frames) reaches nobody.
+            self.drops.muted.inc();
+            return;
+        }
         let publisher_pc = self.peers.get_mut(&key).map(|p| &mut p.pc);
         let Some(layer) = track.layer_of(packet.header.ssrc, publisher_pc) else {
             // An SSRC the negotiated layers do not account for.
@@ -701,6 +709,15 @@ impl Core {
                 })
             });
             match decision {
+                Decision::Forward if dt.rebase => {
+                    dt.rebase = false;
+                    let gap = dt.last_forward.map_or(1, |t| {
+                        let ticks =
+                            now.saturating_duration_since(t).as_secs_f64() * f64::from(clock_rate);
+                        ticks as u32
+                    });
+                    dt.munger.switch_source(gap);
+                }
                 Decision::Forward => {}
                 Decision::Switch => {
                     let gap = dt.last_forward.map_or(1, |t| {
@@ -1509,6 +1526,17 @@ impl Core {
             return Ok(());
         }
         track.muted = muted;
+        if !muted {
+            // Packets were dropped while muted: continue the numbering, and restart video on a
+            // keyframe, since what follows may reference frames nobody received.
+            let video = track.video_codec.is_some();
+            for dt in &mut track.downtracks {
+                dt.rebase = true;
+                if video {
+                    dt.selector.restart();
+                }
+            }
+        }
         let (pid, room) = match self.participants.get(&participant) {
             Some(p) => (p.id.clone(), p.room.clone()),
             None => return Err(SfuError::Gone),
@@ -1718,6 +1746,7 @@ impl Core {
                 track.video_codec.is_some(),
             ),
             last_forward: None,
+            rebase: false,
             params: None,
         };
         if let Some(t) = self.tracks.get_mut(&tk) {
@@ -1937,7 +1966,7 @@ impl Core {
 /// Least time between two subscriber offers for a connection sending `tracks` tracks: 20 ms,
 /// plus 2 ms per track, at most one second.
 fn offer_interval(tracks: usize) -> Duration {
-    Duration::from_millis((20 + 2 * tracks as u64).min(1000))
+    Duration::from_millis((20 + 10 * tracks as u64).min(3000))
 }
 
 /// Creates an answer, applies it locally and returns its SDP.

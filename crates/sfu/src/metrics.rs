@@ -134,6 +134,8 @@ impl Metrics {
 pub struct PathDrops {
     /// An SSRC that none of the track's negotiated layers accounts for.
     pub other_layer: IntCounter,
+    /// The publisher muted the track.
+    pub muted: IntCounter,
     /// The subscriber connection is not connected, or its answer not applied yet.
     pub not_ready: IntCounter,
     /// No codec of the subscriber's leg matches the publisher's.
@@ -154,6 +156,7 @@ impl PathDrops {
         let c = |reason: &str| m.dropped.with_label_values(&[reason]);
         Self {
             other_layer: c("other_layer"),
+            muted: c("muted"),
             not_ready: c("not_ready"),
             not_negotiated: c("not_negotiated"),
             unknown_payload_type: c("unknown_payload_type"),

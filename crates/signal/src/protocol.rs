@@ -20,8 +20,10 @@ use serde::{Deserialize, Serialize};
 /// The protocol version this server speaks. A join with another version is refused.
 pub const PROTOCOL_VERSION: u32 = 1;
 
-/// The largest text frame the server accepts on the WebSocket, in bytes.
-pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
+/// The largest text frame the server accepts on the WebSocket, in bytes. A subscriber answer
+/// grows by about 600 bytes per track it receives: 64 KiB held only ~110 tracks, so a
+/// 200-person audio room could not negotiate; 1 MiB holds well over 1,000.
+pub const MAX_MESSAGE_BYTES: usize = 1024 * 1024;
 
 /// Which of a participant's two peer connections a message is about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]

@@ -23,7 +23,7 @@ use crate::{error_code, SharedState};
 
 /// Frames above this size close the socket outright; between [`MAX_MESSAGE_BYTES`] and this
 /// they get a `message_too_large` error and the connection goes on.
-const HARD_FRAME_LIMIT: usize = 1024 * 1024;
+const HARD_FRAME_LIMIT: usize = 4 * 1024 * 1024;
 
 /// `GET /ws`: upgrades to the signaling WebSocket.
 pub async fn handler(ws: WebSocketUpgrade, State(state): State<SharedState>) -> Response {

@@ -285,6 +285,8 @@ pub async fn run(
         decode_sample: spec.decode_sample,
         impairment: spec.impairment,
         quality: spec.quality,
+        // Listeners join with the microphone off, as in a large call.
+        audio_muted: spec.muted,
         ..ClientOptions::new(spec.ws_url.clone(), spec.token.clone())
     };
     let join_sent = Instant::now();

@@ -90,6 +90,10 @@ struct Args {
     /// Override: publishers per room whose audio is live.
     #[arg(long)]
     talkers: Option<u32>,
+    /// Override `media.listeners_publish`: listeners publish a muted microphone (`true`) or
+    /// no audio (`false`).
+    #[arg(long)]
+    listeners_publish: Option<bool>,
     /// Override `media.source`: `clip` (built-in 160x120 VP8 clip, Opus silence),
     /// `generated` (libvpx test pattern, libopus talk/silence) or `file`.
     #[arg(long, value_enum)]
@@ -191,6 +195,11 @@ impl Args {
             s.media.talkers = Some(t);
             overridden.push("--talkers");
         }
+        set!(
+            "--listeners-publish",
+            s.media.listeners_publish,
+            self.listeners_publish
+        );
         set!("--media", s.media.source, self.media);
         set!("--cheap", s.media.cheap, self.cheap);
         if let Some((w, h)) = self.resolution {
@@ -548,6 +557,9 @@ impl Ctx {
         let room = self.room_name(room_index);
         let media = &self.scenario.media;
         let http = self.scenario.protocol == scenario::Protocol::WhipWhep;
+        // WHIP has no mute: every WHIP publisher talks.
+        let listener =
+            !http && role == Role::Publisher && media.audio && slot >= self.scenario.talkers();
         let http_url = match (http, role) {
             (false, _) => None,
             (true, Role::Publisher) => Some(http_endpoint(&self.base, "whip", &room)?),
@@ -560,13 +572,10 @@ impl Ctx {
             room,
             role,
             slot,
-            audio: media.audio,
+            // Listeners publish no audio unless `listeners_publish`; then they mute it.
+            audio: media.audio && (!listener || media.listeners_publish),
             video: media.video,
-            // WHIP has no mute: every WHIP publisher talks.
-            muted: !http
-                && role == Role::Publisher
-                && media.audio
-                && slot >= self.scenario.talkers(),
+            muted: listener && media.listeners_publish,
             // WHIP publishers receive nothing.
             receives: !(http && role == Role::Publisher),
             ws_url: self.ws_url.clone(),

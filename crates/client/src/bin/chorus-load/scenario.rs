@@ -211,10 +211,16 @@ pub struct Media {
     /// kbit/s, f 1280x720 1500 kbit/s).
     #[serde(default = "default_layers")]
     pub layers: Vec<SimulcastLayer>,
-    /// Publishers per room whose audio is live; the others mute their audio track after
-    /// joining. Default: all of them.
+    /// Publishers per room whose audio is live; the others are listeners. Default: all of
+    /// them.
     #[serde(default)]
     pub talkers: Option<u32>,
+    /// Whether listeners (publishers beyond `talkers`) publish their microphone muted, so
+    /// every participant negotiates one audio section per participant (`true`), or join
+    /// without publishing audio, as large-room clients do until someone speaks up (`false`,
+    /// the default).
+    #[serde(default)]
+    pub listeners_publish: bool,
 }
 
 impl Default for Media {
@@ -236,6 +242,7 @@ impl Default for Media {
             simulcast: false,
             layers: default_layers(),
             talkers: None,
+            listeners_publish: false,
         }
     }
 }

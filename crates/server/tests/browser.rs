@@ -1,6 +1,7 @@
 //! Real headless Chromium against an in-process server: two people on the call page see and
 //! hear each other and chat over data channels; Chromium publishes with WHIP and another plays
-//! with WHEP; VP9, AV1 and H264 flow as well as VP8.
+//! with WHEP; VP9, AV1 and H264 flow as well as VP8; simulcast layers reach the viewers that
+//! ask for them.
 //!
 //! The scripts live in `tests/browser/` (playwright-core driving Debian's `/usr/bin/chromium`).
 //! Missing Chromium or node modules fail this test loudly: it never passes without running.
@@ -65,6 +66,9 @@ async fn chromium_call_page_and_whip_whep() {
     run_script("whip_whep.mjs", &base).await;
     // VP9, AV1 and H264 published by one Chromium and decoded by another (WHIP/WHEP and page).
     run_script("codecs.mjs", &base).await;
+    // Chromium publishes three simulcast layers; two Chromiums each decode the layer they ask
+    // for, and swap when they ask for the other.
+    run_script("simulcast.mjs", &base).await;
     // Everyone left: nothing is leaked.
     let mut stats = server.state.sfu.stats().await.expect("stats");
     for _ in 0..100 {

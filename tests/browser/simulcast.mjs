@@ -5,7 +5,7 @@
 // Each must decode about the size it asked for (inbound-rtp `frameWidth`: 320 and 1280, or
 // at least the largest layer the publisher's own bandwidth estimate lets it send); then the two
 // swap their requests with `track_settings` and the decoded sizes must swap too, while frames
-// keep being decoded.
+// keep being decoded, without loss and without either decoder asking for a keyframe.
 //
 //   node tests/browser/simulcast.mjs http://127.0.0.1:7880
 //
@@ -143,6 +143,15 @@ run('simulcast', async (browsers) => {
   // And the middle layer.
   await low.page.evaluate((id) => window.chorus.setQuality([id], 'medium'), video.id);
   const lowMid = await waitWidth(low, video.id, 640, 'the low viewer to switch to the middle layer (640 wide)');
+
+  // Each switch lands on a keyframe with picture ids that follow on: neither decoder had to
+  // ask for a keyframe (without the server's VP8 picture id rewriting, Chromium sent a PLI
+  // after each switch up), and nothing was lost.
+  for (const [name, st] of [['low', lowMid], ['high', highAfter]]) {
+    if (st.pliCount !== 0 || st.packetsLost !== 0) {
+      throw new Error(`${name} viewer: ${st.pliCount} PLIs, ${st.packetsLost} packets lost (want 0, 0)`);
+    }
+  }
 
   const metrics = await (await fetch(`${base}/metrics`)).text();
   const switches = Number((/^chorus_layer_switches_total (\d+)/m.exec(metrics) || [])[1] || 0);

@@ -41,6 +41,11 @@ pub struct ReceivedTrackStats {
     /// Video: payload bytes received per frame size (each packet counted under the size of the
     /// keyframe before it), i.e. per simulcast layer.
     pub bytes_by_size: Vec<((u16, u16), u64)>,
+    /// VP8: frames whose picture id does not follow the previous frame's (a loss, or a
+    /// discontinuity a forwarder should have hidden, e.g. at a simulcast layer switch).
+    pub picture_id_jumps: u64,
+    /// VP8: the latest frame's picture id and whether it is the 15-bit form.
+    pub last_picture_id: Option<(u16, bool)>,
     /// Packets with the RTP marker bit set.
     pub markers: u64,
     /// When the first packet arrived.
@@ -279,6 +284,8 @@ impl ReceivedTrackStats {
             keyframes: 0,
             frame_size: None,
             bytes_by_size: Vec::new(),
+            picture_id_jumps: 0,
+            last_picture_id: None,
             markers: 0,
             first_packet_at: None,
             last_packet_at: None,
@@ -497,10 +504,21 @@ impl ReceivedTrackStats {
             self.markers += 1;
         }
         if self.kind == TrackKind::Video {
-            match vp8_frame_start(payload) {
+            let start = vp8_frame_start(payload);
+            if let Some(Some(pid)) = start.map(|s| s.picture_id) {
+                if let Some((last, long)) = self.last_picture_id {
+                    let mask = if long { 0x7fff } else { 0x7f };
+                    if pid.0 != last.wrapping_add(1) & mask {
+                        self.picture_id_jumps += 1;
+                    }
+                }
+                self.last_picture_id = Some(pid);
+            }
+            match start {
                 Some(Vp8FrameStart {
                     keyframe: true,
                     size,
+                    ..
                 }) => {
                     self.frames += 1;
                     self.keyframes += 1;
@@ -610,6 +628,8 @@ pub struct Vp8FrameStart {
     pub keyframe: bool,
     /// A keyframe's width and height, when the packet holds its header (RFC 6386 §9.1).
     pub size: Option<(u16, u16)>,
+    /// The picture id, when present, and whether it is the 15-bit form.
+    pub picture_id: Option<(u16, bool)>,
 }
 
 /// The length of the VP8 payload descriptor (RFC 7741 §4.2) at the start of an RTP payload.
@@ -645,13 +665,23 @@ pub fn vp8_frame_start(payload: &[u8]) -> Option<Vp8FrameStart> {
         return None;
     }
     let mut i = 1;
+    let mut picture_id = None;
     if extended {
         let x = *payload.get(i)?;
         i += 1;
         if x & 0x80 != 0 {
             // PictureID: 7 or 15 bits.
-            let pid = *payload.get(i)?;
-            i += if pid & 0x80 != 0 { 2 } else { 1 };
+            let m = *payload.get(i)?;
+            if m & 0x80 != 0 {
+                picture_id = Some((
+                    u16::from(m & 0x7f) << 8 | u16::from(*payload.get(i + 1)?),
+                    true,
+                ));
+                i += 2;
+            } else {
+                picture_id = Some((u16::from(m), false));
+                i += 1;
+            }
         }
         if x & 0x40 != 0 {
             i += 1; // TL0PICIDX
@@ -674,7 +704,11 @@ pub fn vp8_frame_start(payload: &[u8]) -> Option<Vp8FrameStart> {
                 u16::from_le_bytes([b[5], b[6]]) & 0x3fff,
             )
         });
-    Some(Vp8FrameStart { keyframe, size })
+    Some(Vp8FrameStart {
+        keyframe,
+        size,
+        picture_id,
+    })
 }
 
 /// A track the server currently offers on the subscriber connection.
@@ -786,7 +820,8 @@ mod tests {
             vp8_frame_start(&[0x10, 0x00, 0x9d]),
             Some(Vp8FrameStart {
                 keyframe: true,
-                size: None
+                size: None,
+                picture_id: None
             })
         );
         // Minimal descriptor, interframe (P=1).
@@ -794,7 +829,8 @@ mod tests {
             vp8_frame_start(&[0x10, 0x01]),
             Some(Vp8FrameStart {
                 keyframe: false,
-                size: None
+                size: None,
+                picture_id: None
             })
         );
         // A keyframe with its header: 640x360.
@@ -802,7 +838,8 @@ mod tests {
             vp8_frame_start(&[0x10, 0x50, 0x12, 0x00, 0x9d, 0x01, 0x2a, 0x80, 0x02, 0x68, 0x01]),
             Some(Vp8FrameStart {
                 keyframe: true,
-                size: Some((640, 360))
+                size: Some((640, 360)),
+                picture_id: None
             })
         );
         // Continuation packet.
@@ -814,7 +851,8 @@ mod tests {
             vp8_frame_start(&[0x90, 0x80, 0x81, 0x23, 0x00]),
             Some(Vp8FrameStart {
                 keyframe: true,
-                size: None
+                size: None,
+                picture_id: Some((0x123, true))
             })
         );
         // X=1, I=1 (7-bit), L=1, T=1, then interframe header.
@@ -822,7 +860,8 @@ mod tests {
             vp8_frame_start(&[0x90, 0xE0, 0x05, 0x07, 0x20, 0x01]),
             Some(Vp8FrameStart {
                 keyframe: false,
-                size: None
+                size: None,
+                picture_id: Some((5, false))
             })
         );
         // Truncated descriptors.

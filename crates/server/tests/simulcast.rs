@@ -110,6 +110,9 @@ async fn each_subscriber_receives_the_layer_it_asks_for() {
     let mid = wait_size(&low, (320, 180), 5_000).await;
     assert_eq!(mid.seq.missing, 0, "{mid:#?}");
     assert_eq!(mid.seq.backwards, 0, "{mid:#?}");
+    // VP8 picture ids run on across both switches (the server rewrites them).
+    assert!(mid.last_picture_id.is_some(), "{mid:#?}");
+    assert_eq!(mid.picture_id_jumps, 0, "{mid:#?}");
 
     // The publisher was asked for keyframes of the layers switched to.
     let sent = publisher.sent();

@@ -50,6 +50,7 @@ use crate::session::{
     TrackDesc, TrackKind,
 };
 use crate::simulcast::{order_rids, Decision, Layer, LayerSelector, Quality};
+use crate::vp8::{Vp8Descriptor, Vp8Munger};
 use crate::{stun, MediaConfig, Metrics, SfuError};
 
 /// Capacity of each participant's event queue; a client that falls this far behind is dropped.
@@ -204,6 +205,8 @@ struct DownTrack {
     /// The next forwarded packet continues the numbering after a pause (the track was muted
     /// and its packets dropped), so the subscriber sees no gap to NACK.
     rebase: bool,
+    /// VP8 picture id / TL0PICIDX continuity across layer switches.
+    vp8: Vp8Munger,
     /// Resolved on the first packet after negotiation.
     params: Option<LegParams>,
 }
@@ -678,6 +681,9 @@ impl Core {
         let mut keyframe: Option<bool> = None;
         let video_codec = track.video_codec;
         let clock_rate = track.codec.clock_rate;
+        let vp8 = (video_codec == Some(VideoCodec::Vp8))
+            .then(|| Vp8Descriptor::parse(&packet.payload))
+            .flatten();
         for dt in &mut track.downtracks {
             let Some(sub) = self.peers.get_mut(&dt.peer) else {
                 continue;
@@ -708,26 +714,30 @@ impl Core {
                     video_codec.is_some_and(|c| c.starts_keyframe(&packet.payload))
                 })
             });
-            match decision {
-                Decision::Forward if dt.rebase => {
-                    dt.rebase = false;
-                    let gap = dt.last_forward.map_or(1, |t| {
-                        let ticks =
-                            now.saturating_duration_since(t).as_secs_f64() * f64::from(clock_rate);
-                        ticks as u32
-                    });
-                    dt.munger.switch_source(gap);
-                }
-                Decision::Forward => {}
+            // A new source (another layer, or the same one after a pause) continues the
+            // numbering where the subscriber's stream left off.
+            let new_source = match decision {
+                Decision::Forward => std::mem::take(&mut dt.rebase),
                 Decision::Switch => {
-                    let gap = dt.last_forward.map_or(1, |t| {
-                        let ticks =
-                            now.saturating_duration_since(t).as_secs_f64() * f64::from(clock_rate);
-                        ticks as u32
-                    });
-                    dt.munger.switch_source(gap);
+                    dt.rebase = false;
                     self.metrics.layer_switches.inc();
+                    true
                 }
+                Decision::WantKeyframe | Decision::Skip => false,
+            };
+            if new_source {
+                let gap = dt.last_forward.map_or(1, |t| {
+                    let ticks =
+                        now.saturating_duration_since(t).as_secs_f64() * f64::from(clock_rate);
+                    ticks as u32
+                });
+                dt.munger.switch_source(gap);
+                if let Some(d) = &vp8 {
+                    dt.vp8.switch_source(d);
+                }
+            }
+            match decision {
+                Decision::Forward | Decision::Switch => {}
                 Decision::WantKeyframe => {
                     self.drops.waiting_keyframe.inc();
                     wanted_keyframe = true;
@@ -754,7 +764,12 @@ impl Core {
                     seq,
                     timestamp,
                 ),
-                payload: packet.payload.clone(), // shared, not copied
+                // Shared, not copied, unless a layer switch made this downtrack's VP8 picture
+                // ids differ from the publisher's.
+                payload: match &vp8 {
+                    Some(d) => dt.vp8.munge(d, &packet.payload),
+                    None => packet.payload.clone(),
+                },
             };
             let bytes = out.payload.len() as u64;
             let written = sub
@@ -1747,6 +1762,7 @@ impl Core {
             ),
             last_forward: None,
             rebase: false,
+            vp8: Vp8Munger::default(),
             params: None,
         };
         if let Some(t) = self.tracks.get_mut(&tk) {

@@ -14,6 +14,7 @@
 //! - [`codec`]: keyframe detection per video codec, so a new downtrack starts on a keyframe.
 //! - [`munger`]: sequence number and timestamp rewriting per downtrack.
 //! - [`simulcast`]: a published track's layers and which one each downtrack forwards.
+//! - [`vp8`]: VP8 picture id / TL0PICIDX continuity across layer switches.
 //! - [`keyframe`]: keyframe request throttling.
 //! - [`feedback`]: the interceptor that counts NACK/PLI/FIR and lets PLI/FIR through.
 //! - [`stun`]: routing a datagram from an unknown address by its STUN USERNAME.
@@ -36,6 +37,7 @@ pub mod peer;
 pub mod session;
 pub mod simulcast;
 pub mod stun;
+pub mod vp8;
 
 pub use config::MediaConfig;
 pub use metrics::Metrics;

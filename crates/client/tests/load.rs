@@ -315,6 +315,15 @@ async fn simulcast_layers_reach_the_subscribers_that_ask_for_them() {
         .collect();
     assert_eq!(rids, ["q", "h", "f"], "{out_text}");
     assert!(out_text.contains("sent layer f"), "{out_text}");
+    // The user-facing figures are there and sane.
+    assert!(num(sub, "/join_video_ms/count") == 3.0, "{out_text}");
+    assert!(num(sub, "/join_video_ms/p95") < 5000.0, "{out_text}");
+    assert!(num(sub, "/latency_video_ms/count") > 30.0, "{out_text}");
+    assert!(num(sub, "/latency_video_ms/p50") < 500.0, "{out_text}");
+    let jitter = num(sub, "/jitter_video_ms");
+    assert!((0.0..50.0).contains(&jitter), "{out_text}");
+    assert!(num(sub, "/fps") > 10.0, "{out_text}");
+    assert_eq!(num(sub, "/freezes/count"), 0.0, "{out_text}");
 
     srv.shutdown(Duration::from_secs(1)).await;
     let _ = std::fs::remove_dir_all(&dir);

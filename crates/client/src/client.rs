@@ -419,7 +419,9 @@ async fn read_remote_track(track: Arc<dyn TrackRemote>, shared: Arc<Shared>) {
     };
     let mut stats = ReceivedTrackStats::new(track.stream_id().await, track.track_id().await, kind);
     if let Some(ssrc) = track.ssrcs().await.first().copied() {
-        stats.mime_type = track.codec(ssrc).await.map(|c| c.mime_type);
+        if let Some(c) = track.codec(ssrc).await {
+            stats.set_mime_type(c.mime_type);
+        }
     }
     tracing::debug!(participant = %stats.participant_id, track = %stats.track_id, ?kind, "remote track");
     let mut decode = (shared.decode_sample > 0 && kind == TrackKind::Video)
@@ -440,15 +442,20 @@ async fn read_remote_track(track: Arc<dyn TrackRemote>, shared: Arc<Shared>) {
                     marker: p.header.marker,
                     latency,
                 };
-                let frame = lock(&entry).on_rtp(meta, &p.payload, now);
-                if let (Some(frame), Some(check)) = (frame, decode.as_mut()) {
+                let (frame, vp8) = {
+                    let mut e = lock(&entry);
+                    let frame = e.on_rtp(meta, &p.payload, now);
+                    (frame, e.format == crate::stats::VideoFormat::Vp8)
+                };
+                // The decode check is VP8 (libvpx's VP8 decoder) only.
+                if let (Some(frame), Some(check), true) = (frame, decode.as_mut(), vp8) {
                     let outcome = check.on_frame(&frame);
                     lock(&entry).decode.add(outcome);
                 }
             }
             TrackRemoteEvent::OnOpen(init) => {
                 if let Some(codec) = track.codec(init.ssrc).await {
-                    lock(&entry).mime_type = Some(codec.mime_type);
+                    lock(&entry).set_mime_type(codec.mime_type);
                 }
             }
             TrackRemoteEvent::OnEnded => break,
@@ -521,7 +528,9 @@ impl PendingMedia {
                     }
                     let (fallback, audio) = match local.kind {
                         TrackKind::Audio => (media::OPUS_PAYLOAD_TYPE, true),
-                        TrackKind::Video => (media::VP8_PAYLOAD_TYPE, false),
+                        TrackKind::Video => {
+                            (media::video_codec_for(video.as_ref()).payload_type, false)
+                        }
                     };
                     // Stamp only what the answer accepted.
                     let mut extensions = media::Extensions::negotiated(&sender).await;
@@ -660,7 +669,7 @@ impl Client {
 
         let mut pub_engine = MediaEngine::default();
         pub_engine.register_codec(media::opus_codec(), RtpCodecKind::Audio)?;
-        pub_engine.register_codec(media::vp8_codec(), RtpCodecKind::Video)?;
+        pub_engine.register_codec(media::video_codec_for(video.as_ref()), RtpCodecKind::Video)?;
         let publisher = build_pc(
             pub_engine,
             &rtc_ice_servers,
@@ -1010,7 +1019,8 @@ async fn add_local_tracks(
             (TrackKind::Video, Some(v)) => v.rids(),
             _ => Vec::new(),
         };
-        let local = LocalTrack::new(kind, stream_id, &rids)?;
+        let video_codec = media::video_codec_for(pending.video.as_ref());
+        let local = LocalTrack::new(kind, stream_id, &rids, &video_codec)?;
         if kind == TrackKind::Audio && opts.audio_muted {
             local.set_paused(true);
         }
@@ -1097,6 +1107,10 @@ async fn build_pc(
         .with(
             rtc::interceptor::Slot::from(crate::impair::SLOT),
             crate::impair::Impairer::new(impairment),
+        )
+        .with(
+            rtc::interceptor::Slot::from(crate::vp9::SLOT),
+            crate::vp9::Vp9InterFrames::default(),
         );
     let config = RTCConfigurationBuilder::new()
         .with_ice_servers(ice_servers.to_vec())

@@ -119,6 +119,90 @@ pub fn is_vp8_keyframe(frame: &[u8]) -> bool {
     frame.first().is_some_and(|b| b & 0x01 == 0)
 }
 
+/// The video codecs an IVF file may hold that the client can send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IvfCodec {
+    /// FourCC `VP80`.
+    Vp8,
+    /// FourCC `VP90`.
+    Vp9,
+    /// FourCC `AV01`.
+    Av1,
+}
+
+impl IvfCodec {
+    /// The codec of a FourCC, if supported.
+    pub fn from_fourcc(fourcc: &[u8; 4]) -> Option<Self> {
+        match fourcc {
+            b"VP80" => Some(Self::Vp8),
+            b"VP90" => Some(Self::Vp9),
+            b"AV01" => Some(Self::Av1),
+            _ => None,
+        }
+    }
+
+    /// Whether an encoded frame of this codec is a keyframe.
+    pub fn is_keyframe(self, frame: &[u8]) -> bool {
+        match self {
+            Self::Vp8 => is_vp8_keyframe(frame),
+            Self::Vp9 => is_vp9_keyframe(frame),
+            Self::Av1 => is_av1_keyframe(frame),
+        }
+    }
+}
+
+/// Whether a VP9 frame is a keyframe: the uncompressed header (VP9 spec §6.2) starts with
+/// frame_marker (2 bits, `10`), the profile (2 bits, plus a reserved bit for profile 3),
+/// show_existing_frame and frame_type (0 = KEY_FRAME).
+pub fn is_vp9_keyframe(frame: &[u8]) -> bool {
+    let Some(&b) = frame.first() else {
+        return false;
+    };
+    if b >> 6 != 0b10 {
+        return false;
+    }
+    let profile = ((b >> 5) & 1) | (((b >> 4) & 1) << 1);
+    let shift = if profile == 3 { 2 } else { 3 };
+    let show_existing = (b >> shift) & 1;
+    let frame_type = (b >> (shift - 1)) & 1;
+    show_existing == 0 && frame_type == 0
+}
+
+/// Whether an AV1 temporal unit (low-overhead OBU stream, as IVF holds it) starts a new coded
+/// video sequence: it carries a sequence header OBU, which encoders emit with each keyframe.
+pub fn is_av1_keyframe(unit: &[u8]) -> bool {
+    let mut rest = unit;
+    while let Some(&header) = rest.first() {
+        let obu_type = (header >> 3) & 0x0f;
+        if obu_type == 1 {
+            return true;
+        }
+        let has_extension = header & 0x04 != 0;
+        let has_size = header & 0x02 != 0;
+        let mut i = 1 + usize::from(has_extension);
+        if !has_size {
+            return false; // the last OBU: no sequence header found
+        }
+        // LEB128 size.
+        let mut size = 0usize;
+        for shift in (0..56).step_by(7) {
+            let Some(&byte) = rest.get(i) else {
+                return false;
+            };
+            i += 1;
+            size |= usize::from(byte & 0x7f) << shift;
+            if byte & 0x80 == 0 {
+                break;
+            }
+        }
+        let Some(next) = rest.get(i.saturating_add(size)..) else {
+            return false;
+        };
+        rest = next;
+    }
+    false
+}
+
 /// Streams frames out of an IVF source.
 #[derive(Debug)]
 pub struct IvfReader<R> {
@@ -221,13 +305,23 @@ impl IvfClip {
         })
     }
 
-    /// Indices of the VP8 keyframes.
-    pub fn keyframe_indices(&self) -> Vec<usize> {
+    /// The clip's codec, when the client can send it.
+    pub fn codec(&self) -> Option<IvfCodec> {
+        IvfCodec::from_fourcc(&self.header.fourcc)
+    }
+
+    /// Whether frame `i` is a keyframe (by the clip's codec; VP8 when unknown).
+    pub fn is_keyframe(&self, i: usize) -> bool {
+        let codec = self.codec().unwrap_or(IvfCodec::Vp8);
         self.frames
-            .iter()
-            .enumerate()
-            .filter(|(_, f)| f.is_vp8_keyframe())
-            .map(|(i, _)| i)
+            .get(i)
+            .is_some_and(|f| codec.is_keyframe(&f.data))
+    }
+
+    /// Indices of the keyframes.
+    pub fn keyframe_indices(&self) -> Vec<usize> {
+        (0..self.frames.len())
+            .filter(|&i| self.is_keyframe(i))
             .collect()
     }
 
@@ -300,6 +394,33 @@ mod tests {
         // VP8 keyframes carry the start code 9d 01 2a after the 3-byte frame tag.
         let kf = &clip.frames[0].data;
         assert_eq!(&kf[3..6], &[0x9d, 0x01, 0x2a]);
+    }
+
+    #[test]
+    fn vp9_and_av1_fixtures_have_their_keyframes_found() {
+        for (data, fourcc, codec) in [
+            (
+                &include_bytes!("../tests/data/vp9_160x120_30fps.ivf")[..],
+                b"VP90",
+                IvfCodec::Vp9,
+            ),
+            (
+                &include_bytes!("../tests/data/av1_160x120_30fps.ivf")[..],
+                b"AV01",
+                IvfCodec::Av1,
+            ),
+        ] {
+            let clip = IvfClip::parse(data).expect("fixture parses");
+            assert_eq!(&clip.header.fourcc, fourcc);
+            assert_eq!(clip.codec(), Some(codec));
+            assert_eq!(clip.frames.len(), 90);
+            // ffmpeg -g 30: a keyframe every second.
+            assert_eq!(clip.keyframe_indices(), vec![0, 30, 60], "{fourcc:?}");
+        }
+        assert!(!is_vp9_keyframe(&[]));
+        assert!(!is_vp9_keyframe(&[0x86])); // frame_type 1: inter
+        assert!(!is_av1_keyframe(&[0x12, 0x00]));
+        assert!(!is_av1_keyframe(&[0x12, 0x05, 0x00])); // size beyond the end
     }
 
     #[test]

@@ -42,6 +42,7 @@ mod keyframe;
 pub mod media;
 pub mod ogg;
 pub mod stats;
+mod vp9;
 pub mod vpx;
 
 pub use client::whip::{WhipKind, WhipSession};

@@ -5,11 +5,13 @@
 //! frames with a known level carry `ssrc-audio-level`.
 
 use crate::generate::{GeneratedVideo, LiveAudio, LiveVideo};
-use crate::ivf::IvfClip;
+use crate::ivf::{IvfClip, IvfCodec};
 use bytes::Bytes;
 use rtc::media::Sample;
 use rtc::media_stream::MediaStreamTrack;
-use rtc::peer_connection::configuration::media_engine::{MIME_TYPE_OPUS, MIME_TYPE_VP8};
+use rtc::peer_connection::configuration::media_engine::{
+    MIME_TYPE_AV1, MIME_TYPE_OPUS, MIME_TYPE_VP8, MIME_TYPE_VP9,
+};
 use rtc::rtp::extension::abs_send_time_extension::AbsSendTimeExtension;
 use rtc::rtp::extension::audio_level_extension::AudioLevelExtension;
 use rtc::rtp::extension::HeaderExtension;
@@ -188,19 +190,37 @@ pub(crate) fn opus_codec() -> RTCRtpCodecParameters {
 }
 
 pub(crate) fn vp8_codec() -> RTCRtpCodecParameters {
+    video_codec(MIME_TYPE_VP8, "", VP8_PAYLOAD_TYPE)
+}
+
+fn video_codec(mime: &str, fmtp: &str, payload_type: PayloadType) -> RTCRtpCodecParameters {
     let fb = |typ: &str, parameter: &str| RTCPFeedback {
         typ: typ.to_owned(),
         parameter: parameter.to_owned(),
     };
     RTCRtpCodecParameters {
         rtp_codec: RTCRtpCodec {
-            mime_type: MIME_TYPE_VP8.to_owned(),
+            mime_type: mime.to_owned(),
             clock_rate: 90_000,
             channels: 0,
-            sdp_fmtp_line: String::new(),
+            sdp_fmtp_line: fmtp.to_owned(),
             rtcp_feedback: vec![fb("nack", ""), fb("nack", "pli"), fb("ccm", "fir")],
         },
-        payload_type: VP8_PAYLOAD_TYPE,
+        payload_type,
+    }
+}
+
+/// The codec a publisher offers for `source`: an IVF clip's own (VP8, VP9 profile 0 or AV1),
+/// VP8 for everything else (the built-in clip and generated video).
+pub(crate) fn video_codec_for(source: Option<&VideoSource>) -> RTCRtpCodecParameters {
+    let clip = match source {
+        Some(VideoSource::Clip(clip)) => clip.codec(),
+        _ => None,
+    };
+    match clip {
+        Some(IvfCodec::Vp9) => video_codec(MIME_TYPE_VP9, "profile-id=0", 98),
+        Some(IvfCodec::Av1) => video_codec(MIME_TYPE_AV1, "", 45),
+        Some(IvfCodec::Vp8) | None => vp8_codec(),
     }
 }
 
@@ -277,13 +297,14 @@ impl LocalTrack {
         kind: chorus_signal::protocol::TrackKind,
         stream_id: &str,
         rids: &[String],
+        video_codec: &RTCRtpCodecParameters,
     ) -> Result<Self, webrtc::error::Error> {
         let (codec, rtp_kind, prefix) = match kind {
             chorus_signal::protocol::TrackKind::Audio => {
                 (opus_codec(), RtpCodecKind::Audio, "audio")
             }
             chorus_signal::protocol::TrackKind::Video => {
-                (vp8_codec(), RtpCodecKind::Video, "video")
+                (video_codec.clone(), RtpCodecKind::Video, "video")
             }
         };
         let track_id = format!("{prefix}-{:08x}", rand::random::<u32>());
@@ -637,7 +658,7 @@ async fn loop_video(out: &Output, clip: &IvfClip) {
             next = 0;
             continue;
         };
-        if frame.is_vp8_keyframe() {
+        if clip.is_keyframe(next) {
             counters.keyframes.fetch_add(1, Ordering::Relaxed);
         }
         write(out, frame.data.clone(), duration, None).await;

@@ -18,8 +18,15 @@ pub struct ReceivedTrackStats {
     pub track_id: String,
     /// Audio or video.
     pub kind: TrackKind,
-    /// Negotiated codec MIME type, e.g. `video/VP8`, when known.
+    /// Negotiated codec MIME type, e.g. `video/VP8`, when known (set it with
+    /// [`set_mime_type`](Self::set_mime_type)).
     pub mime_type: Option<String>,
+    /// How frames are found in this track's payloads (from the MIME type; VP8 until known).
+    pub format: VideoFormat,
+    /// AV1: the previous packet ended a temporal unit, so the next one starts a frame.
+    av1_at_start: bool,
+    /// What the latest packet's descriptor said, for frame assembly.
+    last_start: Option<FrameStart>,
     /// Whether the latest subscriber offer still carries this track in an active media section.
     /// A track removed by renegotiation stays listed with `active == false`.
     pub active: bool,
@@ -275,6 +282,9 @@ impl ReceivedTrackStats {
             track_id,
             kind,
             mime_type: None,
+            format: VideoFormat::Vp8,
+            av1_at_start: true,
+            last_start: None,
             active: true,
             ssrc: 0,
             payload_type: 0,
@@ -396,6 +406,7 @@ impl ReceivedTrackStats {
         const MAX_IN_PROGRESS: usize = 8;
         let seq = meta.sequence_number;
         let ts = meta.timestamp;
+        let frame_start = self.last_start;
         // A late packet of a frame already completed or abandoned.
         if let Some(last) = self.last_completed_ts {
             if (ts.wrapping_sub(last) as i32) <= 0 {
@@ -437,7 +448,7 @@ impl ReceivedTrackStats {
         if keep {
             frame.payloads.push((seq, payload.to_vec()));
         }
-        if let Some(start) = vp8_frame_start(payload) {
+        if let Some(start) = frame_start {
             frame.start = Some(seq);
             frame.keyframe = start.keyframe;
         }
@@ -486,6 +497,25 @@ impl ReceivedTrackStats {
         self.seq.packets
     }
 
+    /// Records the negotiated codec, which decides how frames are found.
+    pub fn set_mime_type(&mut self, mime: String) {
+        self.format = VideoFormat::from_mime(&mime);
+        self.mime_type = Some(mime);
+    }
+
+    /// Whether `payload` starts a frame, and what the payload descriptor says about it.
+    fn frame_start(&mut self, payload: &[u8], marker: bool) -> Option<FrameStart> {
+        match self.format {
+            VideoFormat::Vp8 => vp8_frame_start(payload),
+            VideoFormat::Vp9 => vp9_frame_start(payload),
+            VideoFormat::Av1 => {
+                let start = std::mem::replace(&mut self.av1_at_start, marker);
+                av1_frame_start(payload, start)
+            }
+            VideoFormat::Other => None,
+        }
+    }
+
     /// Accounts one RTP packet.
     pub fn on_packet(
         &mut self,
@@ -504,7 +534,8 @@ impl ReceivedTrackStats {
             self.markers += 1;
         }
         if self.kind == TrackKind::Video {
-            let start = vp8_frame_start(payload);
+            let start = self.frame_start(payload, marker);
+            self.last_start = start;
             if let Some(Some(pid)) = start.map(|s| s.picture_id) {
                 if let Some((last, long)) = self.last_picture_id {
                     let mask = if long { 0x7fff } else { 0x7f };
@@ -515,7 +546,7 @@ impl ReceivedTrackStats {
                 self.last_picture_id = Some(pid);
             }
             match start {
-                Some(Vp8FrameStart {
+                Some(FrameStart {
                     keyframe: true,
                     size,
                     ..
@@ -526,7 +557,7 @@ impl ReceivedTrackStats {
                         self.frame_size = size;
                     }
                 }
-                Some(Vp8FrameStart {
+                Some(FrameStart {
                     keyframe: false, ..
                 }) => self.frames += 1,
                 None => {}
@@ -621,9 +652,40 @@ impl SeqStats {
     }
 }
 
-/// A VP8 RTP payload that starts a new frame.
+/// How a received video track's payloads mark frames.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum VideoFormat {
+    /// VP8 payload descriptor (RFC 7741).
+    #[default]
+    Vp8,
+    /// VP9 payload descriptor (RFC 9628).
+    Vp9,
+    /// AV1 aggregation header (AV1 RTP specification).
+    Av1,
+    /// Frames are not counted.
+    Other,
+}
+
+impl VideoFormat {
+    /// The format of a MIME type such as `video/VP9`.
+    pub fn from_mime(mime: &str) -> Self {
+        match mime
+            .rsplit('/')
+            .next()
+            .map(str::to_ascii_lowercase)
+            .as_deref()
+        {
+            Some("vp8") => Self::Vp8,
+            Some("vp9") => Self::Vp9,
+            Some("av1") => Self::Av1,
+            _ => Self::Other,
+        }
+    }
+}
+
+/// An RTP payload that starts a new frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Vp8FrameStart {
+pub struct FrameStart {
     /// Whether the frame is a keyframe.
     pub keyframe: bool,
     /// A keyframe's width and height, when the packet holds its header (RFC 6386 §9.1).
@@ -653,10 +715,46 @@ pub fn vp8_descriptor_len(payload: &[u8]) -> Option<usize> {
     (i <= payload.len()).then_some(i)
 }
 
+/// VP9 (RFC 9628 §4.2): B=1 begins a frame; P=0 (not inter-predicted) makes it a keyframe
+/// (for the base spatial layer); the picture id follows when I=1.
+pub fn vp9_frame_start(payload: &[u8]) -> Option<FrameStart> {
+    let b0 = *payload.first()?;
+    if b0 & 0x08 == 0 {
+        return None;
+    }
+    let picture_id = if b0 & 0x80 != 0 {
+        let m = *payload.get(1)?;
+        Some(if m & 0x80 != 0 {
+            (u16::from(m & 0x7f) << 8 | u16::from(*payload.get(2)?), true)
+        } else {
+            (u16::from(m), false)
+        })
+    } else {
+        None
+    };
+    Some(FrameStart {
+        keyframe: b0 & 0x40 == 0,
+        size: None,
+        picture_id,
+    })
+}
+
+/// AV1: a packet starts a frame when it follows the end of a temporal unit (`at_start`, the
+/// previous packet's marker) and does not continue an OBU (Z=0); N=1 (a new coded video
+/// sequence) makes it a keyframe.
+pub fn av1_frame_start(payload: &[u8], at_start: bool) -> Option<FrameStart> {
+    let header = *payload.first()?;
+    (at_start && header & 0x80 == 0).then_some(FrameStart {
+        keyframe: header & 0x08 != 0,
+        size: None,
+        picture_id: None,
+    })
+}
+
 /// Parses the VP8 payload descriptor (RFC 7741 §4.2) and, when the packet begins a frame
 /// (S=1, PID=0), reports whether that frame is a keyframe (P bit of the VP8 payload header is
 /// 0). `None` for continuation packets and malformed payloads.
-pub fn vp8_frame_start(payload: &[u8]) -> Option<Vp8FrameStart> {
+pub fn vp8_frame_start(payload: &[u8]) -> Option<FrameStart> {
     let b0 = *payload.first()?;
     let extended = b0 & 0x80 != 0;
     let start = b0 & 0x10 != 0;
@@ -704,7 +802,7 @@ pub fn vp8_frame_start(payload: &[u8]) -> Option<Vp8FrameStart> {
                 u16::from_le_bytes([b[5], b[6]]) & 0x3fff,
             )
         });
-    Some(Vp8FrameStart {
+    Some(FrameStart {
         keyframe,
         size,
         picture_id,
@@ -818,7 +916,7 @@ mod tests {
         // Minimal descriptor, S=1 PID=0, keyframe header (P=0).
         assert_eq!(
             vp8_frame_start(&[0x10, 0x00, 0x9d]),
-            Some(Vp8FrameStart {
+            Some(FrameStart {
                 keyframe: true,
                 size: None,
                 picture_id: None
@@ -827,7 +925,7 @@ mod tests {
         // Minimal descriptor, interframe (P=1).
         assert_eq!(
             vp8_frame_start(&[0x10, 0x01]),
-            Some(Vp8FrameStart {
+            Some(FrameStart {
                 keyframe: false,
                 size: None,
                 picture_id: None
@@ -836,7 +934,7 @@ mod tests {
         // A keyframe with its header: 640x360.
         assert_eq!(
             vp8_frame_start(&[0x10, 0x50, 0x12, 0x00, 0x9d, 0x01, 0x2a, 0x80, 0x02, 0x68, 0x01]),
-            Some(Vp8FrameStart {
+            Some(FrameStart {
                 keyframe: true,
                 size: Some((640, 360)),
                 picture_id: None
@@ -849,7 +947,7 @@ mod tests {
         // X=1, I=1 with a 15-bit picture id, then keyframe header.
         assert_eq!(
             vp8_frame_start(&[0x90, 0x80, 0x81, 0x23, 0x00]),
-            Some(Vp8FrameStart {
+            Some(FrameStart {
                 keyframe: true,
                 size: None,
                 picture_id: Some((0x123, true))
@@ -858,7 +956,7 @@ mod tests {
         // X=1, I=1 (7-bit), L=1, T=1, then interframe header.
         assert_eq!(
             vp8_frame_start(&[0x90, 0xE0, 0x05, 0x07, 0x20, 0x01]),
-            Some(Vp8FrameStart {
+            Some(FrameStart {
                 keyframe: false,
                 size: None,
                 picture_id: Some((5, false))

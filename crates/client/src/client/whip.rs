@@ -94,7 +94,7 @@ impl WhipSession {
         let shared = detached_shared(0);
         let mut engine = MediaEngine::default();
         engine.register_codec(media::opus_codec(), RtpCodecKind::Audio)?;
-        engine.register_codec(media::vp8_codec(), RtpCodecKind::Video)?;
+        engine.register_codec(media::video_codec_for(video.as_ref()), RtpCodecKind::Video)?;
         let pc = build_pc(
             engine,
             &[],

@@ -429,10 +429,10 @@ impl MediaPlan {
                             .with_context(|| format!("reading video file {path}"))?;
                         let clip = chorus_client::ivf::IvfClip::parse(&data)
                             .with_context(|| format!("video file {path}"))?;
-                        if &clip.header.fourcc != b"VP80" {
+                        if clip.codec().is_none() {
                             bail!(
-                                "video file {path}: codec {:?} is not supported, only VP8 IVF \
-                                 (FourCC VP80)",
+                                "video file {path}: codec {:?} is not supported: IVF with VP8, \
+                                 VP9 or AV1 (FourCC VP80, VP90, AV01)",
                                 String::from_utf8_lossy(&clip.header.fourcc)
                             );
                         }

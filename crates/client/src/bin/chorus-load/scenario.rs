@@ -149,7 +149,7 @@ pub enum MediaSource {
     /// A moving test pattern encoded with libvpx and a talk/silence signal encoded with
     /// libopus.
     Generated,
-    /// `video_file` (VP8 IVF) and/or `audio_file` (Ogg Opus), looped.
+    /// `video_file` (IVF: VP8, VP9 or AV1) and/or `audio_file` (Ogg Opus), looped.
     File,
 }
 
@@ -193,7 +193,7 @@ pub struct Media {
     /// the clip's own bitrate is what is sent.
     #[serde(default)]
     pub bitrate_kbps: Option<u32>,
-    /// `source = "file"`: a VP8 IVF file to loop.
+    /// `source = "file"`: an IVF file to loop (VP8, VP9 or AV1).
     #[serde(default)]
     pub video_file: Option<String>,
     /// `source = "file"`: an Ogg Opus file to loop.

@@ -1430,28 +1430,7 @@ impl Core {
         subscribe: bool,
     ) -> Result<(), SfuError> {
         self.peer_of(participant, PeerRole::Subscriber)?;
-        let room = self
-            .participants
-            .get(&participant)
-            .ok_or(SfuError::Gone)?
-            .room
-            .clone();
-        let mut keys = Vec::with_capacity(track_ids.len());
-        for id in &track_ids {
-            let tk = self
-                .track_ids
-                .get(id)
-                .copied()
-                .filter(|tk| {
-                    self.tracks.get(tk).is_some_and(|t| {
-                        self.participants
-                            .get(&t.publisher)
-                            .is_some_and(|p| p.room == room)
-                    })
-                })
-                .ok_or_else(|| SfuError::UnknownTrack(id.clone()))?;
-            keys.push(tk);
-        }
+        let keys = self.room_tracks(participant, &track_ids)?;
         for tk in keys {
             if subscribe {
                 self.add_downtrack(participant, tk);
@@ -1463,6 +1442,35 @@ impl Core {
         Ok(())
     }
 
+    /// The keys of `track_ids`, each of which must be a track in `participant`'s room.
+    fn room_tracks(
+        &self,
+        participant: ParticipantKey,
+        track_ids: &[String],
+    ) -> Result<Vec<TrackKey>, SfuError> {
+        let room = &self
+            .participants
+            .get(&participant)
+            .ok_or(SfuError::Gone)?
+            .room;
+        track_ids
+            .iter()
+            .map(|id| {
+                self.track_ids
+                    .get(id)
+                    .copied()
+                    .filter(|tk| {
+                        self.tracks.get(tk).is_some_and(|t| {
+                            self.participants
+                                .get(&t.publisher)
+                                .is_some_and(|p| &p.room == room)
+                        })
+                    })
+                    .ok_or_else(|| SfuError::UnknownTrack(id.clone()))
+            })
+            .collect()
+    }
+
     /// Sets the quality `participant` wants for each of `track_ids`: a subscribed simulcast
     /// track switches to the matching layer on that layer's next keyframe (one is requested).
     fn set_quality(
@@ -1472,28 +1480,7 @@ impl Core {
         track_ids: Vec<String>,
         quality: Quality,
     ) -> Result<(), SfuError> {
-        let room = self
-            .participants
-            .get(&participant)
-            .ok_or(SfuError::Gone)?
-            .room
-            .clone();
-        let mut keys = Vec::with_capacity(track_ids.len());
-        for id in &track_ids {
-            let tk = self
-                .track_ids
-                .get(id)
-                .copied()
-                .filter(|tk| {
-                    self.tracks.get(tk).is_some_and(|t| {
-                        self.participants
-                            .get(&t.publisher)
-                            .is_some_and(|p| p.room == room)
-                    })
-                })
-                .ok_or_else(|| SfuError::UnknownTrack(id.clone()))?;
-            keys.push(tk);
-        }
+        let keys = self.room_tracks(participant, &track_ids)?;
         for tk in keys {
             if let Some(p) = self.participants.get_mut(&participant) {
                 p.qualities.insert(tk, quality);

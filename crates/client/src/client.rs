@@ -918,6 +918,25 @@ impl Client {
             .send(ClientMessage::TrackSettings { track_ids, quality })
     }
 
+    /// Stops (`false`) or resumes sending one simulcast encoding of my video, by `rid`, as a
+    /// browser's `RTCRtpSender.setParameters` with `encodings[i].active` does (e.g. when its
+    /// uplink cannot carry the top layer). Returns whether such an encoding exists.
+    pub fn set_layer_active(&self, rid: &str, active: bool) -> bool {
+        let mut found = false;
+        for l in self
+            .local_tracks
+            .iter()
+            .flat_map(|t| &t.layers)
+            .filter(|l| !l.rid.is_empty() && l.rid == rid)
+        {
+            l.counters
+                .paused
+                .store(!active, std::sync::atomic::Ordering::Relaxed);
+            found = true;
+        }
+        found
+    }
+
     /// Mutes or unmutes one of my published tracks (server track id). When the room already
     /// knows which local track that is, sending media on it pauses while muted (audio keeps a
     /// silence frame every 400 ms, as Opus DTX does; the server forwards none of it).

@@ -114,6 +114,20 @@ async fn each_subscriber_receives_the_layer_it_asks_for() {
     assert!(mid.last_picture_id.is_some(), "{mid:#?}");
     assert_eq!(mid.picture_id_jumps, 0, "{mid:#?}");
 
+    // The publisher stops sending its top layer (as a browser does when its uplink shrinks):
+    // the high viewer falls back to the middle layer within about a second, and climbs back
+    // when the top layer returns.
+    assert!(publisher.set_layer_active("f", false));
+    let fallback = wait_size(&high, (320, 180), 5_000).await;
+    assert_eq!(fallback.seq.missing, 0, "{fallback:#?}");
+    assert!(publisher.set_layer_active("f", true));
+    let back = wait_size(&high, (640, 360), 60_000).await;
+    assert_eq!(
+        (back.seq.missing, back.picture_id_jumps),
+        (0, 0),
+        "{back:#?}"
+    );
+
     // The publisher was asked for keyframes of the layers switched to.
     let sent = publisher.sent();
     let v = sent

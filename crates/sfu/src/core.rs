@@ -49,7 +49,7 @@ use crate::session::{
     CandidateInit, EngineStats, JoinRequest, Origin, ParticipantDesc, PeerRole, RoomEvent,
     TrackDesc, TrackKind,
 };
-use crate::simulcast::{order_rids, Decision, Layer, LayerSelector, Quality};
+use crate::simulcast::{order_rids, Decision, Layer, LayerSelector, Quality, LAYER_TIMEOUT};
 use crate::vp8::{Vp8Descriptor, Vp8Munger};
 use crate::{stun, MediaConfig, Metrics, SfuError};
 
@@ -675,6 +675,21 @@ impl Core {
         };
         track.counters.packets_in.inc();
         track.counters.bytes_in.inc_by(packet.payload.len() as u64);
+        // Simulcast: which layers are flowing, so a downtrack whose layer paused falls back.
+        let flowing = if track.layers.len() > 1 {
+            track.layers[usize::from(layer)].last_packet = Some(now);
+            track
+                .layers
+                .iter()
+                .enumerate()
+                .filter(|(_, l)| {
+                    l.last_packet
+                        .is_some_and(|t| now.saturating_duration_since(t) < LAYER_TIMEOUT)
+                })
+                .fold(0u8, |m, (i, _)| m | (1 << i))
+        } else {
+            0
+        };
         let mut wanted_keyframe = false;
         // Whether this packet starts a keyframe: worked out at most once, and only when a
         // downtrack waits for one.
@@ -709,6 +724,7 @@ impl Core {
                 self.drops.unknown_payload_type.inc();
                 continue;
             };
+            dt.selector.retarget(flowing);
             let decision = dt.selector.decide(layer, || {
                 *keyframe.get_or_insert_with(|| {
                     video_codec.is_some_and(|c| c.starts_keyframe(&packet.payload))
@@ -1496,10 +1512,10 @@ impl Core {
             else {
                 continue;
             };
-            let target = quality.layer(layers);
-            if dt.selector.target() != target {
-                dt.selector.set_target(target);
-                self.request_keyframe(now, tk, target);
+            let wanted = quality.layer(layers);
+            if dt.selector.wanted() != wanted {
+                dt.selector.set_wanted(wanted);
+                self.request_keyframe(now, tk, wanted);
             }
         }
         Ok(())

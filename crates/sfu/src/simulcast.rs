@@ -6,7 +6,12 @@
 //! layer's keyframes, so the subscriber's decoder never sees a frame it cannot decode, and
 //! keeps forwarding the current layer until then.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+/// A layer with no packet for this long is taken as paused by its publisher (a browser stops
+/// sending its top layer when its uplink estimate falls): downtracks that want it fall back to
+/// the best layer still flowing until it returns.
+pub const LAYER_TIMEOUT: Duration = Duration::from_secs(1);
 
 use crate::keyframe::KeyframeThrottle;
 
@@ -46,6 +51,8 @@ pub struct Layer {
     pub ssrc: u32,
     /// Keyframe requests to this layer are throttled separately from the other layers.
     pub throttle: KeyframeThrottle,
+    /// When its latest packet arrived.
+    pub last_packet: Option<Instant>,
 }
 
 impl Layer {
@@ -55,6 +62,7 @@ impl Layer {
             rid: rid.into(),
             ssrc,
             throttle: KeyframeThrottle::new(pli_interval),
+            last_packet: None,
         }
     }
 }
@@ -98,6 +106,9 @@ pub enum Decision {
 #[derive(Debug, Clone)]
 pub struct LayerSelector {
     current: Option<u8>,
+    /// The layer the subscriber's quality selects.
+    wanted: u8,
+    /// The layer to forward: `wanted`, or the best one below it still flowing.
     target: u8,
     /// Whether a layer may start on any packet (audio) or only on a keyframe (video).
     needs_keyframe: bool,
@@ -109,6 +120,7 @@ impl LayerSelector {
     pub fn new(target: u8, needs_keyframe: bool) -> Self {
         Self {
             current: None,
+            wanted: target,
             target,
             needs_keyframe,
         }
@@ -124,9 +136,33 @@ impl LayerSelector {
         self.target
     }
 
+    /// The layer the subscriber's quality selects.
+    pub fn wanted(&self) -> u8 {
+        self.wanted
+    }
+
     /// Asks for another layer; the switch happens on its next keyframe.
-    pub fn set_target(&mut self, target: u8) {
+    pub fn set_wanted(&mut self, wanted: u8) {
+        self.wanted = wanted;
+        self.target = wanted;
+    }
+
+    /// Follows which layers are flowing (bit `i` set: layer `i` had a packet lately): the
+    /// target becomes the wanted layer if it flows, else the best flowing layer below it, else
+    /// the lowest flowing one above it. Returns whether the target changed.
+    pub fn retarget(&mut self, flowing: u8) -> bool {
+        if flowing == 0 {
+            return false;
+        }
+        let below = flowing & (((2u16 << self.wanted) - 1) as u8);
+        let target = if below != 0 {
+            7 - below.leading_zeros() as u8
+        } else {
+            flowing.trailing_zeros() as u8
+        };
+        let changed = target != self.target;
         self.target = target;
+        changed
     }
 
     /// Forgets the current layer, so the next forwarded packet must be a keyframe (e.g. after
@@ -202,7 +238,7 @@ mod tests {
         assert_eq!(s.decide(0, || false), Decision::WantKeyframe);
         assert_eq!(s.decide(0, || true), Decision::Forward);
         assert_eq!(s.decide(0, || false), Decision::Forward);
-        s.set_target(2);
+        s.set_wanted(2);
         // Still forwarding layer 0 until layer 2 has a keyframe.
         assert_eq!(s.decide(0, || false), Decision::Forward);
         assert_eq!(s.decide(1, || true), Decision::Skip);
@@ -212,6 +248,30 @@ mod tests {
         assert_eq!(s.current(), Some(2));
         assert_eq!(s.decide(0, || true), Decision::Skip);
         assert_eq!(s.decide(2, || false), Decision::Forward);
+    }
+
+    #[test]
+    fn a_paused_layer_falls_back_to_the_best_one_flowing() {
+        let mut s = LayerSelector::new(2, true);
+        // Only the low layer flows at first: start there.
+        assert!(s.retarget(0b001));
+        assert_eq!(s.target(), 0);
+        assert_eq!(s.decide(0, || true), Decision::Forward);
+        // All three flow: climb to the wanted one on its keyframe.
+        assert!(s.retarget(0b111));
+        assert_eq!(s.target(), 2);
+        assert_eq!(s.decide(2, || true), Decision::Switch);
+        // The top layer pauses: the middle one is the best below it.
+        assert!(s.retarget(0b011));
+        assert_eq!(s.target(), 1);
+        assert!(!s.retarget(0b011));
+        // Wanting low while only the top layer flows: take the lowest above.
+        s.set_wanted(0);
+        assert!(s.retarget(0b100));
+        assert_eq!(s.target(), 2);
+        // Nothing known to flow: keep what there is.
+        assert!(!s.retarget(0));
+        assert_eq!(s.wanted(), 0);
     }
 
     #[test]

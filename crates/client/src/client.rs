@@ -1114,23 +1114,33 @@ async fn build_pc(
     rtc::peer_connection::configuration::interceptor_registry::configure_simulcast_extension_headers(
         &mut media_engine,
     )?;
-    let registry = registry
-        .with(
-            rtc::interceptor::Slot::from(crate::keyframe::SLOT),
-            crate::keyframe::KeyframeRequestForwarder::default(),
-        )
-        .with(
+    // Each interceptor is a hop every packet takes through the chain (the bots' largest cost
+    // after the stack itself): register only where it has work.
+    let registry = match handler.target {
+        // Keyframe requests arrive for local tracks; VP9 is sent from here.
+        Target::Publisher => registry
+            .with(
+                rtc::interceptor::Slot::from(crate::keyframe::SLOT),
+                crate::keyframe::KeyframeRequestForwarder::default(),
+            )
+            .with(
+                rtc::interceptor::Slot::from(crate::vp9::SLOT),
+                crate::vp9::Vp9InterFrames::default(),
+            ),
+        // NACK and PLI go out from here.
+        Target::Subscriber => registry.with(
             rtc::interceptor::Slot::from(crate::keyframe::COUNTER_SLOT),
             counter,
-        )
-        .with(
+        ),
+    };
+    let registry = if impairment.is_active() {
+        registry.with(
             rtc::interceptor::Slot::from(crate::impair::SLOT),
             crate::impair::Impairer::new(impairment),
         )
-        .with(
-            rtc::interceptor::Slot::from(crate::vp9::SLOT),
-            crate::vp9::Vp9InterFrames::default(),
-        );
+    } else {
+        registry
+    };
     let config = RTCConfigurationBuilder::new()
         .with_ice_servers(ice_servers.to_vec())
         .build();

@@ -6,7 +6,10 @@ use std::time::Instant;
 
 use interceptor::{Registry, Slot};
 use rtc::dtls::extension::extension_use_srtp::SrtpProtectionProfile;
-use rtc::peer_connection::configuration::interceptor_registry::register_default_interceptors;
+use interceptor::{NackGeneratorBuilder, NackResponderBuilder};
+use rtc::peer_connection::configuration::interceptor_registry::{
+    configure_rtcp_reports, configure_simulcast_extension_headers, configure_twcc_receiver_only,
+};
 use rtc::peer_connection::configuration::media_engine::{
     MediaEngine, MIME_TYPE_AV1, MIME_TYPE_H264, MIME_TYPE_OPUS, MIME_TYPE_VP8, MIME_TYPE_VP9,
 };
@@ -137,6 +140,9 @@ fn media_engine() -> Result<MediaEngine, SfuError> {
     Ok(me)
 }
 
+/// Packets of send history per downtrack for answering NACKs (a power of two).
+pub const NACK_HISTORY: u16 = 512;
+
 /// Builds a peer connection that knows its ICE credentials up front (so the router can match
 /// the first STUN check to it), runs ICE-lite, prefers AEAD GCM SRTP, and counts feedback.
 pub fn build_peer_connection(
@@ -147,7 +153,19 @@ pub fn build_peer_connection(
 ) -> Result<RTCPeerConnection, SfuError> {
     let mut me = media_engine()?;
     let registry = Registry::new().with(Slot::Custom(FEEDBACK_TAP_SLOT), FeedbackTap::new(metrics));
-    let registry = register_default_interceptors(registry, &mut me).map_err(SfuError::rtc)?;
+    // The stack's default set (NACK both ways, RTCP reports, TWCC feedback, simulcast header
+    // extensions), with a smaller NACK send history per downtrack: the default 1,024 slots
+    // are allocated up front for every video downtrack; 512 still hold ~3 s of a 1.5 Mbit/s
+    // layer, far beyond any useful retransmission.
+    let registry = registry
+        .with(
+            Slot::NackResponder,
+            NackResponderBuilder::new().with_size(NACK_HISTORY).build(),
+        )
+        .with(Slot::NackGenerator, NackGeneratorBuilder::new().build());
+    configure_simulcast_extension_headers(&mut me).map_err(SfuError::rtc)?;
+    let registry = configure_twcc_receiver_only(registry, &mut me).map_err(SfuError::rtc)?;
+    let registry = configure_rtcp_reports(registry);
     let settings = SettingEngineBuilder::new()
         .with_lite(true)
         .with_ice_credentials(ufrag.to_owned(), pwd.to_owned())

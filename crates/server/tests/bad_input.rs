@@ -71,6 +71,7 @@ async fn bad_websocket_messages_get_their_error_codes() {
         "[]",
         r#"{"type":"teleport"}"#,
         r#"{"type":"offer","sdp":5}"#,
+        r#"{"type":"track_settings","track_ids":["TR_x"],"quality":"ultra"}"#,
     ] {
         ws.send(Message::text(bad)).await.expect("send");
         expect_error(&mut ws, ErrorCode::BadMessage).await;
@@ -116,6 +117,12 @@ async fn bad_websocket_messages_get_their_error_codes() {
     expect_error(&mut ws, ErrorCode::UnknownTrack).await;
     ws.send(Message::text(
         r#"{"type":"mute","track_id":"TR_nope","muted":true}"#,
+    ))
+    .await
+    .expect("send");
+    expect_error(&mut ws, ErrorCode::UnknownTrack).await;
+    ws.send(Message::text(
+        r#"{"type":"track_settings","track_ids":["TR_nope"],"quality":"low"}"#,
     ))
     .await
     .expect("send");

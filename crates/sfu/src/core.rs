@@ -49,7 +49,9 @@ use crate::session::{
     CandidateInit, EngineStats, JoinRequest, Origin, ParticipantDesc, PeerRole, RoomEvent,
     TrackDesc, TrackKind,
 };
-use crate::simulcast::{order_rids, Decision, Layer, LayerSelector, Quality, LAYER_TIMEOUT};
+use crate::simulcast::{
+    order_rids, Decision, Layer, LayerSelector, Quality, LAYER_TIMEOUT, MAX_LAYERS,
+};
 use crate::vp8::{Vp8Descriptor, Vp8Munger};
 use crate::{stun, MediaConfig, Metrics, SfuError};
 
@@ -1607,6 +1609,8 @@ impl Core {
         let layers = if rids.len() > 1 {
             order_rids(&rids)
                 .into_iter()
+                // Layer sets are bit masks of a byte; more than a few layers is no real sender.
+                .take(MAX_LAYERS)
                 .map(|rid| {
                     let ssrc = if init.rid.as_deref() == Some(rid.as_str()) {
                         init.ssrc

@@ -4,9 +4,9 @@
 use std::net::SocketAddr;
 use std::time::Instant;
 
+use interceptor::{NackGeneratorBuilder, NackResponderBuilder};
 use interceptor::{Registry, Slot};
 use rtc::dtls::extension::extension_use_srtp::SrtpProtectionProfile;
-use interceptor::{NackGeneratorBuilder, NackResponderBuilder};
 use rtc::peer_connection::configuration::interceptor_registry::{
     configure_rtcp_reports, configure_simulcast_extension_headers, configure_twcc_receiver_only,
 };

@@ -13,6 +13,9 @@ use std::time::{Duration, Instant};
 /// the best layer still flowing until it returns.
 pub const LAYER_TIMEOUT: Duration = Duration::from_secs(1);
 
+/// Most layers a track keeps (further `rid`s are not forwarded).
+pub const MAX_LAYERS: usize = 8;
+
 use crate::keyframe::KeyframeThrottle;
 
 /// The quality a subscriber asks for; mapped onto the layers a track has (a track with fewer
@@ -29,16 +32,15 @@ pub enum Quality {
 }
 
 impl Quality {
-    /// The index of the layer this quality selects among `layers` layers ordered low to high.
+    /// The index of the layer this quality selects among `layers` layers ordered low to high:
+    /// the lowest, the middle (rounding up: of two layers the higher) or the highest.
     pub fn layer(self, layers: usize) -> u8 {
-        let top = layers.saturating_sub(1);
-        let want = match self {
+        let top = layers.clamp(1, MAX_LAYERS) - 1;
+        (match self {
             Quality::Low => 0,
-            Quality::Medium => 1,
-            Quality::High => 2,
-        };
-        // Two layers: low -> 0, medium/high -> 1.
-        want.min(top) as u8
+            Quality::Medium => top.div_ceil(2),
+            Quality::High => top,
+        }) as u8
     }
 }
 
@@ -229,6 +231,9 @@ mod tests {
         assert_eq!(Quality::Medium.layer(2), 1);
         assert_eq!(Quality::High.layer(1), 0);
         assert_eq!(Quality::High.layer(0), 0);
+        assert_eq!(Quality::High.layer(4), 3);
+        assert_eq!(Quality::Medium.layer(4), 2);
+        assert_eq!(Quality::Low.layer(4), 0);
     }
 
     #[test]

@@ -153,23 +153,39 @@ async fn run_load(
     run: &str,
     extra: &[&str],
 ) -> (Value, String) {
-    let scenario = dir.join("gen-1x2.toml");
-    std::fs::write(
-        &scenario,
+    let mut args = vec!["--media", "generated", "--resolution", "320x180"];
+    args.extend(["--decode-sample", "1"]);
+    args.extend(extra);
+    run_scenario(
+        srv,
+        dir,
         "rooms = 1\npublishers = 1\nsubscribers = 2\nduration = \"4s\"\nramp_up = 20.0\n",
+        run,
+        &args,
     )
-    .expect("write scenario");
+    .await
+}
+
+/// Runs `chorus-load` on `scenario` (TOML text) with `args`; it must succeed. Returns the
+/// parsed report and the tool's output.
+async fn run_scenario(
+    srv: &chorus_server::RunningServer,
+    dir: &std::path::Path,
+    scenario: &str,
+    run: &str,
+    args: &[&str],
+) -> (Value, String) {
+    let file = dir.join(format!("{run}.toml"));
+    std::fs::write(&file, scenario).expect("write scenario");
     let out = tokio::time::timeout(
-        Duration::from_secs(60),
+        Duration::from_secs(90),
         load()
-            .arg(&scenario)
+            .arg(&file)
             .args(["--url", &srv.base_url()])
             .arg("--results-dir")
             .arg(dir)
             .args(["--run", run, "--no-progress"])
-            .args(["--media", "generated", "--resolution", "320x180"])
-            .args(["--decode-sample", "1"])
-            .args(extra)
+            .args(args)
             .output(),
     )
     .await
@@ -249,39 +265,19 @@ async fn generated_media_decodes_through_the_server() {
 async fn simulcast_layers_reach_the_subscribers_that_ask_for_them() {
     let srv = server().await;
     let dir = scratch("simulcast");
-    let scenario = dir.join("sim-1x3.toml");
-    std::fs::write(
-        &scenario,
+    let (r, out_text) = run_scenario(
+        &srv,
+        &dir,
         "publishers = 1\nsubscribers = 3\nduration = \"5s\"\nramp_up = 20.0\n\
          quality = \"mixed\"\n[media]\nsource = \"generated\"\nsimulcast = true\n\
          audio = false\nfps = 15\nlayers = [\n\
          { rid = \"q\", width = 160, height = 90, bitrate_kbps = 80 },\n\
          { rid = \"h\", width = 320, height = 180, bitrate_kbps = 250 },\n\
          { rid = \"f\", width = 640, height = 360, bitrate_kbps = 700 },\n]\n",
+        "s",
+        &["--decode-sample", "1", "--max-loss", "0"],
     )
-    .expect("write scenario");
-    let out = tokio::time::timeout(
-        Duration::from_secs(90),
-        load()
-            .arg(&scenario)
-            .args(["--url", &srv.base_url()])
-            .arg("--results-dir")
-            .arg(&dir)
-            .args(["--run", "s", "--no-progress", "--decode-sample", "1"])
-            .args(["--max-loss", "0"])
-            .output(),
-    )
-    .await
-    .expect("chorus-load finishes")
-    .expect("chorus-load runs");
-    let out_text = format!(
-        "{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "{:?}\n{out_text}", out.status);
-    let text = std::fs::read_to_string(dir.join("s").join("report.json")).expect("report.json");
-    let r: Value = serde_json::from_str(&text).expect("report parses");
+    .await;
     let sub = &r["roles"]["subscriber"];
     assert_eq!(num(sub, "/connected"), 3.0, "{out_text}");
     assert_eq!(sub["errors"], serde_json::json!({}), "{out_text}");
@@ -336,33 +332,14 @@ async fn simulcast_layers_reach_the_subscribers_that_ask_for_them() {
 async fn whip_publisher_whep_subscribers() {
     let srv = server().await;
     let dir = scratch("whip");
-    let scenario = dir.join("whip-1x2.toml");
-    std::fs::write(
-        &scenario,
+    let (r, stdout) = run_scenario(
+        &srv,
+        &dir,
         "publishers = 1\nsubscribers = 2\nduration = \"3s\"\nramp_up = 20.0\n",
+        "w",
+        &["--protocol", "whip-whep", "--max-loss", "0"],
     )
-    .expect("write scenario");
-    let out = tokio::time::timeout(
-        Duration::from_secs(60),
-        load()
-            .arg(&scenario)
-            .args(["--url", &srv.base_url(), "--protocol", "whip-whep"])
-            .arg("--results-dir")
-            .arg(&dir)
-            .args(["--run", "w", "--no-progress", "--max-loss", "0"])
-            .output(),
-    )
-    .await
-    .expect("chorus-load finishes")
-    .expect("chorus-load runs");
-    let stdout = format!(
-        "{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "{:?}\n{stdout}", out.status);
-    let text = std::fs::read_to_string(dir.join("w/report.json")).expect("report.json");
-    let r: Value = serde_json::from_str(&text).expect("report parses");
+    .await;
     assert_eq!(r["passed"], Value::Bool(true), "{stdout}");
     assert_eq!(r["scenario"]["protocol"], "whip-whep", "{stdout}");
 
@@ -388,7 +365,7 @@ async fn whip_publisher_whep_subscribers() {
     let out = tokio::time::timeout(
         Duration::from_secs(30),
         load()
-            .arg(&scenario)
+            .arg(dir.join("w.toml"))
             .args(["--url", &srv.base_url(), "--protocol", "whip-whep"])
             .args(["--api-secret", "not-the-secret", "--duration", "1s"])
             .arg("--results-dir")

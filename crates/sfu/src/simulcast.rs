@@ -4,9 +4,12 @@
 //! quarter, half and full resolution). Every downtrack forwards exactly one of them. It asks
 //! for a [`Quality`]; its [`LayerSelector`] switches to the matching layer only on one of that
 //! layer's keyframes, so the subscriber's decoder never sees a frame it cannot decode, and
-//! keeps forwarding the current layer until then.
+//! keeps forwarding the current layer until then. When the wanted layer stops flowing (its
+//! publisher paused it), the selector targets the best layer below it that still flows.
 
 use std::time::{Duration, Instant};
+
+use crate::keyframe::KeyframeThrottle;
 
 /// A layer with no packet for this long is taken as paused by its publisher (a browser stops
 /// sending its top layer when its uplink estimate falls): downtracks that want it fall back to
@@ -15,8 +18,6 @@ pub const LAYER_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Most layers a track keeps (further `rid`s are not forwarded).
 pub const MAX_LAYERS: usize = 8;
-
-use crate::keyframe::KeyframeThrottle;
 
 /// The quality a subscriber asks for; mapped onto the layers a track has (a track with fewer
 /// layers gives its best one not above the request).

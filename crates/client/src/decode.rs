@@ -93,6 +93,7 @@ mod tests {
     fn frames() -> Vec<AssembledFrame> {
         let clip = encode_video_loop(
             GeneratedVideo {
+                codec: Default::default(),
                 width: 64,
                 height: 48,
                 fps: 10,

@@ -10,7 +10,7 @@
 
 use crate::ivf::{IvfClip, IvfFrame, IvfHeader};
 use crate::media::{AudioClip, AudioFrame, OPUS_FRAME_DURATION};
-use crate::vpx::{Vp8Encoder, Vp8EncoderConfig, VpxError};
+use crate::vpx::{VpxCodec, VpxEncoder, VpxEncoderConfig, VpxError};
 use bytes::Bytes;
 use std::time::Duration;
 
@@ -33,9 +33,11 @@ pub enum GenerateError {
     Invalid(String),
 }
 
-/// Settings of generated VP8 video.
+/// Settings of generated video.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct GeneratedVideo {
+    /// VP8 (default) or VP9.
+    pub codec: VpxCodec,
     /// Width in pixels (even).
     pub width: u32,
     /// Height in pixels (even).
@@ -52,6 +54,7 @@ impl Default for GeneratedVideo {
     /// 640x360, 30 fps, 500 kbit/s, a keyframe every 2 s.
     fn default() -> Self {
         Self {
+            codec: VpxCodec::Vp8,
             width: 640,
             height: 360,
             fps: 30,
@@ -90,9 +93,10 @@ impl GeneratedVideo {
         Ok(())
     }
 
-    fn encoder(&self) -> Result<Vp8Encoder, GenerateError> {
+    fn encoder(&self) -> Result<VpxEncoder, GenerateError> {
         self.validate()?;
-        Ok(Vp8Encoder::new(Vp8EncoderConfig {
+        Ok(VpxEncoder::new(VpxEncoderConfig {
+            codec: self.codec,
             width: self.width,
             height: self.height,
             fps: self.fps,
@@ -187,7 +191,7 @@ impl TestPattern {
 pub struct LiveVideo {
     settings: GeneratedVideo,
     pattern: TestPattern,
-    encoder: Vp8Encoder,
+    encoder: VpxEncoder,
     buf: Vec<u8>,
     index: u64,
     since_keyframe: u32,
@@ -262,7 +266,10 @@ pub fn encode_video_loop(
     }
     Ok(IvfClip {
         header: IvfHeader {
-            fourcc: *b"VP80",
+            fourcc: match settings.codec {
+                VpxCodec::Vp8 => *b"VP80",
+                VpxCodec::Vp9 => *b"VP90",
+            },
             width: settings.width as u16,
             height: settings.height as u16,
             timebase_denominator: settings.fps,
@@ -463,6 +470,7 @@ mod tests {
     #[test]
     fn the_video_loop_wraps_on_a_keyframe_and_decodes() {
         let settings = GeneratedVideo {
+            codec: Default::default(),
             width: 96,
             height: 64,
             fps: 10,
@@ -487,6 +495,7 @@ mod tests {
     #[test]
     fn live_video_honours_keyframe_requests() {
         let settings = GeneratedVideo {
+            codec: Default::default(),
             width: 32,
             height: 32,
             fps: 30,
@@ -499,6 +508,7 @@ mod tests {
             .collect();
         assert_eq!(keys, [true, false, false, false, true, false]);
         assert!(LiveVideo::new(GeneratedVideo {
+            codec: Default::default(),
             width: 33,
             ..settings
         })

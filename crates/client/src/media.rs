@@ -97,6 +97,20 @@ pub struct SimulcastLayer {
 }
 
 impl VideoSource {
+    /// The codec this source sends (a clip's own; VP8 for a clip of unknown codec).
+    pub fn codec(&self) -> IvfCodec {
+        match self {
+            VideoSource::Clip(clip) => clip.codec().unwrap_or(IvfCodec::Vp8),
+            VideoSource::Live(settings) => match settings.codec {
+                crate::vpx::VpxCodec::Vp8 => IvfCodec::Vp8,
+                crate::vpx::VpxCodec::Vp9 => IvfCodec::Vp9,
+            },
+            VideoSource::Simulcast(layers) => {
+                layers.first().map_or(IvfCodec::Vp8, |l| l.source.codec())
+            }
+        }
+    }
+
     /// The `rid`s this source sends, lowest first; empty without simulcast.
     pub fn rids(&self) -> Vec<String> {
         match self {
@@ -210,14 +224,10 @@ fn video_codec(mime: &str, fmtp: &str, payload_type: PayloadType) -> RTCRtpCodec
     }
 }
 
-/// The codec a publisher offers for `source`: an IVF clip's own (VP8, VP9 profile 0 or AV1),
-/// VP8 for everything else (the built-in clip and generated video).
+/// The codec a publisher offers for `source`: the source's own (VP8, VP9 profile 0 or AV1;
+/// VP8 when there is no source, for the built-in clip).
 pub(crate) fn video_codec_for(source: Option<&VideoSource>) -> RTCRtpCodecParameters {
-    let clip = match source {
-        Some(VideoSource::Clip(clip)) => clip.codec(),
-        _ => None,
-    };
-    match clip {
+    match source.map(VideoSource::codec) {
         Some(IvfCodec::Vp9) => video_codec(MIME_TYPE_VP9, "profile-id=0", 98),
         Some(IvfCodec::Av1) => video_codec(MIME_TYPE_AV1, "", 45),
         Some(IvfCodec::Vp8) | None => vp8_codec(),

@@ -1,5 +1,6 @@
 //! A small safe wrapper over libvpx (system library, via `env-libvpx-sys`'s pre-generated
-//! bindings): a VP8 realtime [`Vp8Encoder`] for I420 frames and a VP8 [`Vp8Decoder`].
+//! bindings): a VP8 or VP9 realtime [`VpxEncoder`] for I420 frames and a VP8
+//! [`Vp8Decoder`].
 //!
 //! This is the only module of the crate that uses `unsafe`; every FFI call is local to one
 //! method and checks the library's status code.
@@ -28,9 +29,21 @@ fn check(what: &'static str, code: vpx_codec_err_t) -> Result<(), VpxError> {
     }
 }
 
+/// The codecs libvpx encodes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum VpxCodec {
+    /// VP8.
+    #[default]
+    Vp8,
+    /// VP9, profile 0.
+    Vp9,
+}
+
 /// Encoder settings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Vp8EncoderConfig {
+pub struct VpxEncoderConfig {
+    /// The codec.
+    pub codec: VpxCodec,
     /// Width in pixels (even).
     pub width: u32,
     /// Height in pixels (even).
@@ -43,37 +56,37 @@ pub struct Vp8EncoderConfig {
     pub keyframe_interval: u32,
 }
 
-/// One encoded VP8 frame.
+/// One encoded frame.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EncodedFrame {
-    /// The VP8 bitstream of the frame.
+    /// The frame's bitstream.
     pub data: Vec<u8>,
     /// Whether it is a keyframe.
     pub keyframe: bool,
 }
 
-/// A VP8 encoder in realtime mode (one pass, CBR, no lag, speed 8 or so).
-pub struct Vp8Encoder {
+/// A VP8 or VP9 encoder in realtime mode (one pass, CBR, no lag, fastest speed).
+pub struct VpxEncoder {
     ctx: Box<vpx_codec_ctx_t>,
-    config: Vp8EncoderConfig,
+    config: VpxEncoderConfig,
     pts: i64,
 }
 
 // The codec context has no thread affinity; it is only ever used through `&mut self`.
-unsafe impl Send for Vp8Encoder {}
+unsafe impl Send for VpxEncoder {}
 
-impl std::fmt::Debug for Vp8Encoder {
+impl std::fmt::Debug for VpxEncoder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Vp8Encoder")
+        f.debug_struct("VpxEncoder")
             .field("config", &self.config)
             .field("pts", &self.pts)
             .finish()
     }
 }
 
-impl Vp8Encoder {
+impl VpxEncoder {
     /// Creates an encoder.
-    pub fn new(config: Vp8EncoderConfig) -> Result<Self, VpxError> {
+    pub fn new(config: VpxEncoderConfig) -> Result<Self, VpxError> {
         let invalid = VpxError {
             what: "encoder configuration",
             code: vpx_codec_err_t::VPX_CODEC_INVALID_PARAM,
@@ -91,7 +104,10 @@ impl Vp8Encoder {
         // `vpx_codec_enc_config_default` fills in; `ctx` is zeroed and boxed so its address
         // stays fixed for libvpx's lifetime of the context.
         unsafe {
-            let iface = vpx_codec_vp8_cx();
+            let iface = match config.codec {
+                VpxCodec::Vp8 => vpx_codec_vp8_cx(),
+                VpxCodec::Vp9 => vpx_codec_vp9_cx(),
+            };
             let mut cfg = MaybeUninit::<vpx_codec_enc_cfg_t>::zeroed().assume_init();
             check(
                 "vpx_codec_enc_config_default",
@@ -120,13 +136,18 @@ impl Vp8Encoder {
                 config,
                 pts: 0,
             };
-            // Fastest realtime speed: a load generator wants cheap frames.
+            // Fastest realtime speed: a load generator wants cheap frames (VP8 goes to 16,
+            // VP9 to 9).
+            let speed = match config.codec {
+                VpxCodec::Vp8 => 12,
+                VpxCodec::Vp9 => 9,
+            };
             check(
                 "VP8E_SET_CPUUSED",
                 vpx_codec_control_(
                     &mut *enc.ctx,
                     vp8e_enc_control_id::VP8E_SET_CPUUSED as c_int,
-                    12 as c_int,
+                    speed as c_int,
                 ),
             )?;
             Ok(enc)
@@ -134,7 +155,7 @@ impl Vp8Encoder {
     }
 
     /// The configuration.
-    pub fn config(&self) -> &Vp8EncoderConfig {
+    pub fn config(&self) -> &VpxEncoderConfig {
         &self.config
     }
 
@@ -211,7 +232,7 @@ impl Vp8Encoder {
     }
 }
 
-impl Drop for Vp8Encoder {
+impl Drop for VpxEncoder {
     fn drop(&mut self) {
         // SAFETY: the context was initialised in `new` and is destroyed once.
         unsafe {
@@ -234,7 +255,7 @@ pub struct Vp8Decoder {
     ctx: Box<vpx_codec_ctx_t>,
 }
 
-// See `Vp8Encoder`.
+// See `VpxEncoder`.
 unsafe impl Send for Vp8Decoder {}
 
 impl std::fmt::Debug for Vp8Decoder {
@@ -246,7 +267,7 @@ impl std::fmt::Debug for Vp8Decoder {
 impl Vp8Decoder {
     /// Creates a decoder.
     pub fn new() -> Result<Self, VpxError> {
-        // SAFETY: as in `Vp8Encoder::new`; `cfg` is read during init only.
+        // SAFETY: as in `VpxEncoder::new`; `cfg` is read during init only.
         unsafe {
             let mut ctx = Box::new(MaybeUninit::<vpx_codec_ctx_t>::zeroed().assume_init());
             let cfg = vpx_codec_dec_cfg_t {
@@ -319,14 +340,15 @@ mod tests {
 
     #[test]
     fn encodes_and_decodes_a_keyframe_then_deltas() {
-        let cfg = Vp8EncoderConfig {
+        let cfg = VpxEncoderConfig {
+            codec: VpxCodec::Vp8,
             width: 64,
             height: 48,
             fps: 30,
             bitrate_kbps: 200,
             keyframe_interval: 30,
         };
-        let mut enc = Vp8Encoder::new(cfg).expect("encoder");
+        let mut enc = VpxEncoder::new(cfg).expect("encoder");
         let mut dec = Vp8Decoder::new().expect("decoder");
         let mut frame = vec![0u8; 64 * 48 * 3 / 2];
         for i in 0..5u8 {
@@ -341,6 +363,27 @@ mod tests {
         let forced = enc.encode(&frame, true).expect("encode");
         assert!(forced[0].keyframe);
         assert!(dec.decode(&[0x00, 0x01, 0x02]).is_err());
-        assert!(Vp8Encoder::new(Vp8EncoderConfig { width: 63, ..cfg }).is_err());
+        assert!(VpxEncoder::new(VpxEncoderConfig { width: 63, ..cfg }).is_err());
+    }
+
+    #[test]
+    fn encodes_vp9_keyframes_on_request() {
+        let mut enc = VpxEncoder::new(VpxEncoderConfig {
+            codec: VpxCodec::Vp9,
+            width: 64,
+            height: 48,
+            fps: 30,
+            bitrate_kbps: 200,
+            keyframe_interval: 300,
+        })
+        .expect("encoder");
+        let frame = vec![0x80u8; 64 * 48 * 3 / 2];
+        for i in 0..4 {
+            let out = enc.encode(&frame, i == 2).expect("encode");
+            assert_eq!(out.len(), 1);
+            let key = i == 0 || i == 2;
+            assert_eq!(out[0].keyframe, key, "frame {i}");
+            assert_eq!(crate::ivf::is_vp9_keyframe(&out[0].data), key, "frame {i}");
+        }
     }
 }

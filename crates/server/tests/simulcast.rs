@@ -19,6 +19,7 @@ fn layer(rid: &str, width: u32, height: u32, kbps: u32) -> SimulcastLayer {
     SimulcastLayer {
         rid: rid.to_owned(),
         source: VideoSource::Live(GeneratedVideo {
+            codec: Default::default(),
             width,
             height,
             fps: 15,

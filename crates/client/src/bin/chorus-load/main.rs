@@ -108,6 +108,9 @@ struct Args {
     /// Override `media.fps` of generated video.
     #[arg(long)]
     fps: Option<u32>,
+    /// Override `media.codec` of generated video: `vp8` or `vp9`.
+    #[arg(long, value_enum)]
+    codec: Option<scenario::VideoCodec>,
     /// Override `media.simulcast`: publish generated video as simulcast layers
     /// (`media.layers`).
     #[arg(long)]
@@ -208,6 +211,7 @@ impl Args {
         }
         set!("--fps", s.media.fps, self.fps);
         set!("--simulcast", s.media.simulcast, self.simulcast);
+        set!("--codec", s.media.codec, self.codec);
         set!("--quality", s.quality, self.quality);
         set!(
             "--bitrate-kbps",
@@ -311,6 +315,7 @@ impl MediaPlan {
         let mut layers = Vec::with_capacity(m.layers.len());
         for l in &m.layers {
             let settings = GeneratedVideo {
+                codec: m.codec.vpx(),
                 width: l.width,
                 height: l.height,
                 fps: m.fps,
@@ -370,6 +375,7 @@ impl MediaPlan {
             }),
             scenario::MediaSource::Generated => {
                 let settings = GeneratedVideo {
+                    codec: m.codec.vpx(),
                     width: m.width,
                     height: m.height,
                     fps: m.fps,

@@ -92,6 +92,9 @@ pub struct RoleReport {
     /// Sent video per simulcast encoding (publishers).
     #[serde(default)]
     pub layers_out: Vec<LayerOut>,
+    /// Received video tracks per negotiated codec (MIME type).
+    #[serde(default)]
+    pub video_codecs_in: BTreeMap<String, u64>,
     /// Mean complete frames per second of received video tracks.
     pub fps: Option<f64>,
     /// Video freezes over all received video tracks.
@@ -345,6 +348,9 @@ pub fn aggregate<'a>(
             }
             match t.kind {
                 TrackKind::Video => {
+                    if let Some(mime) = &t.mime_type {
+                        *r.video_codecs_in.entry(mime.clone()).or_insert(0) += 1;
+                    }
                     lv.merge(&t.latency);
                     jit_v.push(jitter_ms);
                     if let Some(f) = t.frame_rate() {

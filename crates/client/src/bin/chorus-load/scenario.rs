@@ -163,7 +163,8 @@ pub struct Media {
     /// Publish a video track.
     #[serde(default = "yes")]
     pub video: bool,
-    /// Video codec; only VP8 is implemented.
+    /// Video codec of generated video: `vp8` or `vp9` (the clip is VP8, a file brings its
+    /// own).
     #[serde(default)]
     pub codec: VideoCodec,
     /// Where the media comes from.
@@ -247,13 +248,25 @@ impl Default for Media {
     }
 }
 
-/// Video codecs a scenario may ask for.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// Video codecs generated video may use (a file brings its own).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum VideoCodec {
-    /// VP8 (the looped IVF clip).
+    /// VP8.
     #[default]
     Vp8,
+    /// VP9 profile 0 (generated video only).
+    Vp9,
+}
+
+impl VideoCodec {
+    /// The libvpx codec.
+    pub fn vpx(self) -> chorus_client::vpx::VpxCodec {
+        match self {
+            Self::Vp8 => chorus_client::vpx::VpxCodec::Vp8,
+            Self::Vp9 => chorus_client::vpx::VpxCodec::Vp9,
+        }
+    }
 }
 
 fn one() -> u32 {
@@ -397,6 +410,13 @@ impl Scenario {
                 return Err(("media.keyframe_interval", "must be positive".into()));
             }
         }
+        if m.codec != VideoCodec::Vp8 && m.video && m.source != MediaSource::Generated {
+            return Err((
+                "media.codec",
+                "only generated video can be VP9 (the built-in clip is VP8, a file brings its own codec)"
+                    .into(),
+            ));
+        }
         if m.simulcast && m.video {
             if m.source != MediaSource::Generated {
                 return Err((
@@ -535,6 +555,9 @@ mod tests {
         let e = err("publishers = 1\n[media]\ncodec = \"h264\"\n");
         assert!(e.starts_with("bad.toml: key `media.codec`:"), "{e}");
         assert!(e.contains("vp8"), "{e}");
+
+        let e = err("publishers = 1\n[media]\ncodec = \"vp9\"\n");
+        assert!(e.starts_with("bad.toml: key `media.codec`:"), "{e}");
 
         let e = err("publishers = 1\n[media]\nvideo = true\nframerate = 3\n");
         assert!(e.starts_with("bad.toml: key `media.framerate`:"), "{e}");

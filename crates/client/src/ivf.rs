@@ -168,6 +168,63 @@ pub fn is_vp9_keyframe(frame: &[u8]) -> bool {
     show_existing == 0 && frame_type == 0
 }
 
+/// The frame size a VP9 keyframe's uncompressed header declares (VP9 spec §6.2: after the
+/// sync code, the color config, then `frame_width_minus_1` and `frame_height_minus_1`).
+pub fn vp9_keyframe_size(frame: &[u8]) -> Option<(u16, u16)> {
+    let mut bits = BitReader {
+        data: frame,
+        pos: 0,
+    };
+    if bits.read(2)? != 0b10 {
+        return None;
+    }
+    let profile = bits.read(1)? | bits.read(1)? << 1;
+    if profile == 3 {
+        bits.read(1)?;
+    }
+    // show_existing_frame, frame_type (0 = key), show_frame, error_resilient_mode.
+    if bits.read(1)? != 0 || bits.read(1)? != 0 {
+        return None;
+    }
+    bits.read(2)?;
+    if bits.read(24)? != 0x49_83_42 {
+        return None;
+    }
+    if profile >= 2 {
+        bits.read(1)?; // ten_or_twelve_bit
+    }
+    let color_space = bits.read(3)?;
+    if color_space != 7 {
+        bits.read(1)?; // color_range
+        if profile == 1 || profile == 3 {
+            bits.read(3)?; // subsampling_x, subsampling_y, reserved
+        }
+    } else if profile == 1 || profile == 3 {
+        bits.read(1)?;
+    }
+    let w = bits.read(16)? + 1;
+    let h = bits.read(16)? + 1;
+    Some((u16::try_from(w).ok()?, u16::try_from(h).ok()?))
+}
+
+/// Reads bits most significant first.
+struct BitReader<'a> {
+    data: &'a [u8],
+    pos: usize,
+}
+
+impl BitReader<'_> {
+    fn read(&mut self, n: usize) -> Option<u32> {
+        let mut v = 0u32;
+        for _ in 0..n {
+            let byte = *self.data.get(self.pos / 8)?;
+            v = v << 1 | u32::from(byte >> (7 - self.pos % 8) & 1);
+            self.pos += 1;
+        }
+        Some(v)
+    }
+}
+
 /// Whether an AV1 temporal unit (low-overhead OBU stream, as IVF holds it) starts a new coded
 /// video sequence: it carries a sequence header OBU, which encoders emit with each keyframe.
 pub fn is_av1_keyframe(unit: &[u8]) -> bool {
@@ -417,6 +474,10 @@ mod tests {
             // ffmpeg -g 30: a keyframe every second.
             assert_eq!(clip.keyframe_indices(), vec![0, 30, 60], "{fourcc:?}");
         }
+        let vp9 = IvfClip::parse(include_bytes!("../tests/data/vp9_160x120_30fps.ivf"))
+            .expect("fixture parses");
+        assert_eq!(vp9_keyframe_size(&vp9.frames[0].data), Some((160, 120)));
+        assert_eq!(vp9_keyframe_size(&vp9.frames[1].data), None);
         assert!(!is_vp9_keyframe(&[]));
         assert!(!is_vp9_keyframe(&[0x86])); // frame_type 1: inter
         assert!(!is_av1_keyframe(&[0x12, 0x00]));

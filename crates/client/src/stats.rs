@@ -716,25 +716,58 @@ pub fn vp8_descriptor_len(payload: &[u8]) -> Option<usize> {
 }
 
 /// VP9 (RFC 9628 §4.2): B=1 begins a frame; P=0 (not inter-predicted) makes it a keyframe
-/// (for the base spatial layer); the picture id follows when I=1.
+/// (for the base spatial layer); the picture id follows when I=1. A keyframe's size comes
+/// from the scalability structure when present (V=1, as browsers send), else from the frame's
+/// uncompressed header.
 pub fn vp9_frame_start(payload: &[u8]) -> Option<FrameStart> {
     let b0 = *payload.first()?;
     if b0 & 0x08 == 0 {
         return None;
     }
+    let (flexible, predicted) = (b0 & 0x10 != 0, b0 & 0x40 != 0);
+    let mut i = 1;
     let picture_id = if b0 & 0x80 != 0 {
         let m = *payload.get(1)?;
         Some(if m & 0x80 != 0 {
+            i += 2;
             (u16::from(m & 0x7f) << 8 | u16::from(*payload.get(2)?), true)
         } else {
+            i += 1;
             (u16::from(m), false)
         })
     } else {
         None
     };
+    if b0 & 0x20 != 0 {
+        i += if flexible { 1 } else { 2 }; // layer indices (+ TL0PICIDX)
+    }
+    if flexible && predicted {
+        // P_DIFFs, each with N set while another follows.
+        while payload.get(i)? & 0x01 != 0 {
+            i += 1;
+        }
+        i += 1;
+    }
+    let keyframe = !predicted;
+    let mut size = None;
+    if b0 & 0x02 != 0 {
+        // Scalability structure: N_S-1 (3 bits), Y, G; with Y a width and height per layer.
+        let ss = *payload.get(i)?;
+        let layers = usize::from(ss >> 5) + 1;
+        if ss & 0x10 != 0 {
+            let at = i + 1 + (layers - 1) * 4; // the highest spatial layer
+            let b = payload.get(at..at + 4)?;
+            size = Some((
+                u16::from_be_bytes([b[0], b[1]]),
+                u16::from_be_bytes([b[2], b[3]]),
+            ));
+        }
+    } else if keyframe {
+        size = payload.get(i..).and_then(crate::ivf::vp9_keyframe_size);
+    }
     Some(FrameStart {
-        keyframe: b0 & 0x40 == 0,
-        size: None,
+        keyframe,
+        size,
         picture_id,
     })
 }
@@ -966,6 +999,35 @@ mod tests {
         assert_eq!(vp8_frame_start(&[]), None);
         assert_eq!(vp8_frame_start(&[0x90, 0x80, 0x81]), None);
         assert_eq!(vp8_frame_start(&[0x10]), None);
+    }
+
+    #[test]
+    fn vp9_descriptors_give_keyframes_and_sizes() {
+        let clip =
+            crate::ivf::IvfClip::parse(include_bytes!("../tests/data/vp9_160x120_30fps.ivf"))
+                .expect("fixture parses");
+        // As the client sends it: I=1 F=1 B=1, a 15-bit picture id, then the keyframe.
+        let mut key = vec![0x98, 0x81, 0x02];
+        key.extend_from_slice(&clip.frames[0].data[..16]);
+        let start = vp9_frame_start(&key).expect("frame start");
+        assert_eq!(
+            (start.keyframe, start.size, start.picture_id),
+            (true, Some((160, 120)), Some((0x102, true)))
+        );
+        // An inter frame: P=1 with one P_DIFF.
+        let mut inter = vec![0xd8, 0x81, 0x03, 0x02];
+        inter.extend_from_slice(&clip.frames[1].data[..8]);
+        let start = vp9_frame_start(&inter).expect("frame start");
+        assert_eq!((start.keyframe, start.size), (false, None));
+        // As Chromium sends a keyframe: V=1 with a scalability structure giving 320x180.
+        let ss = [0x9a, 0x81, 0x04, 0x10, 0x01, 0x40, 0x00, 0xb4, 0x00];
+        assert_eq!(
+            vp9_frame_start(&ss).expect("frame start").size,
+            Some((320, 180))
+        );
+        // Not the beginning of a frame; truncated.
+        assert_eq!(vp9_frame_start(&[0x90, 0x81, 0x05]), None);
+        assert_eq!(vp9_frame_start(&[0x9a, 0x81]), None);
     }
 
     #[test]

@@ -348,6 +348,9 @@ async fn generated_vp9_reaches_the_subscribers() {
         serde_json::json!({"video/VP9": 2}),
         "{out}"
     );
+    // The frame size comes from the VP9 keyframes' headers.
+    assert_eq!(sub["layers_in"][0]["size"], "320x180", "{out}");
+    assert_eq!(num(sub, "/layers_in/0/tracks"), 2.0, "{out}");
     assert_eq!(num(sub, "/join_video_ms/count"), 2.0, "{out}");
     assert!(num(sub, "/fps") > 20.0, "{out}");
     assert_eq!(num(sub, "/freezes/count"), 0.0, "{out}");

@@ -1085,7 +1085,6 @@ async fn build_pc(
     rtcp_sent: Arc<RtcpSent>,
     impairment: crate::impair::Impairment,
 ) -> Result<Arc<dyn PeerConnection>, ClientError> {
-    let counter = crate::keyframe::RtcpCounter::new(rtcp_sent);
     let registry = register_default_interceptors(Registry::new(), &mut media_engine)?;
     // Capture stamps for latency measurement (see `capture_clock`), registered after the
     // defaults so the extensions those register keep their ids.
@@ -1130,7 +1129,7 @@ async fn build_pc(
         // NACK and PLI go out from here.
         Target::Subscriber => registry.with(
             rtc::interceptor::Slot::from(crate::keyframe::COUNTER_SLOT),
-            counter,
+            crate::keyframe::RtcpCounter::new(rtcp_sent),
         ),
     };
     let registry = if impairment.is_active() {

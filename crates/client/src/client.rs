@@ -1,5 +1,6 @@
 //! The [`Client`]: signaling, the two peer connections, media tasks and receive accounting.
 
+pub mod receive_engine;
 pub mod whip;
 
 use crate::ivf::{IvfClip, IvfError};
@@ -12,6 +13,8 @@ use chorus_signal::protocol::{
     Target, TrackKind, PROTOCOL_VERSION,
 };
 use futures::{SinkExt, StreamExt};
+use receive_engine::EngineConn;
+pub use receive_engine::ReceiveEngine;
 use rtc::rtp_transceiver::rtp_sender::RTCRtpHeaderExtensionCapability;
 use rtc::rtp_transceiver::rtp_sender::RtpCodecKind;
 use std::collections::BTreeMap;
@@ -92,6 +95,9 @@ pub enum ClientError {
         /// The start of the response body (the server's explanation).
         body: String,
     },
+    /// A local socket could not be opened or used.
+    #[error("socket: {0}")]
+    Io(std::io::Error),
     /// A WHIP/WHEP `201 Created` without a `Location` header.
     #[error("{0} answer has no Location header")]
     MissingLocation(&'static str),
@@ -137,6 +143,10 @@ pub struct ClientOptions {
     pub udp_addr: Option<String>,
     /// Limit for connecting the WebSocket and receiving `joined`.
     pub join_timeout: Duration,
+    /// Run the subscriber connection on this shared engine (webrtc-rs's sans-IO core, one
+    /// thread for many clients) instead of on an async connection of its own: what the load
+    /// bots do, so that receiving costs a fraction of the CPU. Host candidates only.
+    pub receive_engine: Option<ReceiveEngine>,
 }
 
 impl ClientOptions {
@@ -167,6 +177,7 @@ impl Default for ClientOptions {
             impairment: crate::impair::Impairment::default(),
             udp_addr: None,
             join_timeout: Duration::from_secs(10),
+            receive_engine: None,
         }
     }
 }
@@ -417,45 +428,23 @@ async fn read_remote_track(track: Arc<dyn TrackRemote>, shared: Arc<Shared>) {
         RtpCodecKind::Audio => TrackKind::Audio,
         _ => TrackKind::Video,
     };
-    let mut stats = ReceivedTrackStats::new(track.stream_id().await, track.track_id().await, kind);
+    let mut mime = None;
     if let Some(ssrc) = track.ssrcs().await.first().copied() {
-        if let Some(c) = track.codec(ssrc).await {
-            stats.set_mime_type(c.mime_type);
-        }
+        mime = track.codec(ssrc).await.map(|c| c.mime_type);
     }
-    tracing::debug!(participant = %stats.participant_id, track = %stats.track_id, ?kind, "remote track");
-    let mut decode = (shared.decode_sample > 0 && kind == TrackKind::Video)
-        .then(|| crate::decode::DecodeCheck::new(shared.decode_sample));
-    stats.keep_frames = decode.is_some();
-    let entry = Arc::new(Mutex::new(stats));
-    lock(&shared.received).push(Arc::clone(&entry));
+    let mut reader = TrackReader::new(
+        &shared,
+        track.stream_id().await,
+        track.track_id().await,
+        kind,
+        mime,
+    );
     while let Some(event) = track.poll().await {
         match event {
-            TrackRemoteEvent::OnRtpPacket(p) => {
-                let now = Instant::now();
-                let latency = capture_latency(&p.header, &shared);
-                let meta = PacketMeta {
-                    ssrc: p.header.ssrc,
-                    payload_type: p.header.payload_type,
-                    sequence_number: p.header.sequence_number,
-                    timestamp: p.header.timestamp,
-                    marker: p.header.marker,
-                    latency,
-                };
-                let (frame, vp8) = {
-                    let mut e = lock(&entry);
-                    let frame = e.on_rtp(meta, &p.payload, now);
-                    (frame, e.format == crate::stats::VideoFormat::Vp8)
-                };
-                // The decode check is VP8 (libvpx's VP8 decoder) only.
-                if let (Some(frame), Some(check), true) = (frame, decode.as_mut(), vp8) {
-                    let outcome = check.on_frame(&frame);
-                    lock(&entry).decode.add(outcome);
-                }
-            }
+            TrackRemoteEvent::OnRtpPacket(p) => reader.on_packet(&p, &shared, Arrival::now()),
             TrackRemoteEvent::OnOpen(init) => {
                 if let Some(codec) = track.codec(init.ssrc).await {
-                    lock(&entry).set_mime_type(codec.mime_type);
+                    lock(&reader.entry).set_mime_type(codec.mime_type);
                 }
             }
             TrackRemoteEvent::OnEnded => break,
@@ -464,10 +453,83 @@ async fn read_remote_track(track: Arc<dyn TrackRemote>, shared: Arc<Shared>) {
     }
 }
 
+/// When a packet arrived, on both clocks (the monotonic one for intervals, the wall clock for
+/// capture-to-arrival latency).
+#[derive(Debug, Clone, Copy)]
+struct Arrival {
+    at: Instant,
+    wall: SystemTime,
+}
+
+impl Arrival {
+    fn now() -> Arrival {
+        Arrival {
+            at: Instant::now(),
+            wall: SystemTime::now(),
+        }
+    }
+}
+
+/// Accounts one remote track's packets ([`ReceivedTrackStats`], capture latency, the optional
+/// decode check); shared by the async connection and the [`ReceiveEngine`].
+struct TrackReader {
+    entry: Arc<Mutex<ReceivedTrackStats>>,
+    decode: Option<crate::decode::DecodeCheck>,
+}
+
+impl TrackReader {
+    /// Starts accounting a track and lists it in the client's received tracks.
+    fn new(
+        shared: &Shared,
+        participant_id: String,
+        track_id: String,
+        kind: TrackKind,
+        mime: Option<String>,
+    ) -> TrackReader {
+        let mut stats = ReceivedTrackStats::new(participant_id, track_id, kind);
+        if let Some(mime) = mime {
+            stats.set_mime_type(mime);
+        }
+        tracing::debug!(participant = %stats.participant_id, track = %stats.track_id, ?kind, "remote track");
+        let decode = (shared.decode_sample > 0 && kind == TrackKind::Video)
+            .then(|| crate::decode::DecodeCheck::new(shared.decode_sample));
+        stats.keep_frames = decode.is_some();
+        let entry = Arc::new(Mutex::new(stats));
+        lock(&shared.received).push(Arc::clone(&entry));
+        TrackReader { entry, decode }
+    }
+
+    fn on_packet(&mut self, p: &rtc::rtp::Packet, shared: &Shared, arrival: Arrival) {
+        let now = arrival.at;
+        let latency = capture_latency(&p.header, shared, arrival.wall);
+        let meta = PacketMeta {
+            ssrc: p.header.ssrc,
+            payload_type: p.header.payload_type,
+            sequence_number: p.header.sequence_number,
+            timestamp: p.header.timestamp,
+            marker: p.header.marker,
+            latency,
+        };
+        let (frame, vp8) = {
+            let mut e = lock(&self.entry);
+            let frame = e.on_rtp(meta, &p.payload, now);
+            (frame, e.format == crate::stats::VideoFormat::Vp8)
+        };
+        // The decode check is VP8 (libvpx's VP8 decoder) only.
+        if let (Some(frame), Some(check), true) = (frame, self.decode.as_mut(), vp8) {
+            let outcome = check.on_frame(&frame);
+            lock(&self.entry).decode.add(outcome);
+        }
+    }
+}
+
 /// Capture-to-arrival latency from `abs-capture-time`, else `abs-send-time`.
-fn capture_latency(header: &rtc::rtp::header::Header, shared: &Shared) -> Option<Duration> {
+fn capture_latency(
+    header: &rtc::rtp::header::Header,
+    shared: &Shared,
+    now: SystemTime,
+) -> Option<Duration> {
     let ext = |id: u8| (id != 0).then(|| header.get_extension(id)).flatten();
-    let now = SystemTime::now();
     if let Some(stamp) = ext(shared.abs_capture_time_id.load(Ordering::Relaxed))
         .and_then(|b| crate::capture_clock::parse_capture_time(&b))
     {
@@ -567,7 +629,7 @@ pub struct Client {
     shared: Arc<Shared>,
     events: mpsc::UnboundedReceiver<ServerMessage>,
     publisher: Arc<dyn PeerConnection>,
-    subscriber: Arc<dyn PeerConnection>,
+    subscriber: Arc<SubscriberConn>,
     local_tracks: Vec<Arc<LocalTrack>>,
 }
 
@@ -682,20 +744,34 @@ impl Client {
             crate::impair::Impairment::default(),
         )
         .await?;
-        let mut sub_engine = MediaEngine::default();
-        sub_engine.register_default_codecs()?;
-        let subscriber = build_pc(
-            sub_engine,
-            &rtc_ice_servers,
-            &udp_addr,
-            Handler {
-                target: Target::Subscriber,
-                shared: Arc::clone(&shared),
-            },
-            Arc::clone(&shared.rtcp_sent),
-            opts.impairment,
-        )
-        .await?;
+        let subscriber = Arc::new(match &opts.receive_engine {
+            Some(engine) => {
+                let bind = engine_bind_addr(&url, opts.udp_addr.as_deref()).await?;
+                SubscriberConn::Engine(
+                    engine
+                        .open(Arc::clone(&shared), bind, opts.impairment)
+                        .await?,
+                )
+            }
+            None => {
+                let mut sub_engine = MediaEngine::default();
+                sub_engine.register_default_codecs()?;
+                SubscriberConn::Own(
+                    build_pc(
+                        sub_engine,
+                        &rtc_ice_servers,
+                        &udp_addr,
+                        Handler {
+                            target: Target::Subscriber,
+                            shared: Arc::clone(&shared),
+                        },
+                        Arc::clone(&shared.rtcp_sent),
+                        opts.impairment,
+                    )
+                    .await?,
+                )
+            }
+        });
 
         // Local tracks; the msid stream id is our participant id, like a browser would pick
         // any id, the server maps it via `publisher_track_id`.
@@ -974,7 +1050,7 @@ impl Client {
         }
         let _ = tokio::time::timeout(LEAVE_TIMEOUT, async {
             let _ = self.publisher.close().await;
-            let _ = self.subscriber.close().await;
+            self.subscriber.close().await;
         })
         .await;
         // Drop aborts the tasks.
@@ -991,7 +1067,7 @@ impl Drop for Client {
                 (Arc::clone(&self.publisher), Arc::clone(&self.subscriber));
             rt.spawn(async move {
                 let _ = publisher.close().await;
-                let _ = subscriber.close().await;
+                subscriber.close().await;
             });
         }
     }
@@ -1078,16 +1154,87 @@ async fn add_local_tracks(
 }
 
 async fn build_pc(
-    mut media_engine: MediaEngine,
+    media_engine: MediaEngine,
     ice_servers: &[RTCIceServer],
     udp_addr: &str,
     handler: Handler,
     rtcp_sent: Arc<RtcpSent>,
     impairment: crate::impair::Impairment,
 ) -> Result<Arc<dyn PeerConnection>, ClientError> {
+    let (media_engine, registry) =
+        configure_stack(media_engine, handler.target, rtcp_sent, impairment)?;
+    let config = RTCConfigurationBuilder::new()
+        .with_ice_servers(ice_servers.to_vec())
+        .build();
+    let mut builder = PeerConnectionBuilder::new();
+    if impairment.loss_percent > 0.0 {
+        // Loss is injected below SRTP, on the socket: dropping after SRTP would make its replay
+        // window reject the (same-index) retransmissions that repair the loss.
+        builder = builder.with_runtime(crate::impair::lossy_runtime(impairment.loss_percent)?);
+    }
+    let pc = builder
+        .with_configuration(config)
+        .with_media_engine(media_engine)
+        .with_interceptor_registry(registry)
+        .with_handler(Arc::new(handler))
+        .with_udp_addrs(vec![udp_addr.to_owned()])
+        .build()
+        .await?;
+    Ok(Arc::new(pc))
+}
+
+/// The header extensions and interceptor chain of a client connection: the stack's defaults,
+/// the capture stamps, and per role only the interceptors that have work there.
+fn configure_stack(
+    mut media_engine: MediaEngine,
+    target: Target,
+    rtcp_sent: Arc<RtcpSent>,
+    impairment: crate::impair::Impairment,
+) -> Result<(MediaEngine, Registry), ClientError> {
     let registry = register_default_interceptors(Registry::new(), &mut media_engine)?;
-    // Capture stamps for latency measurement (see `capture_clock`), registered after the
-    // defaults so the extensions those register keep their ids.
+    register_measured_extensions(&mut media_engine)?;
+    // Simulcast publishing: every packet names its track (mid) and encoding (rid).
+    rtc::peer_connection::configuration::interceptor_registry::configure_simulcast_extension_headers(
+        &mut media_engine,
+    )?;
+    // Each interceptor is a hop every packet takes through the chain (the bots' largest cost
+    // after the stack itself): register only where it has work.
+    let registry = match target {
+        // Keyframe requests arrive for local tracks; VP9 is sent from here.
+        Target::Publisher => registry
+            .with(
+                rtc::interceptor::Slot::from(crate::keyframe::SLOT),
+                crate::keyframe::KeyframeRequestForwarder::default(),
+            )
+            .with(
+                rtc::interceptor::Slot::from(crate::vp9::SLOT),
+                crate::vp9::Vp9InterFrames::default(),
+            ),
+        // NACK and PLI go out from here.
+        Target::Subscriber => registry.with(
+            rtc::interceptor::Slot::from(crate::keyframe::COUNTER_SLOT),
+            crate::keyframe::RtcpCounter::new(rtcp_sent),
+        ),
+    };
+    Ok((media_engine, with_impairment(registry, impairment)))
+}
+
+/// Adds the impairment interceptor when there is an impairment.
+fn with_impairment(registry: Registry, impairment: crate::impair::Impairment) -> Registry {
+    if impairment.is_active() {
+        registry.with(
+            rtc::interceptor::Slot::from(crate::impair::SLOT),
+            crate::impair::Impairer::new(impairment),
+        )
+    } else {
+        registry
+    }
+}
+
+/// The header extensions the client reads or writes: the capture stamps for latency
+/// measurement (see `capture_clock`) and the audio level. Registered after the stack's own so
+/// those keep their ids.
+fn register_measured_extensions(media_engine: &mut MediaEngine) -> Result<(), ClientError> {
     for kind in [RtpCodecKind::Audio, RtpCodecKind::Video] {
         for uri in [
             crate::capture_clock::ABS_SEND_TIME_URI,
@@ -1109,55 +1256,7 @@ async fn build_pc(
         RtpCodecKind::Audio,
         None,
     )?;
-    // Simulcast publishing: every packet names its track (mid) and encoding (rid).
-    rtc::peer_connection::configuration::interceptor_registry::configure_simulcast_extension_headers(
-        &mut media_engine,
-    )?;
-    // Each interceptor is a hop every packet takes through the chain (the bots' largest cost
-    // after the stack itself): register only where it has work.
-    let registry = match handler.target {
-        // Keyframe requests arrive for local tracks; VP9 is sent from here.
-        Target::Publisher => registry
-            .with(
-                rtc::interceptor::Slot::from(crate::keyframe::SLOT),
-                crate::keyframe::KeyframeRequestForwarder::default(),
-            )
-            .with(
-                rtc::interceptor::Slot::from(crate::vp9::SLOT),
-                crate::vp9::Vp9InterFrames::default(),
-            ),
-        // NACK and PLI go out from here.
-        Target::Subscriber => registry.with(
-            rtc::interceptor::Slot::from(crate::keyframe::COUNTER_SLOT),
-            crate::keyframe::RtcpCounter::new(rtcp_sent),
-        ),
-    };
-    let registry = if impairment.is_active() {
-        registry.with(
-            rtc::interceptor::Slot::from(crate::impair::SLOT),
-            crate::impair::Impairer::new(impairment),
-        )
-    } else {
-        registry
-    };
-    let config = RTCConfigurationBuilder::new()
-        .with_ice_servers(ice_servers.to_vec())
-        .build();
-    let mut builder = PeerConnectionBuilder::new();
-    if impairment.loss_percent > 0.0 {
-        // Loss is injected below SRTP, on the socket: dropping after SRTP would make its replay
-        // window reject the (same-index) retransmissions that repair the loss.
-        builder = builder.with_runtime(crate::impair::lossy_runtime(impairment.loss_percent)?);
-    }
-    let pc = builder
-        .with_configuration(config)
-        .with_media_engine(media_engine)
-        .with_interceptor_registry(registry)
-        .with_handler(Arc::new(handler))
-        .with_udp_addrs(vec![udp_addr.to_owned()])
-        .build()
-        .await?;
-    Ok(Arc::new(pc))
+    Ok(())
 }
 
 /// `127.0.0.1:0` for a loopback signaling host (the wildcard skips loopback interfaces), else
@@ -1218,7 +1317,7 @@ async fn write_signaling(
 struct SignalingContext {
     shared: Arc<Shared>,
     publisher: Arc<dyn PeerConnection>,
-    subscriber: Arc<dyn PeerConnection>,
+    subscriber: Arc<SubscriberConn>,
     events: mpsc::UnboundedSender<ServerMessage>,
     pending_media: Option<PendingMedia>,
     /// Remote candidates that arrived before the connection's remote description.
@@ -1278,19 +1377,12 @@ impl SignalingContext {
             }
             ServerMessage::Offer { sdp } => {
                 self.shared.set_extension_ids(sdp);
-                self.subscriber
-                    .set_remote_description(RTCSessionDescription::offer(sdp.clone())?)
-                    .await?;
-                let answer = self.subscriber.create_answer(None).await?;
-                self.subscriber
-                    .set_local_description(answer.clone())
-                    .await?;
-                self.shared
-                    .send(ClientMessage::Answer { sdp: answer.sdp })?;
+                let answer = self.subscriber.answer(sdp.clone()).await?;
+                self.shared.send(ClientMessage::Answer { sdp: answer })?;
                 self.shared.subscriber_gate.open(&self.shared.out);
                 *lock(&self.shared.offered) = offered_tracks(sdp);
                 for c in std::mem::take(&mut self.pending_subscriber) {
-                    add_candidate(&self.subscriber, c).await;
+                    self.subscriber.add_candidate(c).await;
                 }
                 self.shared.states.send_modify(|s| s.subscriber_offers += 1);
             }
@@ -1312,7 +1404,7 @@ impl SignalingContext {
                     }
                     Target::Publisher => self.pending_publisher.push(init),
                     Target::Subscriber if states.subscriber_offers > 0 => {
-                        add_candidate(&self.subscriber, init).await
+                        self.subscriber.add_candidate(init).await
                     }
                     Target::Subscriber => self.pending_subscriber.push(init),
                 }
@@ -1364,6 +1456,79 @@ async fn add_candidate(pc: &Arc<dyn PeerConnection>, init: RTCIceCandidateInit) 
     if let Err(e) = pc.add_ice_candidate(init).await {
         tracing::debug!(error = %e, "remote candidate rejected");
     }
+}
+
+/// The subscriber connection: an async connection of its own, or one on a shared
+/// [`ReceiveEngine`].
+enum SubscriberConn {
+    Own(Arc<dyn PeerConnection>),
+    Engine(EngineConn),
+}
+
+impl SubscriberConn {
+    /// Applies the server's offer; returns the answer.
+    async fn answer(&self, sdp: String) -> Result<String, ClientError> {
+        match self {
+            SubscriberConn::Own(pc) => {
+                pc.set_remote_description(RTCSessionDescription::offer(sdp)?)
+                    .await?;
+                let answer = pc.create_answer(None).await?;
+                pc.set_local_description(answer.clone()).await?;
+                Ok(answer.sdp)
+            }
+            SubscriberConn::Engine(conn) => conn.answer(sdp).await,
+        }
+    }
+
+    async fn add_candidate(&self, init: RTCIceCandidateInit) {
+        match self {
+            SubscriberConn::Own(pc) => add_candidate(pc, init).await,
+            SubscriberConn::Engine(conn) => conn.add_candidate(init),
+        }
+    }
+
+    async fn close(&self) {
+        match self {
+            SubscriberConn::Own(pc) => {
+                let _ = pc.close().await;
+            }
+            SubscriberConn::Engine(conn) => conn.close(),
+        }
+    }
+}
+
+/// The address an engine connection's socket binds: `udp_addr` if given, else the local
+/// address that routes to the signaling host (a host candidate must be a real address).
+async fn engine_bind_addr(
+    url: &url::Url,
+    udp_addr: Option<&str>,
+) -> Result<std::net::SocketAddr, ClientError> {
+    if let Some(addr) = udp_addr {
+        return addr
+            .parse()
+            .map_err(|_| ClientError::Protocol(format!("bad UDP address {addr:?}")));
+    }
+    let host = url
+        .host_str()
+        .ok_or_else(|| ClientError::Protocol("signaling URL has no host".into()))?
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    let port = url.port_or_known_default().unwrap_or(80);
+    let server = tokio::net::lookup_host((host, port))
+        .await
+        .map_err(ClientError::Io)?
+        .next()
+        .ok_or_else(|| ClientError::Protocol(format!("{host} does not resolve")))?;
+    let probe = std::net::UdpSocket::bind(match server {
+        std::net::SocketAddr::V4(_) => "0.0.0.0:0",
+        std::net::SocketAddr::V6(_) => "[::]:0",
+    })
+    .map_err(ClientError::Io)?;
+    // Connecting a UDP socket sends nothing; it only picks the route's source address.
+    probe.connect(server).map_err(ClientError::Io)?;
+    let mut local = probe.local_addr().map_err(ClientError::Io)?;
+    local.set_port(0);
+    Ok(local)
 }
 
 #[cfg(test)]

@@ -239,7 +239,7 @@ impl Runtime for LossyRuntime {
 
 /// Whether a datagram is RTP (RFC 7983 demultiplexing: first byte 128..=191, and RFC 5761:
 /// payload type outside the RTCP range 64..=95).
-fn is_rtp(datagram: &[u8]) -> bool {
+pub(crate) fn is_rtp(datagram: &[u8]) -> bool {
     match datagram {
         [b0, b1, ..] => (128..=191).contains(b0) && !(64..=95).contains(&(b1 & 0x7F)),
         _ => false,

@@ -46,7 +46,9 @@ mod vp9;
 pub mod vpx;
 
 pub use client::whip::{WhipKind, WhipSession};
-pub use client::{Client, ClientError, ClientOptions, ConnectionStates, RtcpSentStats};
+pub use client::{
+    Client, ClientError, ClientOptions, ConnectionStates, ReceiveEngine, RtcpSentStats,
+};
 pub use impair::Impairment;
 pub use media::{
     AudioClip, AudioFrame, AudioSource, SentLayerStats, SentTrackStats, SimulcastLayer, VideoSource,

@@ -36,8 +36,18 @@ fn num(v: &Value, path: &str) -> f64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_publisher_three_subscribers_on_loopback() {
+    fanout_1x3("shared").await;
+}
+
+/// The same with every bot on an async connection of its own (`--receive per-bot`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_publisher_three_subscribers_with_connections_of_their_own() {
+    fanout_1x3("per-bot").await;
+}
+
+async fn fanout_1x3(receive: &str) {
     let srv = server().await;
-    let dir = scratch("fanout");
+    let dir = scratch(&format!("fanout-{receive}"));
     let scenario = dir.join("fanout-1x3.toml");
     std::fs::write(
         &scenario,
@@ -54,6 +64,7 @@ async fn one_publisher_three_subscribers_on_loopback() {
             .args(["--run", "r", "--no-progress"])
             .args(["--max-loss", "0", "--max-join-p95-ms", "5000"])
             .args(["--max-latency-p95-ms", "1000"])
+            .args(["--receive", receive])
             .output(),
     )
     .await

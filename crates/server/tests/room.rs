@@ -6,7 +6,9 @@ mod common;
 
 use std::time::Duration;
 
-use chorus_client::{Client, ClientOptions, ReceivedTrackStats, ServerMessage, TrackKind};
+use chorus_client::{
+    Client, ClientOptions, ReceiveEngine, ReceivedTrackStats, ServerMessage, TrackKind,
+};
 
 const T: Duration = Duration::from_secs(20);
 
@@ -64,14 +66,32 @@ async fn metrics_text(base: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_participants_exchange_media_and_a_leave_renegotiates() {
+    three_participants(None).await;
+}
+
+/// The same call with every subscriber connection on one shared receive engine (the load
+/// bots' way): alice and bob on its shared loopback socket, carol on a socket of her own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribers_on_a_shared_receive_engine() {
+    three_participants(Some(ReceiveEngine::start().expect("engine starts"))).await;
+}
+
+async fn three_participants(engine: Option<ReceiveEngine>) {
     let srv = common::server().await;
     let base = srv.base_url();
     let room = common::room();
     let url = format!("ws://{}/ws", srv.http_addr);
-    let join = |id: &str| Client::join(ClientOptions::new(url.clone(), common::token(&room, id)));
-    let mut a = join("alice").await.expect("join");
-    let mut b = join("bob").await.expect("join");
-    let c = join("carol").await.expect("join");
+    let join = |id: &str, udp_addr: Option<&str>| {
+        let opts = ClientOptions {
+            receive_engine: engine.clone(),
+            udp_addr: udp_addr.map(str::to_owned),
+            ..ClientOptions::new(url.clone(), common::token(&room, id))
+        };
+        Client::join(opts)
+    };
+    let mut a = join("alice", None).await.expect("join");
+    let mut b = join("bob", None).await.expect("join");
+    let c = join("carol", Some("127.0.0.2:0")).await.expect("join");
     let (ida, idb, idc) = (
         a.participant_id().to_owned(),
         b.participant_id().to_owned(),

@@ -3,8 +3,8 @@
 
 use chorus_client::{
     AudioSource, Client, ClientError, ClientOptions, ConnectionStates, Impairment, Quality,
-    RTCPeerConnectionState, ReceivedTrackStats, RtcpSentStats, SentTrackStats, TrackKind,
-    VideoSource, WhipKind, WhipSession,
+    RTCPeerConnectionState, ReceiveEngine, ReceivedTrackStats, RtcpSentStats, SentTrackStats,
+    TrackKind, VideoSource, WhipKind, WhipSession,
 };
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -75,6 +75,8 @@ pub struct BotSpec {
     pub decode_sample: u32,
     /// Receive-side impairment.
     pub impairment: Impairment,
+    /// Where WebSocket bots run their subscriber connection (`None`: their own).
+    pub receive_engine: Option<ReceiveEngine>,
 }
 
 /// Counters every bot adds its deltas to, for the live view.
@@ -287,6 +289,7 @@ pub async fn run(
         quality: spec.quality,
         // Listeners join with the microphone off, as in a large call.
         audio_muted: spec.muted,
+        receive_engine: spec.receive_engine.clone(),
         ..ClientOptions::new(spec.ws_url.clone(), spec.token.clone())
     };
     let join_sent = Instant::now();

@@ -17,7 +17,7 @@ mod scenario;
 use anyhow::{bail, Context};
 use bot::{BotResult, BotSpec, Live, Role};
 use chorus_client::generate::{encode_audio_loop, encode_video_loop, GeneratedVideo};
-use chorus_client::{AudioSource, Impairment, VideoSource};
+use chorus_client::{AudioSource, Impairment, ReceiveEngine, VideoSource};
 use chorus_signal::auth::{claims, mint, Grants};
 use clap::Parser;
 use report::{Limits, Report, RoomMedia, Sample, ServerReport};
@@ -167,6 +167,18 @@ struct Args {
     /// one core at most). Default: one per core.
     #[arg(long)]
     threads: Option<usize>,
+    /// How WebSocket bots receive: `shared` runs every bot's subscriber connection on one
+    /// engine thread (webrtc-rs's sans-IO core; a fraction of the CPU), `per-bot` gives each
+    /// bot an async connection of its own (as `chorus_client::Client` does by default).
+    #[arg(long, value_enum, default_value_t = Receive::Shared)]
+    receive: Receive,
+}
+
+/// See [`Args::receive`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Receive {
+    Shared,
+    PerBot,
 }
 
 impl Args {
@@ -533,6 +545,8 @@ struct Ctx {
     leave: watch::Receiver<bool>,
     next_id: AtomicU64,
     media: MediaPlan,
+    /// The shared receive engine (`--receive shared`).
+    receive_engine: Option<ReceiveEngine>,
 }
 
 impl Ctx {
@@ -594,6 +608,7 @@ impl Ctx {
                 loss_percent: self.scenario.impairment.loss_percent,
                 jitter: Duration::from_millis(u64::from(self.scenario.impairment.jitter_ms)),
             },
+            receive_engine: self.receive_engine.clone(),
         })
     }
 
@@ -770,6 +785,10 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         leave: leave_rx,
         next_id: AtomicU64::new(0),
         media,
+        receive_engine: match args.receive {
+            Receive::Shared => Some(ReceiveEngine::start().context("starting the receive engine")?),
+            Receive::PerBot => None,
+        },
         args,
     });
     let started_unix = SystemTime::now()

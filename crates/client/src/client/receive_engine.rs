@@ -1,0 +1,798 @@
+//! [`ReceiveEngine`]: many clients' subscriber connections on webrtc-rs's sans-IO `rtc` core,
+//! driven by one thread.
+//!
+//! A connection of the async `webrtc` crate pays, for every received packet, a socket wake-up,
+//! a task switch and its driver's queues: a receiving bot cost more CPU than the server spent
+//! forwarding to it. Here one thread waits on every connection's socket at once (epoll, through
+//! `mio`), reads each ready socket's queue with one `recvmmsg` (`quinn-udp`), and runs that
+//! connection's state machine inline — the same shape as the server's engine. The accounting
+//! of received packets ([`ReceivedTrackStats`](crate::ReceivedTrackStats)) is the client's own,
+//! shared with the async path.
+//!
+//! The server tells participants apart by address, so every connection needs one of its own.
+//! Toward a loopback server, connections share one socket bound to the wildcard address and each
+//! gets its own loopback address (127.1.x.y): datagrams are routed by their destination address
+//! (`IP_PKTINFO`), sent with the connection's address as source, and one `recvmmsg` reads many
+//! connections' datagrams. Otherwise each connection binds a socket of its own. A connection
+//! offers one host candidate, its address. No STUN/TURN gathering: the engine is for servers the
+//! bots reach directly (loopback, a LAN, a public address).
+
+use std::collections::{BTreeSet, HashMap};
+use std::io::{self, IoSliceMut};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::mpsc::{Receiver, Sender, TryRecvError};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::BytesMut;
+use chorus_signal::protocol::{IceCandidate, TrackKind};
+use mio::{Events, Interest, Poll, Token, Waker};
+use quinn_udp::{RecvMeta, Transmit, UdpSocketState, BATCH_SIZE};
+use rtc::dtls::extension::extension_use_srtp::SrtpProtectionProfile;
+use rtc::interceptor::{NackGeneratorBuilder, ReceiverReportBuilder, Registry, Slot};
+use rtc::peer_connection::configuration::media_engine::MediaEngine;
+use rtc::peer_connection::configuration::setting_engine::SettingEngineBuilder;
+use rtc::peer_connection::configuration::RTCConfigurationBuilder;
+use rtc::peer_connection::event::{RTCPeerConnectionEvent, RTCTrackEvent};
+use rtc::peer_connection::message::RTCMessage;
+use rtc::peer_connection::sdp::RTCSessionDescription;
+use rtc::peer_connection::transport::{
+    CandidateConfig, CandidateHostConfig, RTCIceCandidate, RTCIceCandidateInit,
+};
+use rtc::peer_connection::{RTCPeerConnection, RTCPeerConnectionBuilder};
+use rtc::rtp_transceiver::rtp_sender::{RTCPFeedback, RtpCodecKind};
+use rtc::sansio::Protocol;
+use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
+use tokio::sync::oneshot;
+
+use super::{
+    register_measured_extensions, with_impairment, Arrival, ClientError, Shared, TrackReader,
+};
+use crate::impair::{is_rtp, Impairment};
+use crate::keyframe::RtcpSent;
+use chorus_signal::protocol::Target;
+
+/// SRTP profiles offered, AEAD GCM first (a third of CM-HMAC's CPU), as browsers do.
+const SRTP_PROFILES: [SrtpProtectionProfile; 3] = [
+    SrtpProtectionProfile::Srtp_Aead_Aes_128_Gcm,
+    SrtpProtectionProfile::Srtp_Aead_Aes_256_Gcm,
+    SrtpProtectionProfile::Srtp_Aes128_Cm_Hmac_Sha1_80,
+];
+/// The waker's token; connections with sockets of their own use their id.
+const WAKE: Token = Token(usize::MAX);
+/// The shared loopback socket's token.
+const LOOPBACK: Token = Token(usize::MAX - 1);
+/// Receive buffer per batch slot: a UDP GRO read may coalesce several datagrams.
+const RECV_BUF: usize = 64 * 1024;
+/// The shared loopback socket's receive buffer (capped by `net.core.rmem_max`).
+const LOOPBACK_RECV_BUFFER: usize = 16 << 20;
+/// The shortest time between two passes over the ready sockets. Waking for every datagram
+/// (the server sends a subscriber's packets one by one) costs a context switch each, the
+/// largest cost after the stack itself; gathering for up to 1 ms costs nothing in accuracy,
+/// since arrival times come from the kernel's receive timestamps.
+const MIN_PASS: Duration = Duration::from_millis(1);
+
+/// A handle to a receive engine thread; clones share it. The thread ends when the last handle
+/// (and with it every connection on it) is gone.
+///
+/// Give it to [`ClientOptions::receive_engine`](super::ClientOptions::receive_engine) to run a
+/// client's subscriber connection here instead of on a connection of its own.
+#[derive(Clone)]
+pub struct ReceiveEngine {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for ReceiveEngine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReceiveEngine").finish_non_exhaustive()
+    }
+}
+
+struct Inner {
+    commands: Sender<Command>,
+    waker: Waker,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // The sender is dropped right after this: the thread sees the channel disconnected.
+        let _ = self.waker.wake();
+    }
+}
+
+enum Command {
+    Open {
+        id: u64,
+        shared: Arc<Shared>,
+        bind: SocketAddr,
+        impairment: Impairment,
+        reply: oneshot::Sender<Result<(), ClientError>>,
+    },
+    Offer {
+        id: u64,
+        sdp: String,
+        reply: oneshot::Sender<Result<String, ClientError>>,
+    },
+    Candidate {
+        id: u64,
+        init: RTCIceCandidateInit,
+    },
+    Close {
+        id: u64,
+    },
+}
+
+impl ReceiveEngine {
+    /// Starts the engine's thread.
+    pub fn start() -> io::Result<ReceiveEngine> {
+        let poll = Poll::new()?;
+        let waker = Waker::new(poll.registry(), WAKE)?;
+        let (commands, rx) = std::sync::mpsc::channel();
+        let mut engine = Engine {
+            poll,
+            commands: rx,
+            conns: HashMap::new(),
+            loopback: None,
+            routes: HashMap::new(),
+            loopback_ips: 0,
+            timers: BTreeSet::new(),
+            dirty: Vec::new(),
+            bufs: vec![[0u8; RECV_BUF]; BATCH_SIZE],
+            metas: [RecvMeta::default(); BATCH_SIZE],
+        };
+        std::thread::Builder::new()
+            .name("chorus-rx".into())
+            .spawn(move || engine.run())?;
+        Ok(ReceiveEngine {
+            inner: Arc::new(Inner { commands, waker }),
+        })
+    }
+
+    fn send(&self, command: Command) -> Result<(), ClientError> {
+        self.inner
+            .commands
+            .send(command)
+            .map_err(|_| ClientError::Closed)?;
+        self.inner.waker.wake().map_err(|_| ClientError::Closed)
+    }
+
+    /// Opens a subscriber connection for `shared`'s client at `bind` (an IP address the server
+    /// can reach, port 0 for any). `127.0.0.1:0`, what a client picks toward a loopback server,
+    /// puts it on the shared loopback socket; any other address binds a socket of its own.
+    pub(super) async fn open(
+        &self,
+        shared: Arc<Shared>,
+        bind: SocketAddr,
+        impairment: Impairment,
+    ) -> Result<EngineConn, ClientError> {
+        static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let id = NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let (reply, done) = oneshot::channel();
+        self.send(Command::Open {
+            id,
+            shared,
+            bind,
+            impairment,
+            reply,
+        })?;
+        done.await.map_err(|_| ClientError::Closed)??;
+        Ok(EngineConn {
+            id,
+            engine: self.clone(),
+        })
+    }
+}
+
+/// One subscriber connection on a [`ReceiveEngine`]; dropping it closes the connection.
+pub(super) struct EngineConn {
+    id: u64,
+    engine: ReceiveEngine,
+}
+
+impl EngineConn {
+    /// Applies the server's offer and returns the answer to send.
+    pub(super) async fn answer(&self, sdp: String) -> Result<String, ClientError> {
+        let (reply, done) = oneshot::channel();
+        self.engine.send(Command::Offer {
+            id: self.id,
+            sdp,
+            reply,
+        })?;
+        done.await.map_err(|_| ClientError::Closed)?
+    }
+
+    /// Adds a remote ICE candidate.
+    pub(super) fn add_candidate(&self, init: RTCIceCandidateInit) {
+        let _ = self.engine.send(Command::Candidate { id: self.id, init });
+    }
+
+    /// Closes the connection (again on drop; closing twice is harmless).
+    pub(super) fn close(&self) {
+        let _ = self.engine.send(Command::Close { id: self.id });
+    }
+}
+
+impl Drop for EngineConn {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+/// The engine thread's state: every connection, its socket and its next deadline.
+struct Engine {
+    poll: Poll,
+    commands: Receiver<Command>,
+    conns: HashMap<u64, Conn>,
+    /// The socket connections toward a loopback server share (opened on first use).
+    loopback: Option<Socket>,
+    /// Loopback connections by their address.
+    routes: HashMap<IpAddr, u64>,
+    /// Loopback addresses handed out so far.
+    loopback_ips: u32,
+    /// Every connection's next `poll_timeout`, earliest first.
+    timers: BTreeSet<(Instant, u64)>,
+    /// Connections to drain (poll_write / poll_event / poll_read) before waiting again.
+    dirty: Vec<u64>,
+    bufs: Vec<[u8; RECV_BUF]>,
+    metas: [RecvMeta; BATCH_SIZE],
+}
+
+impl Engine {
+    fn run(&mut self) {
+        let mut events = Events::with_capacity(1024);
+        let mut last_pass = Instant::now();
+        loop {
+            let since = last_pass.elapsed();
+            if since < MIN_PASS {
+                std::thread::sleep(MIN_PASS - since);
+            }
+            let timeout = self
+                .timers
+                .first()
+                .map(|(at, _)| at.saturating_duration_since(Instant::now()));
+            if let Err(e) = self.poll.poll(&mut events, timeout) {
+                if e.kind() != io::ErrorKind::Interrupted {
+                    tracing::error!(error = %e, "receive engine cannot wait for sockets");
+                    return;
+                }
+            }
+            let now = Instant::now();
+            last_pass = now;
+            for event in events.iter() {
+                if event.token() != WAKE {
+                    self.read(event.token(), now);
+                }
+            }
+            if !self.take_commands(now) {
+                return;
+            }
+            while let Some(&(at, id)) = self.timers.first() {
+                if at > now {
+                    break;
+                }
+                self.timers.pop_first();
+                if let Some(conn) = self.conns.get_mut(&id) {
+                    conn.deadline = None;
+                    if let Err(e) = conn.pc.handle_timeout(now) {
+                        tracing::debug!(error = %e, "subscriber connection timeout");
+                    }
+                    self.dirty.push(id);
+                }
+            }
+            for id in std::mem::take(&mut self.dirty) {
+                self.drive(id, now);
+            }
+        }
+    }
+
+    /// Reads every datagram waiting on a socket (a connection's own, or the shared loopback
+    /// socket) into the peer connections they are for.
+    fn read(&mut self, token: Token, now: Instant) {
+        let Engine {
+            conns,
+            loopback,
+            routes,
+            bufs,
+            metas,
+            dirty,
+            ..
+        } = self;
+        let mut touched = |id: u64, conn: &mut Conn| {
+            if !conn.dirty {
+                conn.dirty = true;
+                dirty.push(id);
+            }
+        };
+        if token == LOOPBACK {
+            let Some(socket) = loopback.as_ref() else {
+                return;
+            };
+            socket.read(bufs, metas, now, |meta, datagram, arrival| {
+                let id = meta.dst_ip.and_then(|ip| routes.get(&ip)).copied();
+                if let Some((id, conn)) = id.and_then(|id| Some((id, conns.get_mut(&id)?))) {
+                    conn.receive(now, datagram, meta.addr, arrival);
+                    touched(id, conn);
+                }
+            });
+            return;
+        }
+        let id = token.0 as u64;
+        let Some(conn) = conns.get_mut(&id) else {
+            return;
+        };
+        if let Some(socket) = conn.own.take() {
+            socket.read(bufs, metas, now, |meta, datagram, arrival| {
+                conn.receive(now, datagram, meta.addr, arrival);
+            });
+            conn.own = Some(socket);
+            touched(id, conn);
+        }
+    }
+
+    fn mark_dirty(&mut self, id: u64) {
+        if let Some(conn) = self.conns.get_mut(&id) {
+            if !conn.dirty {
+                conn.dirty = true;
+                self.dirty.push(id);
+            }
+        }
+    }
+
+    /// Applies queued commands; false once every handle is gone.
+    fn take_commands(&mut self, now: Instant) -> bool {
+        loop {
+            let command = match self.commands.try_recv() {
+                Ok(c) => c,
+                Err(TryRecvError::Empty) => return true,
+                Err(TryRecvError::Disconnected) => return false,
+            };
+            match command {
+                Command::Open {
+                    id,
+                    shared,
+                    bind,
+                    impairment,
+                    reply,
+                } => {
+                    let opened = self.open(now, id, shared, bind, impairment);
+                    let _ = reply.send(opened);
+                    self.mark_dirty(id);
+                }
+                Command::Offer { id, sdp, reply } => {
+                    let answer = match self.conns.get_mut(&id) {
+                        Some(conn) => conn.answer(now, sdp),
+                        None => Err(ClientError::Closed),
+                    };
+                    let _ = reply.send(answer);
+                    self.mark_dirty(id);
+                }
+                Command::Candidate { id, init } => {
+                    if let Some(conn) = self.conns.get_mut(&id) {
+                        if let Err(e) = conn.pc.add_remote_candidate(init) {
+                            tracing::debug!(error = %e, "remote candidate rejected");
+                        }
+                    }
+                    self.mark_dirty(id);
+                }
+                Command::Close { id } => {
+                    if let Some(mut conn) = self.conns.remove(&id) {
+                        if let Some(at) = conn.deadline {
+                            self.timers.remove(&(at, id));
+                        }
+                        match conn.own.as_mut() {
+                            Some(socket) => {
+                                let _ = self.poll.registry().deregister(&mut socket.io);
+                            }
+                            None => {
+                                self.routes.remove(&conn.local.ip());
+                            }
+                        }
+                        let _ = conn.pc.close();
+                    }
+                }
+            }
+        }
+    }
+
+    fn open(
+        &mut self,
+        now: Instant,
+        id: u64,
+        shared: Arc<Shared>,
+        bind: SocketAddr,
+        impairment: Impairment,
+    ) -> Result<(), ClientError> {
+        let (own, local) = match bind {
+            SocketAddr::V4(v4) if *v4.ip() == Ipv4Addr::LOCALHOST && v4.port() == 0 => {
+                let port = match &self.loopback {
+                    Some(socket) => socket.port,
+                    None => {
+                        let socket = Socket::bind(
+                            "0.0.0.0:0"
+                                .parse()
+                                .map_err(|_| ClientError::Protocol("wildcard address".into()))?,
+                        )?;
+                        // Every connection's bursts queue here between passes (a keyframe to
+                        // many subscribers at once): as much buffer as the system allows.
+                        if let Err(e) = socket
+                            .state
+                            .set_recv_buffer_size((&socket.io).into(), LOOPBACK_RECV_BUFFER)
+                        {
+                            tracing::debug!(error = %e, "loopback receive buffer");
+                        }
+                        let port = socket.port;
+                        let socket = self.loopback.insert(socket);
+                        self.poll
+                            .registry()
+                            .register(&mut socket.io, LOOPBACK, Interest::READABLE)
+                            .map_err(ClientError::Io)?;
+                        port
+                    }
+                };
+                let n = self.loopback_ips;
+                let ip = loopback_ip(n)
+                    .ok_or_else(|| ClientError::Protocol("out of loopback addresses".into()))?;
+                self.loopback_ips += 1;
+                self.routes.insert(IpAddr::V4(ip), id);
+                (None, SocketAddr::new(IpAddr::V4(ip), port))
+            }
+            _ => {
+                let mut socket = Socket::bind(bind)?;
+                self.poll
+                    .registry()
+                    .register(&mut socket.io, Token(id as usize), Interest::READABLE)
+                    .map_err(ClientError::Io)?;
+                let local = socket.io.local_addr().map_err(ClientError::Io)?;
+                (Some(socket), local)
+            }
+        };
+        let (media_engine, registry) = receive_stack(Arc::clone(&shared.rtcp_sent), impairment)?;
+        let settings = SettingEngineBuilder::new()
+            .with_srtp_protection_profiles(SRTP_PROFILES.to_vec())
+            .build();
+        let mut pc = RTCPeerConnectionBuilder::new()
+            .with_configuration(RTCConfigurationBuilder::new().build())
+            .with_setting_engine(settings)
+            .with_media_engine(media_engine)
+            .with_interceptor_registry(registry)
+            .build(now)?;
+        let candidate = host_candidate(local)?;
+        pc.add_local_candidate(candidate.clone())?;
+        shared.subscriber_gate.send(
+            IceCandidate {
+                candidate: candidate.candidate,
+                sdp_mid: candidate.sdp_mid.filter(|m| !m.is_empty()),
+                sdp_m_line_index: candidate.sdp_mline_index,
+                username_fragment: candidate.username_fragment,
+            },
+            &shared.out,
+        );
+        self.conns.insert(
+            id,
+            Conn {
+                pc,
+                own,
+                local,
+                shared,
+                loss_percent: impairment.loss_percent,
+                tracks: HashMap::new(),
+                deadline: None,
+                dirty: false,
+            },
+        );
+        Ok(())
+    }
+
+    /// Sends what a connection has to send, handles its events and received media, and
+    /// files its next deadline.
+    fn drive(&mut self, id: u64, now: Instant) {
+        let Some(conn) = self.conns.get_mut(&id) else {
+            return;
+        };
+        conn.dirty = false;
+        // What timers and commands released (e.g. packets the jitter impairment held).
+        conn.take_output(Arrival::now());
+        conn.flush(self.loopback.as_ref());
+        let next = conn.pc.poll_timeout();
+        if next != conn.deadline {
+            if let Some(at) = conn.deadline {
+                self.timers.remove(&(at, id));
+            }
+            if let Some(at) = next {
+                // A deadline already due runs on the next turn, without waiting.
+                self.timers.insert((at.max(now), id));
+                conn.deadline = Some(at.max(now));
+            } else {
+                conn.deadline = None;
+            }
+        }
+    }
+}
+
+/// A non-blocking UDP socket with batched reads.
+struct Socket {
+    io: mio::net::UdpSocket,
+    state: UdpSocketState,
+    port: u16,
+}
+
+impl Socket {
+    fn bind(addr: SocketAddr) -> Result<Socket, ClientError> {
+        let socket = std::net::UdpSocket::bind(addr).map_err(ClientError::Io)?;
+        socket.set_nonblocking(true).map_err(ClientError::Io)?;
+        let state = UdpSocketState::new((&socket).into()).map_err(ClientError::Io)?;
+        let port = socket.local_addr().map_err(ClientError::Io)?.port();
+        Ok(Socket {
+            io: mio::net::UdpSocket::from_std(socket),
+            state,
+            port,
+        })
+    }
+
+    /// Reads until the socket's queue is empty, handing over every datagram.
+    fn read(
+        &self,
+        bufs: &mut [[u8; RECV_BUF]],
+        metas: &mut [RecvMeta; BATCH_SIZE],
+        now: Instant,
+        mut on_datagram: impl FnMut(&RecvMeta, &[u8], Arrival),
+    ) {
+        loop {
+            let mut slots = bufs.iter_mut();
+            let mut iovs: [IoSliceMut<'_>; BATCH_SIZE] = std::array::from_fn(|_| {
+                IoSliceMut::new(slots.next().map_or(&mut [][..], |b| &mut b[..]))
+            });
+            let n = match self.state.recv((&self.io).into(), &mut iovs, metas) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    // e.g. ICMP port unreachable reported on the socket: not fatal.
+                    tracing::debug!(error = %e, "subscriber socket read");
+                    return;
+                }
+            };
+            let wall = SystemTime::now();
+            for (buf, meta) in iovs.iter().zip(metas.iter()).take(n) {
+                let arrival = arrival(meta.timestamp, now, wall);
+                let stride = meta.stride.max(1);
+                for datagram in buf[..meta.len.min(buf.len())].chunks(stride) {
+                    on_datagram(meta, datagram, arrival);
+                }
+            }
+            // A short batch emptied the queue; a datagram arriving later wakes us again.
+            if n < BATCH_SIZE {
+                return;
+            }
+        }
+    }
+}
+
+/// One subscriber connection.
+struct Conn {
+    pc: RTCPeerConnection,
+    /// The connection's own socket; `None` on the shared loopback socket.
+    own: Option<Socket>,
+    /// The connection's address (its host candidate).
+    local: SocketAddr,
+    shared: Arc<Shared>,
+    /// Incoming RTP dropped on purpose (below SRTP, so retransmissions repair it).
+    loss_percent: f64,
+    /// Remote tracks by the stack's track id.
+    tracks: HashMap<String, TrackReader>,
+    deadline: Option<Instant>,
+    dirty: bool,
+}
+
+impl Conn {
+    fn receive(&mut self, now: Instant, datagram: &[u8], from: SocketAddr, arrival: Arrival) {
+        if self.loss_percent > 0.0
+            && is_rtp(datagram)
+            && rand::random::<f64>() * 100.0 < self.loss_percent
+        {
+            return;
+        }
+        let read = self.pc.handle_read(TaggedBytesMut {
+            now,
+            transport: TransportContext {
+                local_addr: self.local,
+                peer_addr: from,
+                ecn: None,
+                transport_protocol: TransportProtocol::UDP,
+            },
+            message: BytesMut::from(datagram),
+        });
+        if let Err(e) = read {
+            tracing::trace!(error = %e, "datagram rejected");
+        }
+        self.take_output(arrival);
+    }
+
+    /// Handles the connection's events and received media; packets are accounted as arrived
+    /// at `arrival`. Events first: a track's `OnTrack` precedes its first packet.
+    fn take_output(&mut self, arrival: Arrival) {
+        while let Some(event) = self.pc.poll_event() {
+            self.on_event(event);
+        }
+        while let Some(message) = self.pc.poll_read() {
+            if let RTCMessage::RtpPacket(track_id, packet) = message.message {
+                if let Some(reader) = self.tracks.get_mut(&track_id) {
+                    reader.on_packet(&packet, &self.shared, arrival);
+                }
+            }
+        }
+    }
+
+    fn flush(&mut self, loopback: Option<&Socket>) {
+        let Some(socket) = self.own.as_ref().or(loopback) else {
+            return;
+        };
+        let src_ip = self.own.is_none().then(|| self.local.ip());
+        while let Some(t) = self.pc.poll_write() {
+            let transmit = Transmit {
+                destination: t.transport.peer_addr,
+                ecn: None,
+                contents: &t.message,
+                segment_size: None,
+                src_ip,
+            };
+            if let Err(e) = socket.state.try_send((&socket.io).into(), &transmit) {
+                // RTCP and ICE only: a full buffer loses one report, as a network would.
+                tracing::trace!(error = %e, "subscriber socket write");
+            }
+        }
+    }
+
+    fn answer(&mut self, now: Instant, sdp: String) -> Result<String, ClientError> {
+        self.pc
+            .set_remote_description(now, RTCSessionDescription::offer(sdp)?)?;
+        let answer = self.pc.create_answer(None)?;
+        self.pc.set_local_description(now, answer.clone())?;
+        Ok(answer.sdp)
+    }
+
+    fn on_event(&mut self, event: RTCPeerConnectionEvent) {
+        match event {
+            RTCPeerConnectionEvent::OnConnectionStateChangeEvent(state) => {
+                tracing::debug!(target = ?Target::Subscriber, %state, "peer connection state");
+                self.shared.states.send_modify(|s| s.subscriber = state);
+            }
+            RTCPeerConnectionEvent::OnTrack(RTCTrackEvent::OnOpen(init)) => {
+                if self.tracks.contains_key(&init.track_id) {
+                    return;
+                }
+                let Some(mut receiver) = self.pc.rtp_receiver(init.receiver_id) else {
+                    return;
+                };
+                let kind = match receiver.track().kind() {
+                    RtpCodecKind::Audio => TrackKind::Audio,
+                    _ => TrackKind::Video,
+                };
+                let mime = receiver
+                    .get_parameters()
+                    .rtp_parameters
+                    .codecs
+                    .first()
+                    .map(|c| c.rtp_codec.mime_type.clone());
+                let stream_id = init.stream_ids.first().cloned().unwrap_or_default();
+                let reader =
+                    TrackReader::new(&self.shared, stream_id, init.track_id.clone(), kind, mime);
+                self.tracks.insert(init.track_id, reader);
+            }
+            RTCPeerConnectionEvent::OnTrack(RTCTrackEvent::OnClose(track_id)) => {
+                self.tracks.remove(&track_id);
+            }
+            _ => {}
+        }
+    }
+}
+
+/// What a receive-only connection needs, and nothing else: every interceptor is a hop each
+/// packet takes (moved through a queue), the largest cost after SRTP. A NACK generator, receiver
+/// reports, the NACK/PLI counter; no NACK send history, sender reports or transport-wide
+/// congestion control feedback (the server sends no transport-wide sequence numbers).
+fn receive_stack(
+    rtcp_sent: Arc<RtcpSent>,
+    impairment: Impairment,
+) -> Result<(MediaEngine, Registry), ClientError> {
+    let mut media_engine = MediaEngine::default();
+    media_engine.register_default_codecs()?;
+    for parameter in ["", "pli"] {
+        media_engine.register_feedback(
+            RTCPFeedback {
+                typ: "nack".to_owned(),
+                parameter: parameter.to_owned(),
+            },
+            RtpCodecKind::Video,
+        );
+    }
+    register_measured_extensions(&mut media_engine)?;
+    let registry = Registry::new()
+        .with(Slot::NackGenerator, NackGeneratorBuilder::new().build())
+        .with(Slot::ReceiverReport, ReceiverReportBuilder::new().build())
+        .with(
+            Slot::from(crate::keyframe::COUNTER_SLOT),
+            crate::keyframe::RtcpCounter::new(rtcp_sent),
+        );
+    Ok((media_engine, with_impairment(registry, impairment)))
+}
+
+/// The `n`th loopback address handed out: 127.1.0.1 upward, skipping .0 and .255 in the last
+/// byte (about 16 million addresses, all of them local on Linux); `None` past the last.
+fn loopback_ip(n: u32) -> Option<Ipv4Addr> {
+    let last = 1 + (n % 254) as u8;
+    let rest = n / 254;
+    let second = u8::try_from(1 + rest / 256).ok()?;
+    Some(Ipv4Addr::new(127, second, (rest % 256) as u8, last))
+}
+
+/// When a datagram arrived: the kernel's receive timestamp (`SO_TIMESTAMPNS`) mapped onto both
+/// clocks, else the time of the read.
+fn arrival(stamp: Option<Duration>, now: Instant, wall: SystemTime) -> Arrival {
+    let Some(stamp) = stamp else {
+        return Arrival { at: now, wall };
+    };
+    let stamped = SystemTime::UNIX_EPOCH + stamp;
+    // A stamp from the future (clock step) counts as now.
+    let age = wall.duration_since(stamped).unwrap_or(Duration::ZERO);
+    Arrival {
+        at: now.checked_sub(age).unwrap_or(now),
+        wall: wall - age,
+    }
+}
+
+/// The host candidate for a socket's address.
+fn host_candidate(addr: SocketAddr) -> Result<RTCIceCandidateInit, ClientError> {
+    let candidate = CandidateHostConfig {
+        base_config: CandidateConfig {
+            network: "udp".to_owned(),
+            address: addr.ip().to_string(),
+            port: addr.port(),
+            component: 1,
+            ..Default::default()
+        },
+        ..Default::default()
+    }
+    .new_candidate_host()?;
+    Ok(RTCIceCandidate::from(&candidate).to_json()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_addresses_are_distinct_and_skip_broadcast_bytes() {
+        assert_eq!(loopback_ip(0), Some(Ipv4Addr::new(127, 1, 0, 1)));
+        assert_eq!(loopback_ip(253), Some(Ipv4Addr::new(127, 1, 0, 254)));
+        assert_eq!(loopback_ip(254), Some(Ipv4Addr::new(127, 1, 1, 1)));
+        assert_eq!(loopback_ip(254 * 256), Some(Ipv4Addr::new(127, 2, 0, 1)));
+        assert_eq!(
+            loopback_ip(254 * 256 * 255 - 1),
+            Some(Ipv4Addr::new(127, 255, 255, 254))
+        );
+        assert_eq!(loopback_ip(254 * 256 * 255), None);
+        let ips: std::collections::HashSet<_> = (0..100_000).filter_map(loopback_ip).collect();
+        assert_eq!(ips.len(), 100_000);
+    }
+
+    #[test]
+    fn arrival_comes_from_the_kernel_stamp() {
+        let now = Instant::now();
+        let wall = SystemTime::now();
+        let since_epoch = wall
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .expect("after 1970");
+        let a = arrival(Some(since_epoch - Duration::from_millis(3)), now, wall);
+        assert_eq!(now - a.at, Duration::from_millis(3));
+        assert_eq!(
+            wall.duration_since(a.wall).ok(),
+            Some(Duration::from_millis(3))
+        );
+        // No stamp, or one from the future: the read time.
+        let a = arrival(None, now, wall);
+        assert_eq!((a.at, a.wall), (now, wall));
+        let future = Some(since_epoch + Duration::from_secs(1));
+        assert_eq!(arrival(future, now, wall).at, now);
+    }
+}

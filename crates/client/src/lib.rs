@@ -45,6 +45,7 @@ pub mod stats;
 mod vp9;
 pub mod vpx;
 
+pub use client::receive_engine::RECEIVE_ENGINE_THREAD;
 pub use client::whip::{WhipKind, WhipSession};
 pub use client::{
     Client, ClientError, ClientOptions, ConnectionStates, ReceiveEngine, RtcpSentStats,

@@ -114,6 +114,12 @@ async fn fanout_1x3(receive: &str) {
     assert!(num(&r, "/server/packets_out_per_s") > 100.0, "{stdout}");
     assert!(num(&r, "/server/rss_mb_max") > 0.0, "{stdout}");
     assert!(num(&r, "/bots/rss_mb_max") > 0.0, "{stdout}");
+    // The shared receive engine's own CPU is reported, and only when there is one.
+    let receive_cpu = r["bots"]["steady_receive_cpu_percent"].as_f64();
+    match receive {
+        "shared" => assert!(receive_cpu.is_some_and(|c| c > 0.0), "{stdout}"),
+        _ => assert_eq!(receive_cpu, None, "{stdout}"),
+    }
     assert!(r["timeline"].as_array().is_some_and(|t| t.len() >= 3));
 
     srv.shutdown(Duration::from_secs(1)).await;

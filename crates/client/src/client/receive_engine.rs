@@ -72,6 +72,9 @@ const LOOPBACK_RECV_BUFFER: usize = 16 << 20;
 /// since arrival times come from the kernel's receive timestamps.
 const MIN_PASS: Duration = Duration::from_millis(1);
 
+/// The name of a receive engine's thread (to find its CPU time in `/proc`).
+pub const RECEIVE_ENGINE_THREAD: &str = "chorus-rx";
+
 /// A handle to a receive engine thread; clones share it. The thread ends when the last handle
 /// (and with it every connection on it) is gone.
 ///
@@ -141,7 +144,7 @@ impl ReceiveEngine {
             metas: [RecvMeta::default(); BATCH_SIZE],
         };
         std::thread::Builder::new()
-            .name("chorus-rx".into())
+            .name(RECEIVE_ENGINE_THREAD.into())
             .spawn(move || engine.run())?;
         Ok(ReceiveEngine {
             inner: Arc::new(Inner { commands, waker }),

@@ -935,6 +935,12 @@ async fn run(args: Args) -> anyhow::Result<bool> {
                 bots.steady_cpu_percent = Some((cpu * 100.0).round() / 100.0);
                 bots.cpu_ratio_to_server = (srv.cpu_percent > 0.0)
                     .then(|| (cpu / srv.cpu_percent * 100.0).round() / 100.0);
+                if let (Some(r0), Some(r1)) = (a.1.receive_cpu_seconds, b.1.receive_cpu_seconds) {
+                    let cpu = (r1 - r0) * 100.0 / window;
+                    bots.steady_receive_cpu_percent = Some((cpu * 100.0).round() / 100.0);
+                    bots.receive_cpu_ratio_to_server = (srv.cpu_percent > 0.0)
+                        .then(|| (cpu / srv.cpu_percent * 100.0).round() / 100.0);
+                }
             }
         }
     }
@@ -1044,6 +1050,8 @@ fn bots_report(probes: &Probes, bots: u64) -> report::BotsReport {
         cpu_percent_per_bot: (bots > 0).then(|| (cpu / bots as f64 * 1000.0).round() / 1000.0),
         steady_cpu_percent: None,
         cpu_ratio_to_server: None,
+        steady_receive_cpu_percent: None,
+        receive_cpu_ratio_to_server: None,
     }
 }
 

@@ -88,11 +88,34 @@ pub struct SelfSample {
     pub cpu_seconds: f64,
     /// `VmRSS` from `/proc/self/status`.
     pub rss_bytes: f64,
+    /// CPU seconds of the receive engine's thread (`chorus-rx`), where there is one.
+    pub receive_cpu_seconds: Option<f64>,
 }
 
 /// Reads `/proc/self`; zeros where unavailable (non-Linux).
 pub fn self_sample() -> SelfSample {
-    proc_sample("self").unwrap_or_default()
+    let mut s = proc_sample("self").unwrap_or_default();
+    s.receive_cpu_seconds = thread_cpu_seconds(chorus_client::RECEIVE_ENGINE_THREAD);
+    s
+}
+
+/// CPU seconds of this process's threads named `name` (`/proc/self/task/*/comm`).
+fn thread_cpu_seconds(name: &str) -> Option<f64> {
+    let mut total = None;
+    for task in std::fs::read_dir("/proc/self/task").ok()?.flatten() {
+        let path = task.path();
+        let comm = std::fs::read_to_string(path.join("comm")).unwrap_or_default();
+        if comm.trim_end() != name {
+            continue;
+        }
+        if let Some(cpu) = std::fs::read_to_string(path.join("stat"))
+            .ok()
+            .and_then(|s| parse_stat_cpu(&s))
+        {
+            *total.get_or_insert(0.0) += cpu;
+        }
+    }
+    total
 }
 
 /// Reads `/proc/<pid>` (`pid` may be `self`); `None` when the process is not readable.
@@ -111,6 +134,7 @@ pub fn proc_sample(pid: &str) -> Option<SelfSample> {
     Some(SelfSample {
         cpu_seconds,
         rss_bytes,
+        receive_cpu_seconds: None,
     })
 }
 

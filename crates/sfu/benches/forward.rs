@@ -13,6 +13,27 @@ use rtc::sansio::Protocol;
 
 const CHUNK: u64 = 2_000;
 
+/// Times `iters` runs of `measure` over inputs made by `prepare`, in chunks of [`CHUNK`] so the
+/// inputs' preparation stays out of the measurement.
+fn chunked<S, T>(
+    iters: u64,
+    state: &mut S,
+    mut prepare: impl FnMut(&mut S) -> T,
+    mut measure: impl FnMut(&mut S, Vec<T>, Instant),
+) -> Duration {
+    let mut total = Duration::ZERO;
+    let mut left = iters;
+    while left > 0 {
+        let chunk = left.min(CHUNK);
+        left -= chunk;
+        let inputs = (0..chunk).map(|_| prepare(state)).collect();
+        let start = Instant::now();
+        measure(state, inputs, start);
+        total += start.elapsed();
+    }
+    total
+}
+
 fn forward(c: &mut Criterion) {
     let mut group = c.benchmark_group("forward_one_packet");
     group.measurement_time(Duration::from_secs(5));
@@ -23,30 +44,28 @@ fn forward(c: &mut Criterion) {
         group.throughput(Throughput::Elements(n as u64));
         group.bench_with_input(BenchmarkId::from_parameter(n), &n, |b, _| {
             b.iter_custom(|iters| {
-                let mut total = Duration::ZERO;
-                let mut left = iters;
-                while left > 0 {
-                    let chunk = left.min(CHUNK);
-                    left -= chunk;
-                    let mut datagrams = Vec::with_capacity(chunk as usize);
-                    for _ in 0..chunk {
+                chunked(
+                    iters,
+                    &mut net,
+                    |net| {
                         net.send_video(false, 1200);
-                        datagrams.extend(net.publisher_datagrams());
-                    }
-                    let start = Instant::now();
-                    for d in &datagrams {
-                        net.core.handle_datagram(start, d, from);
-                        net.core.take_transmits(&mut transmits);
-                    }
-                    total += start.elapsed();
-                }
-                total
+                        net.publisher_datagrams()
+                    },
+                    |net, datagrams, start| {
+                        for d in datagrams.iter().flatten() {
+                            net.core.handle_datagram(start, d, from);
+                            net.core.take_transmits(&mut transmits);
+                        }
+                    },
+                )
             });
         });
     }
     group.finish();
 }
 
+/// One receiving client connection (the stack's default interceptors): the floor of what a
+/// subscribing load bot pays per packet.
 fn receive(c: &mut Criterion) {
     let mut group = c.benchmark_group("subscriber_receive_one_packet");
     group.measurement_time(Duration::from_secs(5));
@@ -56,43 +75,41 @@ fn receive(c: &mut Criterion) {
     group.throughput(Throughput::Elements(1));
     group.bench_function("default_interceptors", |b| {
         b.iter_custom(|iters| {
-            let mut total = Duration::ZERO;
-            let mut left = iters;
-            while left > 0 {
-                let chunk = left.min(CHUNK);
-                left -= chunk;
-                let mut datagrams = Vec::with_capacity(chunk as usize);
-                for _ in 0..chunk {
+            chunked(
+                iters,
+                &mut net,
+                |net| {
                     net.send_video(false, 1200);
+                    let mut out = Vec::new();
                     for d in net.publisher_datagrams() {
                         net.core.handle_datagram(Instant::now(), &d, from);
                         net.core.take_transmits(&mut transmits);
-                        datagrams.extend(transmits.drain(..).map(|(_, d)| d));
+                        out.extend(transmits.drain(..).map(|(_, d)| d));
                     }
-                }
-                let sub = &mut net.subscribers[0].0;
-                let core_addr = net.core_addr;
-                let start = Instant::now();
-                for d in datagrams {
-                    let _ = sub.pc.handle_read(rtc::shared::TaggedBytesMut {
-                        now: start,
-                        transport: rtc::shared::TransportContext {
-                            local_addr: sub.addr,
-                            peer_addr: core_addr,
-                            ecn: None,
-                            transport_protocol: rtc::shared::TransportProtocol::UDP,
-                        },
-                        message: d,
-                    });
-                    while let Some(m) = sub.pc.poll_read() {
-                        std::hint::black_box(m);
+                    out
+                },
+                |net, datagrams, start| {
+                    let core_addr = net.core_addr;
+                    let sub = &mut net.subscribers[0].0;
+                    for d in datagrams.into_iter().flatten() {
+                        let _ = sub.pc.handle_read(rtc::shared::TaggedBytesMut {
+                            now: start,
+                            transport: rtc::shared::TransportContext {
+                                local_addr: sub.addr,
+                                peer_addr: core_addr,
+                                ecn: None,
+                                transport_protocol: rtc::shared::TransportProtocol::UDP,
+                            },
+                            message: d,
+                        });
+                        while let Some(m) = sub.pc.poll_read() {
+                            std::hint::black_box(m);
+                        }
+                        while sub.pc.poll_write().is_some() {}
+                        while sub.pc.poll_event().is_some() {}
                     }
-                    while sub.pc.poll_write().is_some() {}
-                    while sub.pc.poll_event().is_some() {}
-                }
-                total += start.elapsed();
-            }
-            total
+                },
+            )
         });
     });
     group.finish();

@@ -1,6 +1,7 @@
 //! The [`Client`]: signaling, the two peer connections, media tasks and receive accounting.
 
 pub mod receive_engine;
+mod receiver;
 pub mod whip;
 
 use crate::ivf::{IvfClip, IvfError};

@@ -24,40 +24,17 @@ use std::sync::mpsc::{Receiver, Sender, TryRecvError};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use bytes::BytesMut;
-use chorus_signal::protocol::{IceCandidate, TrackKind};
+use chorus_signal::protocol::IceCandidate;
 use mio::{Events, Interest, Poll, Token, Waker};
 use quinn_udp::{RecvMeta, Transmit, UdpSocketState, BATCH_SIZE};
-use rtc::dtls::extension::extension_use_srtp::SrtpProtectionProfile;
-use rtc::interceptor::{NackGeneratorBuilder, ReceiverReportBuilder, Registry, Slot};
-use rtc::peer_connection::configuration::media_engine::MediaEngine;
-use rtc::peer_connection::configuration::setting_engine::SettingEngineBuilder;
-use rtc::peer_connection::configuration::RTCConfigurationBuilder;
-use rtc::peer_connection::event::{RTCPeerConnectionEvent, RTCTrackEvent};
-use rtc::peer_connection::message::RTCMessage;
-use rtc::peer_connection::sdp::RTCSessionDescription;
 use rtc::peer_connection::transport::{
     CandidateConfig, CandidateHostConfig, RTCIceCandidate, RTCIceCandidateInit,
 };
-use rtc::peer_connection::{RTCPeerConnection, RTCPeerConnectionBuilder};
-use rtc::rtp_transceiver::rtp_sender::{RTCPFeedback, RtpCodecKind};
-use rtc::sansio::Protocol;
-use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
 use tokio::sync::oneshot;
 
-use super::{
-    register_measured_extensions, with_impairment, Arrival, ClientError, Shared, TrackReader,
-};
-use crate::impair::{is_rtp, Impairment};
-use crate::keyframe::RtcpSent;
-use chorus_signal::protocol::Target;
-
-/// SRTP profiles offered, AEAD GCM first (a third of CM-HMAC's CPU), as browsers do.
-const SRTP_PROFILES: [SrtpProtectionProfile; 3] = [
-    SrtpProtectionProfile::Srtp_Aead_Aes_128_Gcm,
-    SrtpProtectionProfile::Srtp_Aead_Aes_256_Gcm,
-    SrtpProtectionProfile::Srtp_Aes128_Cm_Hmac_Sha1_80,
-];
+use super::receiver::{self, Identity};
+use super::{Arrival, ClientError, Shared};
+use crate::impair::Impairment;
 /// The waker's token; connections with sockets of their own use their id.
 const WAKE: Token = Token(usize::MAX);
 /// The shared loopback socket's token.
@@ -138,6 +115,7 @@ impl ReceiveEngine {
             loopback: None,
             routes: HashMap::new(),
             loopback_ips: 0,
+            identity: None,
             timers: BTreeSet::new(),
             dirty: Vec::new(),
             bufs: vec![[0u8; RECV_BUF]; BATCH_SIZE],
@@ -232,6 +210,8 @@ struct Engine {
     routes: HashMap<IpAddr, u64>,
     /// Loopback addresses handed out so far.
     loopback_ips: u32,
+    /// The certificate every connection presents (generated on first use).
+    identity: Option<Arc<Identity>>,
     /// Every connection's next `poll_timeout`, earliest first.
     timers: BTreeSet<(Instant, u64)>,
     /// Connections to drain (poll_write / poll_event / poll_read) before waiting again.
@@ -276,10 +256,11 @@ impl Engine {
                 self.timers.pop_first();
                 if let Some(conn) = self.conns.get_mut(&id) {
                     conn.deadline = None;
-                    if let Err(e) = conn.pc.handle_timeout(now) {
-                        tracing::debug!(error = %e, "subscriber connection timeout");
+                    conn.rx.handle_timeout(now);
+                    if !conn.dirty {
+                        conn.dirty = true;
+                        self.dirty.push(id);
                     }
-                    self.dirty.push(id);
                 }
             }
             for id in std::mem::take(&mut self.dirty) {
@@ -363,7 +344,7 @@ impl Engine {
                 }
                 Command::Offer { id, sdp, reply } => {
                     let answer = match self.conns.get_mut(&id) {
-                        Some(conn) => conn.answer(now, sdp),
+                        Some(conn) => conn.rx.answer(now, &sdp),
                         None => Err(ClientError::Closed),
                     };
                     let _ = reply.send(answer);
@@ -371,9 +352,7 @@ impl Engine {
                 }
                 Command::Candidate { id, init } => {
                     if let Some(conn) = self.conns.get_mut(&id) {
-                        if let Err(e) = conn.pc.add_remote_candidate(init) {
-                            tracing::debug!(error = %e, "remote candidate rejected");
-                        }
+                        conn.rx.add_candidate(now, &init.candidate);
                     }
                     self.mark_dirty(id);
                 }
@@ -390,7 +369,9 @@ impl Engine {
                                 self.routes.remove(&conn.local.ip());
                             }
                         }
-                        let _ = conn.pc.close();
+                        // The DTLS close_notify (the socket lives until `conn` is dropped).
+                        conn.rx.close(now);
+                        conn.flush(self.loopback.as_ref());
                     }
                 }
             }
@@ -449,18 +430,12 @@ impl Engine {
                 (Some(socket), local)
             }
         };
-        let (media_engine, registry) = receive_stack(Arc::clone(&shared.rtcp_sent), impairment)?;
-        let settings = SettingEngineBuilder::new()
-            .with_srtp_protection_profiles(SRTP_PROFILES.to_vec())
-            .build();
-        let mut pc = RTCPeerConnectionBuilder::new()
-            .with_configuration(RTCConfigurationBuilder::new().build())
-            .with_setting_engine(settings)
-            .with_media_engine(media_engine)
-            .with_interceptor_registry(registry)
-            .build(now)?;
-        let candidate = host_candidate(local)?;
-        pc.add_local_candidate(candidate.clone())?;
+        let identity = match &self.identity {
+            Some(identity) => Arc::clone(identity),
+            None => Arc::clone(self.identity.insert(Arc::new(Identity::generate()?))),
+        };
+        let rx = receiver::Receiver::new(now, local, Arc::clone(&shared), identity, impairment);
+        let candidate = host_candidate(local, rx.ufrag())?;
         shared.subscriber_gate.send(
             IceCandidate {
                 candidate: candidate.candidate,
@@ -473,12 +448,9 @@ impl Engine {
         self.conns.insert(
             id,
             Conn {
-                pc,
+                rx,
                 own,
                 local,
-                shared,
-                loss_percent: impairment.loss_percent,
-                tracks: HashMap::new(),
                 deadline: None,
                 dirty: false,
             },
@@ -493,10 +465,8 @@ impl Engine {
             return;
         };
         conn.dirty = false;
-        // What timers and commands released (e.g. packets the jitter impairment held).
-        conn.take_output(Arrival::now());
         conn.flush(self.loopback.as_ref());
-        let next = conn.pc.poll_timeout();
+        let next = conn.rx.poll_timeout();
         if next != conn.deadline {
             if let Some(at) = conn.deadline {
                 self.timers.remove(&(at, id));
@@ -573,57 +543,18 @@ impl Socket {
 
 /// One subscriber connection.
 struct Conn {
-    pc: RTCPeerConnection,
+    rx: receiver::Receiver,
     /// The connection's own socket; `None` on the shared loopback socket.
     own: Option<Socket>,
     /// The connection's address (its host candidate).
     local: SocketAddr,
-    shared: Arc<Shared>,
-    /// Incoming RTP dropped on purpose (below SRTP, so retransmissions repair it).
-    loss_percent: f64,
-    /// Remote tracks by the stack's track id.
-    tracks: HashMap<String, TrackReader>,
     deadline: Option<Instant>,
     dirty: bool,
 }
 
 impl Conn {
     fn receive(&mut self, now: Instant, datagram: &[u8], from: SocketAddr, arrival: Arrival) {
-        if self.loss_percent > 0.0
-            && is_rtp(datagram)
-            && rand::random::<f64>() * 100.0 < self.loss_percent
-        {
-            return;
-        }
-        let read = self.pc.handle_read(TaggedBytesMut {
-            now,
-            transport: TransportContext {
-                local_addr: self.local,
-                peer_addr: from,
-                ecn: None,
-                transport_protocol: TransportProtocol::UDP,
-            },
-            message: BytesMut::from(datagram),
-        });
-        if let Err(e) = read {
-            tracing::trace!(error = %e, "datagram rejected");
-        }
-        self.take_output(arrival);
-    }
-
-    /// Handles the connection's events and received media; packets are accounted as arrived
-    /// at `arrival`. Events first: a track's `OnTrack` precedes its first packet.
-    fn take_output(&mut self, arrival: Arrival) {
-        while let Some(event) = self.pc.poll_event() {
-            self.on_event(event);
-        }
-        while let Some(message) = self.pc.poll_read() {
-            if let RTCMessage::RtpPacket(track_id, packet) = message.message {
-                if let Some(reader) = self.tracks.get_mut(&track_id) {
-                    reader.on_packet(&packet, &self.shared, arrival);
-                }
-            }
-        }
+        self.rx.handle_read(now, from, datagram, arrival);
     }
 
     fn flush(&mut self, loopback: Option<&Socket>) {
@@ -631,11 +562,11 @@ impl Conn {
             return;
         };
         let src_ip = self.own.is_none().then(|| self.local.ip());
-        while let Some(t) = self.pc.poll_write() {
+        while let Some((destination, contents)) = self.rx.poll_transmit() {
             let transmit = Transmit {
-                destination: t.transport.peer_addr,
+                destination,
                 ecn: None,
-                contents: &t.message,
+                contents: &contents,
                 segment_size: None,
                 src_ip,
             };
@@ -645,79 +576,6 @@ impl Conn {
             }
         }
     }
-
-    fn answer(&mut self, now: Instant, sdp: String) -> Result<String, ClientError> {
-        self.pc
-            .set_remote_description(now, RTCSessionDescription::offer(sdp)?)?;
-        let answer = self.pc.create_answer(None)?;
-        self.pc.set_local_description(now, answer.clone())?;
-        Ok(answer.sdp)
-    }
-
-    fn on_event(&mut self, event: RTCPeerConnectionEvent) {
-        match event {
-            RTCPeerConnectionEvent::OnConnectionStateChangeEvent(state) => {
-                tracing::debug!(target = ?Target::Subscriber, %state, "peer connection state");
-                self.shared.states.send_modify(|s| s.subscriber = state);
-            }
-            RTCPeerConnectionEvent::OnTrack(RTCTrackEvent::OnOpen(init)) => {
-                if self.tracks.contains_key(&init.track_id) {
-                    return;
-                }
-                let Some(mut receiver) = self.pc.rtp_receiver(init.receiver_id) else {
-                    return;
-                };
-                let kind = match receiver.track().kind() {
-                    RtpCodecKind::Audio => TrackKind::Audio,
-                    _ => TrackKind::Video,
-                };
-                let mime = receiver
-                    .get_parameters()
-                    .rtp_parameters
-                    .codecs
-                    .first()
-                    .map(|c| c.rtp_codec.mime_type.clone());
-                let stream_id = init.stream_ids.first().cloned().unwrap_or_default();
-                let reader =
-                    TrackReader::new(&self.shared, stream_id, init.track_id.clone(), kind, mime);
-                self.tracks.insert(init.track_id, reader);
-            }
-            RTCPeerConnectionEvent::OnTrack(RTCTrackEvent::OnClose(track_id)) => {
-                self.tracks.remove(&track_id);
-            }
-            _ => {}
-        }
-    }
-}
-
-/// What a receive-only connection needs, and nothing else: every interceptor is a hop each
-/// packet takes (moved through a queue), the largest cost after SRTP. A NACK generator, receiver
-/// reports, the NACK/PLI counter; no NACK send history, sender reports or transport-wide
-/// congestion control feedback (the server sends no transport-wide sequence numbers).
-fn receive_stack(
-    rtcp_sent: Arc<RtcpSent>,
-    impairment: Impairment,
-) -> Result<(MediaEngine, Registry), ClientError> {
-    let mut media_engine = MediaEngine::default();
-    media_engine.register_default_codecs()?;
-    for parameter in ["", "pli"] {
-        media_engine.register_feedback(
-            RTCPFeedback {
-                typ: "nack".to_owned(),
-                parameter: parameter.to_owned(),
-            },
-            RtpCodecKind::Video,
-        );
-    }
-    register_measured_extensions(&mut media_engine)?;
-    let registry = Registry::new()
-        .with(Slot::NackGenerator, NackGeneratorBuilder::new().build())
-        .with(Slot::ReceiverReport, ReceiverReportBuilder::new().build())
-        .with(
-            Slot::from(crate::keyframe::COUNTER_SLOT),
-            crate::keyframe::RtcpCounter::new(rtcp_sent),
-        );
-    Ok((media_engine, with_impairment(registry, impairment)))
 }
 
 /// The `n`th loopback address handed out: 127.1.0.1 upward, skipping .0 and .255 in the last
@@ -744,8 +602,8 @@ fn arrival(stamp: Option<Duration>, now: Instant, wall: SystemTime) -> Arrival {
     }
 }
 
-/// The host candidate for a socket's address.
-fn host_candidate(addr: SocketAddr) -> Result<RTCIceCandidateInit, ClientError> {
+/// The host candidate for a connection's address and ICE username fragment.
+fn host_candidate(addr: SocketAddr, ufrag: &str) -> Result<RTCIceCandidateInit, ClientError> {
     let candidate = CandidateHostConfig {
         base_config: CandidateConfig {
             network: "udp".to_owned(),
@@ -757,7 +615,9 @@ fn host_candidate(addr: SocketAddr) -> Result<RTCIceCandidateInit, ClientError> 
         ..Default::default()
     }
     .new_candidate_host()?;
-    Ok(RTCIceCandidate::from(&candidate).to_json()?)
+    let mut init = RTCIceCandidate::from(&candidate).to_json()?;
+    init.username_fragment = Some(ufrag.to_owned());
+    Ok(init)
 }
 
 #[cfg(test)]

@@ -14,7 +14,7 @@ pub async fn server() -> RunningServer {
 
 /// Starts a server after `tweak` adjusts the default test config.
 pub async fn server_with(tweak: impl FnOnce(&mut Config)) -> RunningServer {
-    let _ = tracing_subscriber_init();
+    init_tracing();
     let mut config = Config::default();
     config.server.http_bind = "127.0.0.1:0".parse().expect("addr");
     config.media.bind_ip = "127.0.0.1".parse().expect("ip");
@@ -23,8 +23,14 @@ pub async fn server_with(tweak: impl FnOnce(&mut Config)) -> RunningServer {
     chorus_server::start(config).await.expect("server starts")
 }
 
-fn tracing_subscriber_init() -> Option<()> {
-    None
+/// Logs to the test's output when `RUST_LOG` is set (e.g. `RUST_LOG=chorus_sfu=debug`).
+fn init_tracing() {
+    if std::env::var("RUST_LOG").is_ok() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
+    }
 }
 
 /// A token for `identity` in `room` with publish and subscribe (and data) grants.

@@ -1,0 +1,1267 @@
+//! [`Receiver`]: a receive-only WebRTC endpoint, sans-IO, for the
+//! [`ReceiveEngine`](super::ReceiveEngine).
+//!
+//! A subscribing bot answers the server's offer, checks connectivity, runs the DTLS client
+//! handshake, decrypts SRTP and sends the feedback a browser sends (receiver reports, NACKs).
+//! It needs none of a peer connection's generality: no sending, no SCTP, one candidate pair, a
+//! fixed answer. webrtc-rs's `rtc` peer connection moves every received packet through a
+//! pipeline of handlers and queues (demuxer, ICE, DTLS, SRTP, interceptors, endpoint), which
+//! cost the bots more CPU than the server spent forwarding to them. This endpoint is built from
+//! the same parts (`rtc`'s STUN, DTLS and SRTP crates, its RTP and RTCP types) wired directly:
+//! a received media packet is one SRTP decryption, one header parse and the client's accounting.
+//!
+//! The answer accepts every offered codec and the header extensions the client measures with,
+//! and the data channel section (the server never opens it toward an endpoint that does not
+//! speak SCTP; bots do not chat). The server is ICE-lite, so this side is controlling: it sends
+//! checks with USE-CANDIDATE to the server's candidates until one answers, then consent checks.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use chorus_signal::protocol::{Target, TrackKind};
+use rtc::crypto::{HashAlgorithm, RTCCryptoProvider};
+use rtc::dtls::config::{ConfigBuilder, ExtendedMasterSecretType, VerifyPeerCertificateFn};
+use rtc::dtls::crypto::Certificate;
+use rtc::dtls::endpoint::{Endpoint as DtlsEndpoint, EndpointEvent};
+use rtc::dtls::extension::extension_use_srtp::SrtpProtectionProfile;
+use rtc::ice::attributes::control::AttrControlling;
+use rtc::ice::attributes::priority::PriorityAttr;
+use rtc::ice::attributes::use_candidate::UseCandidateAttr;
+use rtc::peer_connection::state::RTCPeerConnectionState;
+use rtc::rtcp::receiver_report::ReceiverReport;
+use rtc::rtcp::reception_report::ReceptionReport;
+use rtc::rtcp::sender_report::SenderReport;
+use rtc::rtcp::transport_feedbacks::transport_layer_nack::{
+    nack_pairs_from_sequence_numbers, TransportLayerNack,
+};
+use rtc::shared::marshal::Unmarshal;
+use rtc::shared::TransportProtocol;
+use rtc::srtp::config::Config as SrtpConfig;
+use rtc::srtp::context::Context as SrtpContext;
+use rtc::srtp::option::{srtcp_replay_protection, srtp_replay_protection};
+use rtc::srtp::protection_profile::ProtectionProfile;
+use rtc::stun::attributes::ATTR_USERNAME;
+use rtc::stun::fingerprint::FINGERPRINT;
+use rtc::stun::integrity::MessageIntegrity;
+use rtc::stun::message::TransactionId;
+use rtc::stun::message::{Message, BINDING_REQUEST, BINDING_SUCCESS, CLASS_SUCCESS_RESPONSE};
+use rtc::stun::textattrs::Username;
+use rtc::stun::xoraddr::XorMappedAddress;
+
+use super::{Arrival, ClientError, Shared, TrackReader};
+use crate::impair::{is_rtp, Impairment};
+
+/// SRTP profiles offered, AEAD GCM first (a third of CM-HMAC's CPU), as browsers do.
+const SRTP_PROFILES: [SrtpProtectionProfile; 3] = [
+    SrtpProtectionProfile::Srtp_Aead_Aes_128_Gcm,
+    SrtpProtectionProfile::Srtp_Aead_Aes_256_Gcm,
+    SrtpProtectionProfile::Srtp_Aes128_Cm_Hmac_Sha1_80,
+];
+/// Connectivity checks until one succeeds.
+const CHECK_INTERVAL: Duration = Duration::from_millis(50);
+/// Consent checks once connected (RFC 7675 asks for 4-6 s on average).
+const CONSENT_INTERVAL: Duration = Duration::from_secs(2);
+/// No answer to any check for this long: the connection has failed.
+const CONSENT_TIMEOUT: Duration = Duration::from_secs(15);
+/// Receiver reports, per connection, every second (browsers: about 1 s for video).
+const REPORT_INTERVAL: Duration = Duration::from_secs(1);
+/// A missing packet is first asked for after this (reordering gets a chance), then every
+/// [`NACK_RETRY`], at most [`NACK_MAX`] times, and forgotten after [`NACK_MAX_AGE`].
+const NACK_DELAY: Duration = Duration::from_millis(10);
+const NACK_RETRY: Duration = Duration::from_millis(100);
+const NACK_MAX: u8 = 10;
+const NACK_MAX_AGE: Duration = Duration::from_secs(1);
+/// The most missing packets tracked per stream (a longer gap is not worth repairing).
+const NACK_WINDOW: u32 = 512;
+
+/// The certificate every receiver of an engine presents, and its SDP fingerprint (like a
+/// browser profile's, one for all its connections).
+pub(super) struct Identity {
+    crypto: Arc<dyn RTCCryptoProvider>,
+    certificate: Certificate,
+    fingerprint: String,
+}
+
+impl Identity {
+    /// Generates a self-signed certificate.
+    pub(super) fn generate() -> Result<Identity, ClientError> {
+        let crypto = rtc::crypto::default_provider()
+            .map_err(|e| ClientError::Protocol(format!("crypto provider: {e}")))?;
+        let certificate =
+            Certificate::generate_self_signed(vec!["chorus-bot".to_owned()], crypto.crypto())
+                .map_err(|e| ClientError::Protocol(format!("certificate: {e}")))?;
+        let der = certificate
+            .certificate
+            .first()
+            .ok_or_else(|| ClientError::Protocol("certificate without a chain".into()))?;
+        let fingerprint = sha256_fingerprint(crypto.as_ref(), der.as_ref())?;
+        Ok(Identity {
+            crypto,
+            certificate,
+            fingerprint,
+        })
+    }
+}
+
+fn sha256_fingerprint(crypto: &dyn RTCCryptoProvider, der: &[u8]) -> Result<String, ClientError> {
+    let hashed = crypto
+        .crypto()
+        .hash(HashAlgorithm::Sha256, der)
+        .map_err(|e| ClientError::Protocol(format!("fingerprint: {e}")))?;
+    Ok(hashed
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":"))
+}
+
+/// What the offer says about the server's side.
+#[derive(Debug, Clone, Default, PartialEq)]
+struct Remote {
+    ufrag: String,
+    pwd: String,
+    fingerprint: String,
+}
+
+/// A track the offer announces, by SSRC.
+#[derive(Debug, Clone, PartialEq)]
+struct OfferedStream {
+    ssrc: u32,
+    stream_id: String,
+    track_id: String,
+    kind: TrackKind,
+    mime: Option<String>,
+    clock_rate: u32,
+    nack: bool,
+}
+
+/// A received RTP stream: the client's accounting plus what reports and NACKs need.
+struct Stream {
+    reader: TrackReader,
+    clock_rate: u32,
+    nack: bool,
+    /// Extended highest sequence number; `None` before the first packet.
+    max_seq: Option<u32>,
+    base_seq: u32,
+    received: u32,
+    expected_prior: u32,
+    received_prior: u32,
+    /// RFC 3550 interarrival jitter, in timestamp units.
+    jitter: f64,
+    last_transit: Option<i64>,
+    /// Middle 32 bits of the last sender report's NTP time, and when it arrived.
+    last_sr: Option<(u32, Instant)>,
+    /// Missing packets by extended sequence number: (noticed at, NACKs sent, last NACK).
+    missing: BTreeMap<u32, (Instant, u8, Option<Instant>)>,
+}
+
+impl Stream {
+    fn new(reader: TrackReader, offered: &OfferedStream) -> Stream {
+        Stream {
+            reader,
+            clock_rate: offered.clock_rate.max(1),
+            nack: offered.nack,
+            max_seq: None,
+            base_seq: 0,
+            received: 0,
+            expected_prior: 0,
+            received_prior: 0,
+            jitter: 0.0,
+            last_transit: None,
+            last_sr: None,
+            missing: BTreeMap::new(),
+        }
+    }
+
+    /// Updates sequence, loss and jitter state for a packet that arrived at `at`.
+    fn on_rtp(&mut self, seq: u16, timestamp: u32, at: Instant, epoch: Instant) {
+        let ext = match self.max_seq {
+            None => {
+                self.base_seq = u32::from(seq);
+                self.max_seq = Some(u32::from(seq));
+                u32::from(seq)
+            }
+            Some(max) => {
+                let ext = extend_seq(max, seq);
+                if ext > max {
+                    if self.nack && ext - max > 1 {
+                        let from = (max + 1).max(ext.saturating_sub(NACK_WINDOW));
+                        for missing in from..ext {
+                            self.missing.insert(missing, (at, 0, None));
+                        }
+                    }
+                    self.max_seq = Some(ext);
+                } else {
+                    self.missing.remove(&ext);
+                }
+                ext
+            }
+        };
+        let _ = ext;
+        self.received = self.received.wrapping_add(1);
+        // Transit in timestamp units: arrival (as RTP clock) minus the packet's timestamp.
+        let arrival =
+            at.saturating_duration_since(epoch).as_secs_f64() * f64::from(self.clock_rate);
+        let transit = arrival as i64 - i64::from(timestamp);
+        if let Some(last) = self.last_transit {
+            let d = (transit - last).abs() as f64;
+            self.jitter += (d - self.jitter) / 16.0;
+        }
+        self.last_transit = Some(transit);
+    }
+
+    /// The reception report for this stream (RFC 3550 6.4.1), resetting the interval counters.
+    fn report(&mut self, ssrc: u32, now: Instant) -> Option<ReceptionReport> {
+        let max = self.max_seq?;
+        let expected = max.wrapping_sub(self.base_seq).wrapping_add(1);
+        let lost = i64::from(expected) - i64::from(self.received);
+        let expected_interval = expected.wrapping_sub(self.expected_prior);
+        let received_interval = self.received.wrapping_sub(self.received_prior);
+        self.expected_prior = expected;
+        self.received_prior = self.received;
+        let lost_interval = i64::from(expected_interval) - i64::from(received_interval);
+        let fraction_lost = if expected_interval == 0 || lost_interval <= 0 {
+            0
+        } else {
+            ((lost_interval << 8) / i64::from(expected_interval)).min(255) as u8
+        };
+        let (last_sender_report, delay) = match self.last_sr {
+            Some((lsr, at)) => {
+                let waited = now.saturating_duration_since(at).as_secs_f64();
+                (lsr, (waited * 65536.0) as u32)
+            }
+            None => (0, 0),
+        };
+        Some(ReceptionReport {
+            ssrc,
+            fraction_lost,
+            total_lost: lost.clamp(0, 0x7f_ffff) as u32,
+            last_sequence_number: max,
+            jitter: self.jitter as u32,
+            last_sender_report,
+            delay,
+        })
+    }
+
+    /// Sequence numbers to NACK now; forgets what is too old or asked for too often.
+    fn due_nacks(&mut self, now: Instant, out: &mut Vec<u16>) {
+        self.missing
+            .retain(|_, (noticed, _, _)| now.saturating_duration_since(*noticed) < NACK_MAX_AGE);
+        for (seq, (noticed, sent, last)) in self.missing.iter_mut() {
+            let due = match last {
+                None => now.saturating_duration_since(*noticed) >= NACK_DELAY,
+                Some(last) => now.saturating_duration_since(*last) >= NACK_RETRY,
+            };
+            if due && *sent < NACK_MAX {
+                *sent += 1;
+                *last = Some(now);
+                out.push(*seq as u16);
+            }
+        }
+    }
+
+    /// When the next NACK for this stream is due.
+    fn next_nack(&self) -> Option<Instant> {
+        self.missing
+            .values()
+            .filter(|(_, sent, _)| *sent < NACK_MAX)
+            .map(|(noticed, _, last)| match last {
+                None => *noticed + NACK_DELAY,
+                Some(last) => *last + NACK_RETRY,
+            })
+            .min()
+    }
+}
+
+/// `seq` extended with the rollover count closest to `max`.
+fn extend_seq(max: u32, seq: u16) -> u32 {
+    let cycles = max & !0xffff;
+    let candidate = cycles | u32::from(seq);
+    let delta = i64::from(candidate) - i64::from(max);
+    if delta > 0x8000 && cycles > 0 {
+        candidate - 0x1_0000
+    } else if delta < -0x8000 {
+        candidate + 0x1_0000
+    } else {
+        candidate
+    }
+}
+
+/// A datagram held back by the jitter impairment.
+struct Held {
+    at: Instant,
+    order: u64,
+    from: SocketAddr,
+    data: Vec<u8>,
+    arrival: Arrival,
+}
+
+impl PartialEq for Held {
+    fn eq(&self, other: &Self) -> bool {
+        (self.at, self.order) == (other.at, other.order)
+    }
+}
+impl Eq for Held {}
+impl PartialOrd for Held {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Held {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (self.at, self.order).cmp(&(other.at, other.order))
+    }
+}
+
+/// One subscriber connection's endpoint.
+pub(super) struct Receiver {
+    local: SocketAddr,
+    shared: Arc<Shared>,
+    identity: Arc<Identity>,
+    impairment: Impairment,
+    /// Our ICE credentials.
+    ufrag: String,
+    pwd: String,
+    tie_breaker: u64,
+    remote: Option<Remote>,
+    /// The server's candidates; the first to answer a check is the one used.
+    candidates: Vec<SocketAddr>,
+    selected: Option<SocketAddr>,
+    next_check: Option<Instant>,
+    last_response: Option<Instant>,
+    dtls: DtlsEndpoint,
+    dtls_started: bool,
+    /// Decrypts what the server sends; encrypts what we send.
+    srtp: Option<(SrtpContext, SrtpContext)>,
+    /// Our RTCP sender SSRC.
+    ssrc: u32,
+    offered: HashMap<u32, OfferedStream>,
+    streams: HashMap<u32, Stream>,
+    next_report: Option<Instant>,
+    held: BinaryHeap<Reverse<Held>>,
+    held_order: u64,
+    transmits: VecDeque<(SocketAddr, BytesMut)>,
+    state: RTCPeerConnectionState,
+    /// The clock origin for jitter (any fixed instant).
+    epoch: Instant,
+    nack_buf: Vec<u16>,
+}
+
+impl Receiver {
+    pub(super) fn new(
+        now: Instant,
+        local: SocketAddr,
+        shared: Arc<Shared>,
+        identity: Arc<Identity>,
+        impairment: Impairment,
+    ) -> Receiver {
+        Receiver {
+            local,
+            shared,
+            identity,
+            impairment,
+            ufrag: random_token(16),
+            pwd: random_token(32),
+            tie_breaker: rand::random(),
+            remote: None,
+            candidates: Vec::new(),
+            selected: None,
+            next_check: None,
+            last_response: None,
+            dtls: DtlsEndpoint::new(local, TransportProtocol::UDP, None),
+            dtls_started: false,
+            srtp: None,
+            ssrc: rand::random(),
+            offered: HashMap::new(),
+            streams: HashMap::new(),
+            next_report: None,
+            held: BinaryHeap::new(),
+            held_order: 0,
+            transmits: VecDeque::new(),
+            state: RTCPeerConnectionState::New,
+            epoch: now,
+            nack_buf: Vec::new(),
+        }
+    }
+
+    /// Our ICE username fragment (for the host candidate we announce).
+    pub(super) fn ufrag(&self) -> &str {
+        &self.ufrag
+    }
+
+    /// Applies the server's offer and returns our answer.
+    pub(super) fn answer(&mut self, now: Instant, offer: &str) -> Result<String, ClientError> {
+        let parsed = parse_offer(offer)?;
+        if let Some(remote) = &self.remote {
+            if *remote != parsed.remote {
+                return Err(ClientError::Protocol(
+                    "the server changed ICE or DTLS parameters (restart is not supported)".into(),
+                ));
+            }
+        }
+        self.remote = Some(parsed.remote.clone());
+        for candidate in &parsed.candidates {
+            self.add_candidate_addr(*candidate);
+        }
+        // Tracks that left the offer end; new ones start on their first packet.
+        self.streams
+            .retain(|ssrc, _| parsed.streams.iter().any(|s| s.ssrc == *ssrc));
+        self.offered = parsed.streams.iter().map(|s| (s.ssrc, s.clone())).collect();
+        if self.next_check.is_none() && self.selected.is_none() {
+            self.next_check = Some(now);
+        }
+        Ok(build_answer(
+            offer,
+            &self.ufrag,
+            &self.pwd,
+            &self.identity.fingerprint,
+        ))
+    }
+
+    /// Adds a trickled server candidate (`candidate:...` attribute value).
+    pub(super) fn add_candidate(&mut self, now: Instant, candidate: &str) {
+        if let Some(addr) = parse_candidate(candidate) {
+            self.add_candidate_addr(addr);
+            if self.selected.is_none() && self.remote.is_some() {
+                self.next_check = Some(now);
+            }
+        }
+    }
+
+    fn add_candidate_addr(&mut self, addr: SocketAddr) {
+        if addr.is_ipv4() == self.local.is_ipv4() && !self.candidates.contains(&addr) {
+            self.candidates.push(addr);
+        }
+    }
+
+    /// Closes the connection: a DTLS close_notify, if one was established.
+    pub(super) fn close(&mut self, now: Instant) {
+        if let Some(remote) = self.selected {
+            let _ = self.dtls.stop(now, remote);
+            self.drain_dtls();
+        }
+        self.set_state(RTCPeerConnectionState::Closed);
+    }
+
+    /// Handles one datagram from `from`, received at `arrival`.
+    pub(super) fn handle_read(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        data: &[u8],
+        arrival: Arrival,
+    ) {
+        if is_rtp(data) && self.impairment.is_active() {
+            if self.impairment.loss_percent > 0.0
+                && rand::random::<f64>() * 100.0 < self.impairment.loss_percent
+            {
+                return;
+            }
+            if !self.impairment.jitter.is_zero() {
+                let hold = self.impairment.jitter.mul_f64(rand::random::<f64>());
+                self.held_order += 1;
+                // Delivered as if it had arrived that much later.
+                let arrival = Arrival {
+                    at: arrival.at + hold,
+                    wall: arrival.wall + hold,
+                };
+                self.held.push(Reverse(Held {
+                    at: now + hold,
+                    order: self.held_order,
+                    from,
+                    data: data.to_vec(),
+                    arrival,
+                }));
+                return;
+            }
+        }
+        self.dispatch(now, from, data, arrival);
+    }
+
+    fn dispatch(&mut self, now: Instant, from: SocketAddr, data: &[u8], arrival: Arrival) {
+        match data.first() {
+            Some(0..=3) => self.on_stun(now, from, data),
+            Some(20..=63) => self.on_dtls(now, from, data),
+            Some(128..=191) => {
+                // RFC 5761: RTCP packet types 192-223 (200 SR, 201 RR, ...) in the second byte.
+                if matches!(data.get(1), Some(192..=223)) {
+                    self.on_rtcp(now, data);
+                } else {
+                    self.on_rtp(data, arrival);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn on_stun(&mut self, now: Instant, from: SocketAddr, data: &[u8]) {
+        let mut message = Message::new();
+        if message.unmarshal_binary(data).is_err() {
+            return;
+        }
+        if message.typ == BINDING_REQUEST {
+            self.answer_check(&mut message, from);
+            return;
+        }
+        if message.typ.class != CLASS_SUCCESS_RESPONSE {
+            return;
+        }
+        let Some(remote) = &self.remote else {
+            return;
+        };
+        if MessageIntegrity::check(
+            &mut message,
+            remote.pwd.as_bytes(),
+            self.identity.crypto.crypto(),
+        )
+        .is_err()
+        {
+            tracing::debug!(%from, "STUN response with a bad integrity check");
+            return;
+        }
+        self.last_response = Some(now);
+        if self.selected.is_none() && self.candidates.contains(&from) {
+            self.selected = Some(from);
+            self.next_check = Some(now + CONSENT_INTERVAL);
+            self.set_state(RTCPeerConnectionState::Connecting);
+            self.start_dtls(now, from);
+        }
+    }
+
+    /// Answers the server's own check of the pair (webrtc-rs's agent, ICE-lite or not, checks a
+    /// pair before it accepts a nomination on it).
+    fn answer_check(&mut self, request: &mut Message, from: SocketAddr) {
+        if MessageIntegrity::check(request, self.pwd.as_bytes(), self.identity.crypto.crypto())
+            .is_err()
+        {
+            tracing::debug!(%from, "STUN request with a bad integrity check");
+            return;
+        }
+        let mut response = Message::new();
+        let built = response.build(&[
+            Box::new(request.clone()),
+            Box::new(BINDING_SUCCESS),
+            Box::new(XorMappedAddress {
+                ip: from.ip(),
+                port: from.port(),
+            }),
+            Box::new(MessageIntegrity::new_short_term_integrity_with_provider(
+                self.pwd.clone(),
+                self.identity.crypto.crypto(),
+            )),
+            Box::new(FINGERPRINT),
+        ]);
+        match built {
+            Ok(()) => self
+                .transmits
+                .push_back((from, BytesMut::from(&response.raw[..]))),
+            Err(e) => tracing::debug!(error = %e, "STUN response"),
+        }
+    }
+
+    fn start_dtls(&mut self, now: Instant, server: SocketAddr) {
+        if self.dtls_started {
+            return;
+        }
+        let Some(remote) = &self.remote else {
+            return;
+        };
+        let expected = remote.fingerprint.to_lowercase();
+        let crypto = Arc::clone(&self.identity.crypto);
+        let verify: VerifyPeerCertificateFn = Arc::new(move |certs, _| {
+            let der = certs
+                .first()
+                .ok_or(rtc::shared::error::Error::ErrNonCertificate)?;
+            let got = sha256_fingerprint(crypto.as_ref(), der)
+                .map_err(|e| rtc::shared::error::Error::Other(e.to_string()))?;
+            if got == expected {
+                Ok(())
+            } else {
+                Err(rtc::shared::error::Error::ErrNoMatchingCertificateFingerprint)
+            }
+        });
+        let config = ConfigBuilder::default()
+            .with_crypto_provider(Arc::clone(&self.identity.crypto))
+            .with_certificates(vec![self.identity.certificate.clone()])
+            .with_srtp_protection_profiles(SRTP_PROFILES.to_vec())
+            .with_insecure_skip_verify(true)
+            .with_verify_peer_certificate(Some(verify))
+            .with_extended_master_secret(ExtendedMasterSecretType::Require)
+            .build(true, Some(server));
+        let result =
+            config.and_then(|config| self.dtls.connect(now, server, Arc::new(config), None));
+        match result {
+            Ok(()) => {
+                self.dtls_started = true;
+                self.drain_dtls();
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "DTLS handshake cannot start");
+                self.set_state(RTCPeerConnectionState::Failed);
+            }
+        }
+    }
+
+    fn on_dtls(&mut self, now: Instant, from: SocketAddr, data: &[u8]) {
+        if Some(from) != self.selected {
+            return;
+        }
+        match self.dtls.read(now, from, None, BytesMut::from(data)) {
+            Ok(events) => {
+                for event in events {
+                    match event {
+                        EndpointEvent::HandshakeComplete => self.on_handshake(now, from),
+                        EndpointEvent::PeerClosed => self.set_state(RTCPeerConnectionState::Closed),
+                        _ => {}
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "DTLS");
+                if self.srtp.is_none() {
+                    self.set_state(RTCPeerConnectionState::Failed);
+                }
+            }
+        }
+        self.drain_dtls();
+    }
+
+    fn on_handshake(&mut self, now: Instant, server: SocketAddr) {
+        let Some(state) = self.dtls.get_connection_state(server) else {
+            return;
+        };
+        match srtp_contexts(state, self.identity.crypto.as_ref()) {
+            Ok(contexts) => {
+                self.srtp = Some(contexts);
+                self.next_report = Some(now + REPORT_INTERVAL);
+                self.set_state(RTCPeerConnectionState::Connected);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "SRTP keys");
+                self.set_state(RTCPeerConnectionState::Failed);
+            }
+        }
+    }
+
+    fn drain_dtls(&mut self) {
+        while let Some(t) = self.dtls.poll_transmit() {
+            self.transmits.push_back((t.transport.peer_addr, t.message));
+        }
+    }
+
+    fn on_rtp(&mut self, data: &[u8], arrival: Arrival) {
+        let Some((remote, _)) = self.srtp.as_mut() else {
+            return;
+        };
+        let Ok(plain) = remote.decrypt_rtp(data) else {
+            return;
+        };
+        let mut buf = &plain[..];
+        let Ok(packet) = rtc::rtp::Packet::unmarshal(&mut buf) else {
+            return;
+        };
+        let ssrc = packet.header.ssrc;
+        if !self.streams.contains_key(&ssrc) {
+            let Some(offered) = self.offered.get(&ssrc) else {
+                return;
+            };
+            let reader = TrackReader::new(
+                &self.shared,
+                offered.stream_id.clone(),
+                offered.track_id.clone(),
+                offered.kind,
+                offered.mime.clone(),
+            );
+            let stream = Stream::new(reader, offered);
+            self.streams.insert(ssrc, stream);
+        }
+        let Some(stream) = self.streams.get_mut(&ssrc) else {
+            return;
+        };
+        stream.on_rtp(
+            packet.header.sequence_number,
+            packet.header.timestamp,
+            arrival.at,
+            self.epoch,
+        );
+        stream.reader.on_packet(&packet, &self.shared, arrival);
+    }
+
+    fn on_rtcp(&mut self, now: Instant, data: &[u8]) {
+        let Some((remote, _)) = self.srtp.as_mut() else {
+            return;
+        };
+        let Ok(plain) = remote.decrypt_rtcp(data) else {
+            return;
+        };
+        let mut buf = &plain[..];
+        let Ok(packets) = rtc::rtcp::packet::unmarshal(&mut buf) else {
+            return;
+        };
+        for packet in packets {
+            if let Some(sr) = packet.as_any().downcast_ref::<SenderReport>() {
+                if let Some(stream) = self.streams.get_mut(&sr.ssrc) {
+                    stream.last_sr = Some(((sr.ntp_time >> 16) as u32, now));
+                }
+            }
+        }
+    }
+
+    /// Runs what is due at `now`: held packets, checks, reports, NACKs, DTLS retransmissions.
+    pub(super) fn handle_timeout(&mut self, now: Instant) {
+        while self.held.peek().is_some_and(|h| h.0.at <= now) {
+            if let Some(Reverse(h)) = self.held.pop() {
+                self.dispatch(now, h.from, &h.data, h.arrival);
+            }
+        }
+        if self.next_check.is_some_and(|at| at <= now) {
+            self.check(now);
+        }
+        if let Some(server) = self.selected {
+            if self.dtls.poll_timeout(&server).is_some_and(|at| at <= now) {
+                if let Err(e) = self.dtls.handle_timeout(server, now) {
+                    tracing::debug!(error = %e, "DTLS handshake timed out");
+                    self.set_state(RTCPeerConnectionState::Failed);
+                }
+                self.drain_dtls();
+            }
+        }
+        if self.srtp.is_some() {
+            self.send_nacks(now);
+            if self.next_report.is_some_and(|at| at <= now) {
+                self.next_report = Some(now + REPORT_INTERVAL);
+                self.send_reports(now);
+            }
+        }
+    }
+
+    /// The earliest instant [`Self::handle_timeout`] has work at.
+    pub(super) fn poll_timeout(&self) -> Option<Instant> {
+        let dtls = self.selected.and_then(|s| self.dtls.poll_timeout(&s));
+        let nack = self
+            .srtp
+            .is_some()
+            .then(|| self.streams.values().filter_map(Stream::next_nack).min())
+            .flatten();
+        [
+            self.next_check,
+            dtls,
+            self.next_report,
+            nack,
+            self.held.peek().map(|h| h.0.at),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+
+    /// The next datagram to send, and where.
+    pub(super) fn poll_transmit(&mut self) -> Option<(SocketAddr, BytesMut)> {
+        self.transmits.pop_front()
+    }
+
+    /// Sends a connectivity (or consent) check to every candidate, or the selected one.
+    fn check(&mut self, now: Instant) {
+        if matches!(
+            self.state,
+            RTCPeerConnectionState::Closed | RTCPeerConnectionState::Failed
+        ) {
+            self.next_check = None;
+            return;
+        }
+        let Some(remote) = self.remote.clone() else {
+            self.next_check = None;
+            return;
+        };
+        if let Some(last) = self.last_response.or(Some(self.epoch)) {
+            if now.saturating_duration_since(last) > CONSENT_TIMEOUT {
+                tracing::debug!("no answer to connectivity checks");
+                self.set_state(RTCPeerConnectionState::Failed);
+                self.next_check = None;
+                return;
+            }
+        }
+        let targets: Vec<SocketAddr> = match self.selected {
+            Some(s) => vec![s],
+            None => self.candidates.clone(),
+        };
+        for target in targets {
+            let mut message = Message::new();
+            let built = message.build(&[
+                Box::new(BINDING_REQUEST),
+                Box::new(TransactionId::new()),
+                Box::new(Username::new(
+                    ATTR_USERNAME,
+                    format!("{}:{}", remote.ufrag, self.ufrag),
+                )),
+                Box::new(AttrControlling(self.tie_breaker)),
+                // Host candidate priority (type preference 126, one component).
+                Box::new(PriorityAttr((126 << 24) | (65535 << 8) | 255)),
+                Box::new(UseCandidateAttr),
+                Box::new(MessageIntegrity::new_short_term_integrity_with_provider(
+                    remote.pwd.clone(),
+                    self.identity.crypto.crypto(),
+                )),
+                Box::new(FINGERPRINT),
+            ]);
+            match built {
+                Ok(()) => self
+                    .transmits
+                    .push_back((target, BytesMut::from(&message.raw[..]))),
+                Err(e) => tracing::debug!(error = %e, "STUN request"),
+            }
+        }
+        let interval = if self.selected.is_some() {
+            CONSENT_INTERVAL
+        } else {
+            CHECK_INTERVAL
+        };
+        self.next_check = Some(now + interval);
+    }
+
+    fn send_nacks(&mut self, now: Instant) {
+        let mut nacks: Vec<Box<dyn rtc::rtcp::packet::Packet>> = Vec::new();
+        let mut buf = std::mem::take(&mut self.nack_buf);
+        for (ssrc, stream) in self.streams.iter_mut() {
+            if stream.missing.is_empty() {
+                continue;
+            }
+            buf.clear();
+            stream.due_nacks(now, &mut buf);
+            if buf.is_empty() {
+                continue;
+            }
+            self.shared
+                .rtcp_sent
+                .nacked_packets
+                .fetch_add(buf.len() as u64, std::sync::atomic::Ordering::Relaxed);
+            self.shared
+                .rtcp_sent
+                .nacks
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            nacks.push(Box::new(TransportLayerNack {
+                sender_ssrc: self.ssrc,
+                media_ssrc: *ssrc,
+                nacks: nack_pairs_from_sequence_numbers(&buf),
+            }));
+        }
+        self.nack_buf = buf;
+        if !nacks.is_empty() {
+            self.send_rtcp(&nacks);
+        }
+    }
+
+    fn send_reports(&mut self, now: Instant) {
+        let reports: Vec<ReceptionReport> = self
+            .streams
+            .iter_mut()
+            .filter_map(|(ssrc, s)| s.report(*ssrc, now))
+            .collect();
+        if reports.is_empty() {
+            return;
+        }
+        // At most 31 reports per RR packet.
+        let packets: Vec<Box<dyn rtc::rtcp::packet::Packet>> = reports
+            .chunks(31)
+            .map(|chunk| {
+                Box::new(ReceiverReport {
+                    ssrc: self.ssrc,
+                    reports: chunk.to_vec(),
+                    profile_extensions: Default::default(),
+                }) as Box<dyn rtc::rtcp::packet::Packet>
+            })
+            .collect();
+        self.send_rtcp(&packets);
+    }
+
+    fn send_rtcp(&mut self, packets: &[Box<dyn rtc::rtcp::packet::Packet>]) {
+        let (Some(server), Some((_, local))) = (self.selected, self.srtp.as_mut()) else {
+            return;
+        };
+        let encrypted = rtc::rtcp::packet::marshal(packets)
+            .map_err(|e| e.to_string())
+            .and_then(|plain| local.encrypt_rtcp(&plain).map_err(|e| e.to_string()));
+        match encrypted {
+            Ok(datagram) => self.transmits.push_back((server, datagram)),
+            Err(e) => tracing::debug!(error = %e, "RTCP"),
+        }
+    }
+
+    fn set_state(&mut self, state: RTCPeerConnectionState) {
+        if self.state == state || self.state == RTCPeerConnectionState::Closed {
+            return;
+        }
+        self.state = state;
+        tracing::debug!(target = ?Target::Subscriber, %state, "peer connection state");
+        self.shared.states.send_modify(|s| s.subscriber = state);
+    }
+}
+
+/// The receive (server -> us) and send SRTP contexts from a completed DTLS handshake.
+fn srtp_contexts(
+    state: &rtc::dtls::state::State,
+    crypto: &dyn RTCCryptoProvider,
+) -> Result<(SrtpContext, SrtpContext), ClientError> {
+    let err = |e: rtc::shared::error::Error| ClientError::Protocol(format!("SRTP: {e}"));
+    let profile = match state.srtp_protection_profile() {
+        SrtpProtectionProfile::Srtp_Aead_Aes_128_Gcm => ProtectionProfile::AeadAes128Gcm,
+        SrtpProtectionProfile::Srtp_Aead_Aes_256_Gcm => ProtectionProfile::AeadAes256Gcm,
+        SrtpProtectionProfile::Srtp_Aes128_Cm_Hmac_Sha1_80 => {
+            ProtectionProfile::Aes128CmHmacSha1_80
+        }
+        other => return Err(ClientError::Protocol(format!("SRTP profile {other:?}"))),
+    };
+    let mut config = SrtpConfig {
+        profile,
+        ..Default::default()
+    };
+    let material = state
+        .export_keying_material(
+            rtc::srtp::config::LABEL_EXTRACTOR_DTLS_SRTP,
+            &[],
+            config.keying_material_len(),
+        )
+        .map_err(err)?;
+    config
+        .set_session_keys_from_keying_material(material.as_ref(), state.is_client())
+        .map_err(err)?;
+    let remote = SrtpContext::new(
+        &config.keys.remote_master_key,
+        &config.keys.remote_master_salt,
+        profile,
+        Some(srtp_replay_protection(64)),
+        Some(srtcp_replay_protection(64)),
+        crypto.crypto(),
+    )
+    .map_err(err)?;
+    let local = SrtpContext::new(
+        &config.keys.local_master_key,
+        &config.keys.local_master_salt,
+        profile,
+        None,
+        None,
+        crypto.crypto(),
+    )
+    .map_err(err)?;
+    Ok((remote, local))
+}
+
+fn random_token(len: usize) -> String {
+    const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
+    (0..len)
+        .map(|_| ALPHABET[rand::random::<u32>() as usize % ALPHABET.len()] as char)
+        .collect()
+}
+
+/// What an offer tells the receiver.
+#[derive(Debug, Default)]
+struct ParsedOffer {
+    remote: Remote,
+    candidates: Vec<SocketAddr>,
+    streams: Vec<OfferedStream>,
+}
+
+/// Reads the server's ICE credentials, fingerprint, candidates and the tracks it sends (by
+/// SSRC) from an offer.
+fn parse_offer(sdp: &str) -> Result<ParsedOffer, ClientError> {
+    let mut offer = ParsedOffer::default();
+    for section in sections(sdp) {
+        let media = section.first().and_then(|l| l.strip_prefix("m="));
+        let attr = |name: &str| {
+            section
+                .iter()
+                .find_map(|l| l.strip_prefix("a=")?.strip_prefix(name)?.strip_prefix(':'))
+        };
+        for (field, name) in [
+            (&mut offer.remote.ufrag, "ice-ufrag"),
+            (&mut offer.remote.pwd, "ice-pwd"),
+        ] {
+            if field.is_empty() {
+                if let Some(v) = attr(name) {
+                    *field = v.trim().to_owned();
+                }
+            }
+        }
+        if offer.remote.fingerprint.is_empty() {
+            if let Some(v) = attr("fingerprint") {
+                if let Some(("sha-256", fp)) = v.trim().split_once(' ') {
+                    offer.remote.fingerprint = fp.trim().to_owned();
+                }
+            }
+        }
+        for line in section.iter() {
+            if let Some(c) = line.strip_prefix("a=") {
+                if c.starts_with("candidate:") {
+                    if let Some(addr) = parse_candidate(c) {
+                        offer.candidates.push(addr);
+                    }
+                }
+            }
+        }
+        let Some(media) = media else { continue };
+        let mut fields = media.split_whitespace();
+        let kind = match fields.next() {
+            Some("audio") => TrackKind::Audio,
+            Some("video") => TrackKind::Video,
+            _ => continue,
+        };
+        if fields.next() == Some("0") {
+            continue;
+        }
+        let sends = section
+            .iter()
+            .any(|l| *l == "a=sendonly" || *l == "a=sendrecv");
+        if !sends {
+            continue;
+        }
+        let first_pt = media.split_whitespace().nth(3);
+        let (mime, clock_rate) = first_pt
+            .and_then(|pt| {
+                section.iter().find_map(|l| {
+                    let rest = l
+                        .strip_prefix("a=rtpmap:")?
+                        .strip_prefix(pt)?
+                        .strip_prefix(' ')?;
+                    let mut parts = rest.split('/');
+                    let name = parts.next()?;
+                    let rate = parts.next()?.parse::<u32>().ok()?;
+                    let prefix = if kind == TrackKind::Audio {
+                        "audio"
+                    } else {
+                        "video"
+                    };
+                    Some((Some(format!("{prefix}/{name}")), rate))
+                })
+            })
+            .unwrap_or((None, 90_000));
+        let nack = section.iter().any(|l| {
+            l.strip_prefix("a=rtcp-fb:")
+                .and_then(|r| r.split_once(' '))
+                .is_some_and(|(_, fb)| fb.trim() == "nack")
+        });
+        let msid = attr("msid").and_then(|v| {
+            let (s, t) = v.trim().split_once(' ')?;
+            Some((s.to_owned(), t.to_owned()))
+        });
+        let mut ssrcs: Vec<u32> = Vec::new();
+        let mut ssrc_msid = None;
+        for line in section.iter() {
+            let Some(rest) = line.strip_prefix("a=ssrc:") else {
+                continue;
+            };
+            let mut parts = rest.splitn(2, ' ');
+            let Some(Ok(ssrc)) = parts.next().map(str::parse::<u32>) else {
+                continue;
+            };
+            if !ssrcs.contains(&ssrc) {
+                ssrcs.push(ssrc);
+            }
+            if let Some(v) = parts.next().and_then(|a| a.strip_prefix("msid:")) {
+                if let Some((s, t)) = v.trim().split_once(' ') {
+                    ssrc_msid = Some((s.to_owned(), t.to_owned()));
+                }
+            }
+        }
+        let Some((stream_id, track_id)) = msid.or(ssrc_msid) else {
+            continue;
+        };
+        // The first SSRC is the media's (a second would be a repair stream).
+        if let Some(ssrc) = ssrcs.first() {
+            offer.streams.push(OfferedStream {
+                ssrc: *ssrc,
+                stream_id,
+                track_id,
+                kind,
+                mime,
+                clock_rate,
+                nack,
+            });
+        }
+    }
+    if offer.remote.ufrag.is_empty() || offer.remote.pwd.is_empty() {
+        return Err(ClientError::Protocol(
+            "offer without ICE credentials".into(),
+        ));
+    }
+    if offer.remote.fingerprint.is_empty() {
+        return Err(ClientError::Protocol(
+            "offer without a sha-256 fingerprint".into(),
+        ));
+    }
+    Ok(offer)
+}
+
+/// The offer's lines split into the session section and one section per `m=` line.
+fn sections(sdp: &str) -> Vec<Vec<&str>> {
+    let mut out: Vec<Vec<&str>> = vec![Vec::new()];
+    for line in sdp.lines().map(str::trim_end).filter(|l| !l.is_empty()) {
+        if line.starts_with("m=") {
+            out.push(Vec::new());
+        }
+        if let Some(section) = out.last_mut() {
+            section.push(line);
+        }
+    }
+    out
+}
+
+/// A UDP candidate's address (`candidate:... udp <prio> <ip> <port> typ ...`).
+fn parse_candidate(candidate: &str) -> Option<SocketAddr> {
+    let value = candidate.strip_prefix("a=").unwrap_or(candidate);
+    let value = value.strip_prefix("candidate:")?;
+    let fields: Vec<&str> = value.split_whitespace().collect();
+    if fields.len() < 6 || !fields[2].eq_ignore_ascii_case("udp") {
+        return None;
+    }
+    let ip: std::net::IpAddr = fields[4].parse().ok()?;
+    let port: u16 = fields[5].parse().ok()?;
+    Some(SocketAddr::new(ip, port))
+}
+
+/// The answer to `offer`: every section accepted as it was offered (codecs, feedback, header
+/// extensions other than transport-wide congestion control, which we do not report), receiving
+/// only, with our ICE credentials and fingerprint, as the DTLS client.
+fn build_answer(offer: &str, ufrag: &str, pwd: &str, fingerprint: &str) -> String {
+    let mut out = String::with_capacity(offer.len());
+    let mut push = |line: &str| {
+        out.push_str(line);
+        out.push_str("\r\n");
+    };
+    let all = sections(offer);
+    let session_id: u64 = rand::random::<u64>() >> 1;
+    push("v=0");
+    push(&format!("o=- {session_id} 2 IN IP4 127.0.0.1"));
+    push("s=-");
+    push("t=0 0");
+    if let Some(session) = all.first() {
+        for line in session {
+            if line.starts_with("a=group:") || *line == "a=extmap-allow-mixed" {
+                push(line);
+            }
+        }
+    }
+    push("a=msid-semantic: WMS");
+    for section in all.iter().skip(1) {
+        let Some(m) = section.first() else { continue };
+        let mut fields: Vec<&str> = m.split_whitespace().collect();
+        let rejected = fields.get(1) == Some(&"0");
+        if !rejected && fields.len() > 1 {
+            fields[1] = "9";
+        }
+        push(&fields.join(" "));
+        push("c=IN IP4 0.0.0.0");
+        let transport_cc = section.iter().find_map(|l| {
+            let rest = l.strip_prefix("a=extmap:")?;
+            let (id, uri) = rest.split_once(' ')?;
+            uri.contains("transport-wide-cc").then(|| id.to_owned())
+        });
+        let application = m.starts_with("m=application");
+        let mut direction = None;
+        for line in section.iter().skip(1) {
+            let Some(a) = line.strip_prefix("a=") else {
+                continue;
+            };
+            let name = a.split([':', ' ']).next().unwrap_or("");
+            match name {
+                "mid" | "rtcp-mux" | "rtcp-rsize" | "rtpmap" | "fmtp" | "sctp-port"
+                | "max-message-size" => push(line),
+                "rtcp-fb" if !a.contains("transport-cc") => push(line),
+                "extmap" => {
+                    let id = a
+                        .strip_prefix("extmap:")
+                        .and_then(|r| r.split([' ', '/']).next());
+                    if id != transport_cc.as_deref() {
+                        push(line);
+                    }
+                }
+                "sendonly" | "sendrecv" => direction = Some("a=recvonly"),
+                "recvonly" | "inactive" => direction = Some("a=inactive"),
+                _ => {}
+            }
+        }
+        if rejected {
+            continue;
+        }
+        push(&format!("a=ice-ufrag:{ufrag}"));
+        push(&format!("a=ice-pwd:{pwd}"));
+        push(&format!(
+            "a=fingerprint:sha-256 {}",
+            fingerprint.to_uppercase()
+        ));
+        push("a=setup:active");
+        if !application {
+            push(direction.unwrap_or("a=inactive"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sequence_numbers_extend_across_wraps() {
+        assert_eq!(extend_seq(65_535, 0), 65_536);
+        assert_eq!(extend_seq(65_536, 65_535), 65_535);
+        assert_eq!(extend_seq(10, 5), 5);
+        assert_eq!(extend_seq(131_071, 2), 131_074);
+    }
+
+    const OFFER: &str = "v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\na=ice-lite\r\n\
+a=fingerprint:sha-256 AA:BB\r\na=group:BUNDLE 0 1\r\n\
+m=video 9 UDP/TLS/RTP/SAVPF 96 97\r\nc=IN IP4 0.0.0.0\r\na=setup:actpass\r\na=mid:0\r\n\
+a=ice-ufrag:srv\r\na=ice-pwd:secret\r\na=rtcp-mux\r\na=rtpmap:96 VP8/90000\r\n\
+a=rtcp-fb:96 nack\r\na=rtcp-fb:96 transport-cc\r\na=rtpmap:97 VP9/90000\r\n\
+a=extmap:3 http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-extensions-01\r\n\
+a=extmap:5 http://www.webrtc.org/experiments/rtp-hdrext/abs-capture-time\r\n\
+a=ssrc:1234 cname:x\r\na=ssrc:1234 msid:alice cam\r\na=msid:alice cam\r\na=sendonly\r\n\
+a=candidate:1 1 udp 2130706431 127.0.0.1 7882 typ host\r\n\
+m=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\nc=IN IP4 0.0.0.0\r\na=mid:1\r\n\
+a=sctp-port:5000\r\n";
+
+    #[test]
+    fn offer_yields_credentials_candidates_and_tracks() {
+        let offer = parse_offer(OFFER).expect("offer");
+        assert_eq!(offer.remote.ufrag, "srv");
+        assert_eq!(offer.remote.pwd, "secret");
+        assert_eq!(offer.remote.fingerprint, "AA:BB");
+        assert_eq!(
+            offer.candidates,
+            vec!["127.0.0.1:7882".parse::<SocketAddr>().expect("addr")]
+        );
+        assert_eq!(offer.streams.len(), 1);
+        let s = &offer.streams[0];
+        assert_eq!(
+            (s.ssrc, s.stream_id.as_str(), s.track_id.as_str()),
+            (1234, "alice", "cam")
+        );
+        assert_eq!(s.mime.as_deref(), Some("video/VP8"));
+        assert!(s.nack);
+    }
+
+    #[test]
+    fn answer_receives_everything_offered_without_transport_cc() {
+        let answer = build_answer(OFFER, "me", "pw", "ab:cd");
+        assert!(answer.contains("m=video 9 UDP/TLS/RTP/SAVPF 96 97\r\n"));
+        assert!(answer.contains("a=recvonly\r\n"));
+        assert!(answer.contains("a=setup:active\r\n"));
+        assert!(answer.contains("a=fingerprint:sha-256 AB:CD\r\n"));
+        assert!(answer.contains("a=ice-ufrag:me\r\n"));
+        assert!(answer.contains("abs-capture-time"));
+        assert!(!answer.contains("transport-wide-cc"));
+        assert!(!answer.contains("transport-cc"));
+        assert!(!answer.contains("a=ssrc"));
+        assert!(answer.contains("m=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\n"));
+        assert!(answer.contains("a=group:BUNDLE 0 1\r\n"));
+    }
+
+    #[test]
+    fn offers_without_credentials_are_refused() {
+        assert!(parse_offer("v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\n").is_err());
+    }
+}

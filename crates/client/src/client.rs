@@ -1192,7 +1192,32 @@ fn configure_stack(
     rtcp_sent: Arc<RtcpSent>,
     impairment: crate::impair::Impairment,
 ) -> Result<(MediaEngine, Registry), ClientError> {
-    let registry = register_default_interceptors(Registry::new(), &mut media_engine)?;
+    let registry = match target {
+        // Send-only: NACK responses, sender reports and nothing that only reads media (the
+        // default NACK generator, receiver reports and transport-wide feedback are hops every
+        // sent packet would take for nothing).
+        Target::Publisher => {
+            for parameter in ["", "pli"] {
+                media_engine.register_feedback(
+                    rtc::rtp_transceiver::rtp_sender::RTCPFeedback {
+                        typ: "nack".to_owned(),
+                        parameter: parameter.to_owned(),
+                    },
+                    RtpCodecKind::Video,
+                );
+            }
+            Registry::new()
+                .with(
+                    rtc::interceptor::Slot::NackResponder,
+                    rtc::interceptor::NackResponderBuilder::new().build(),
+                )
+                .with(
+                    rtc::interceptor::Slot::SenderReport,
+                    rtc::interceptor::SenderReportBuilder::new().build(),
+                )
+        }
+        Target::Subscriber => register_default_interceptors(Registry::new(), &mut media_engine)?,
+    };
     register_measured_extensions(&mut media_engine)?;
     // Simulcast publishing: every packet names its track (mid) and encoding (rid).
     rtc::peer_connection::configuration::interceptor_registry::configure_simulcast_extension_headers(

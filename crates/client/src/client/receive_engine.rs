@@ -1,13 +1,13 @@
-//! [`ReceiveEngine`]: many clients' subscriber connections on webrtc-rs's sans-IO `rtc` core,
-//! driven by one thread.
+//! [`ReceiveEngine`]: many clients' subscriber connections driven by one thread.
 //!
 //! A connection of the async `webrtc` crate pays, for every received packet, a socket wake-up,
 //! a task switch and its driver's queues: a receiving bot cost more CPU than the server spent
 //! forwarding to it. Here one thread waits on every connection's socket at once (epoll, through
-//! `mio`), reads each ready socket's queue with one `recvmmsg` (`quinn-udp`), and runs that
-//! connection's state machine inline — the same shape as the server's engine. The accounting
-//! of received packets ([`ReceivedTrackStats`](crate::ReceivedTrackStats)) is the client's own,
-//! shared with the async path.
+//! `mio`), reads each ready socket's queue with one `recvmmsg` (`quinn-udp`), and hands each
+//! datagram to its connection's [`Receiver`](super::receiver::Receiver), a receive-only
+//! endpoint built from webrtc-rs's STUN, DTLS and SRTP parts — the same shape as the server's
+//! engine. The accounting of received packets ([`ReceivedTrackStats`](crate::ReceivedTrackStats))
+//! is the client's own, shared with the async path.
 //!
 //! The server tells participants apart by address, so every connection needs one of its own.
 //! Toward a loopback server, connections share one socket bound to the wildcard address and each

@@ -139,9 +139,14 @@ struct OfferedStream {
     nack: bool,
 }
 
-/// A received RTP stream: the client's accounting plus what reports and NACKs need.
+/// A received RTP stream: the client's accounting and the stream's feedback state.
 struct Stream {
     reader: TrackReader,
+    feedback: Feedback,
+}
+
+/// What receiver reports and NACKs of one stream need (RFC 3550 6.4.1, RFC 4585 6.2.1).
+struct Feedback {
     clock_rate: u32,
     nack: bool,
     /// Extended highest sequence number; `None` before the first packet.
@@ -159,12 +164,11 @@ struct Stream {
     missing: BTreeMap<u32, (Instant, u8, Option<Instant>)>,
 }
 
-impl Stream {
-    fn new(reader: TrackReader, offered: &OfferedStream) -> Stream {
-        Stream {
-            reader,
-            clock_rate: offered.clock_rate.max(1),
-            nack: offered.nack,
+impl Feedback {
+    fn new(clock_rate: u32, nack: bool) -> Feedback {
+        Feedback {
+            clock_rate: clock_rate.max(1),
+            nack,
             max_seq: None,
             base_seq: 0,
             received: 0,
@@ -676,13 +680,13 @@ impl Receiver {
                 offered.kind,
                 offered.mime.clone(),
             );
-            let stream = Stream::new(reader, offered);
-            self.streams.insert(ssrc, stream);
+            let feedback = Feedback::new(offered.clock_rate, offered.nack);
+            self.streams.insert(ssrc, Stream { reader, feedback });
         }
         let Some(stream) = self.streams.get_mut(&ssrc) else {
             return;
         };
-        stream.on_rtp(
+        stream.feedback.on_rtp(
             packet.header.sequence_number,
             packet.header.timestamp,
             arrival.at,
@@ -705,7 +709,7 @@ impl Receiver {
         for packet in packets {
             if let Some(sr) = packet.as_any().downcast_ref::<SenderReport>() {
                 if let Some(stream) = self.streams.get_mut(&sr.ssrc) {
-                    stream.last_sr = Some(((sr.ntp_time >> 16) as u32, now));
+                    stream.feedback.last_sr = Some(((sr.ntp_time >> 16) as u32, now));
                 }
             }
         }
@@ -745,7 +749,12 @@ impl Receiver {
         let nack = self
             .srtp
             .is_some()
-            .then(|| self.streams.values().filter_map(Stream::next_nack).min())
+            .then(|| {
+                self.streams
+                    .values()
+                    .filter_map(|s| s.feedback.next_nack())
+                    .min()
+            })
             .flatten();
         [
             self.next_check,
@@ -827,11 +836,11 @@ impl Receiver {
         let mut nacks: Vec<Box<dyn rtc::rtcp::packet::Packet>> = Vec::new();
         let mut buf = std::mem::take(&mut self.nack_buf);
         for (ssrc, stream) in self.streams.iter_mut() {
-            if stream.missing.is_empty() {
+            if stream.feedback.missing.is_empty() {
                 continue;
             }
             buf.clear();
-            stream.due_nacks(now, &mut buf);
+            stream.feedback.due_nacks(now, &mut buf);
             if buf.is_empty() {
                 continue;
             }
@@ -859,7 +868,7 @@ impl Receiver {
         let reports: Vec<ReceptionReport> = self
             .streams
             .iter_mut()
-            .filter_map(|(ssrc, s)| s.report(*ssrc, now))
+            .filter_map(|(ssrc, s)| s.feedback.report(*ssrc, now))
             .collect();
         if reports.is_empty() {
             return;
@@ -1203,6 +1212,70 @@ fn build_answer(offer: &str, ufrag: &str, pwd: &str, fingerprint: &str) -> Strin
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn gaps_are_nacked_after_a_reordering_delay_and_repairs_stop_them() {
+        let t0 = Instant::now();
+        let mut f = Feedback::new(90_000, true);
+        let ms = |n: u64| t0 + Duration::from_millis(n);
+        f.on_rtp(65_534, 0, ms(0), t0);
+        // 65535, 0 and 1 are missing (across the wrap).
+        f.on_rtp(2, 3000, ms(1), t0);
+        let mut out = Vec::new();
+        f.due_nacks(ms(5), &mut out);
+        assert!(out.is_empty(), "reordering gets {NACK_DELAY:?}");
+        assert_eq!(f.next_nack(), Some(ms(1) + NACK_DELAY));
+        f.due_nacks(ms(11), &mut out);
+        assert_eq!(out, vec![65_535, 0, 1]);
+        // The retransmission of 0 arrives; the others are asked for again after NACK_RETRY.
+        f.on_rtp(0, 1000, ms(12), t0);
+        out.clear();
+        f.due_nacks(ms(50), &mut out);
+        assert!(out.is_empty());
+        f.due_nacks(ms(111), &mut out);
+        assert_eq!(out, vec![65_535, 1]);
+        // Given up after NACK_MAX_AGE.
+        out.clear();
+        f.due_nacks(ms(2_000), &mut out);
+        assert!(out.is_empty());
+        assert_eq!(f.next_nack(), None);
+    }
+
+    #[test]
+    fn audio_without_nack_feedback_is_never_nacked() {
+        let t0 = Instant::now();
+        let mut f = Feedback::new(48_000, false);
+        f.on_rtp(1, 0, t0, t0);
+        f.on_rtp(10, 960, t0, t0);
+        let mut out = Vec::new();
+        f.due_nacks(t0 + Duration::from_secs(1), &mut out);
+        assert!(out.is_empty());
+    }
+
+    #[test]
+    fn receiver_reports_count_loss_per_interval_and_echo_the_sender_report() {
+        let t0 = Instant::now();
+        let mut f = Feedback::new(90_000, false);
+        for seq in (0u16..100).filter(|s| s % 10 != 0) {
+            f.on_rtp(seq, u32::from(seq) * 3000, t0, t0);
+        }
+        f.last_sr = Some((0x1234_5678, t0));
+        let r = f
+            .report(7, t0 + Duration::from_millis(500))
+            .expect("a report once packets arrived");
+        // 1..=99 expected from the first one seen; 10, 20, ... 90 missing.
+        assert_eq!(r.ssrc, 7);
+        assert_eq!(r.last_sequence_number, 99);
+        assert_eq!(r.total_lost, 9);
+        assert_eq!(r.fraction_lost, ((9u32 << 8) / 99) as u8);
+        assert_eq!(r.last_sender_report, 0x1234_5678);
+        assert_eq!(r.delay, 32_768, "half a second in 1/65536 s");
+        // Nothing lost since: the next interval's fraction is 0, the total stays.
+        f.on_rtp(100, 300_000, t0, t0);
+        let r = f.report(7, t0).expect("report");
+        assert_eq!((r.fraction_lost, r.total_lost), (0, 9));
+        assert!(Feedback::new(90_000, false).report(7, t0).is_none());
+    }
 
     #[test]
     fn sequence_numbers_extend_across_wraps() {

@@ -1334,6 +1334,79 @@ a=sctp-port:5000\r\n";
     }
 
     #[test]
+    fn garbage_datagrams_harm_nothing() {
+        let (out, _rx) = tokio::sync::mpsc::unbounded_channel();
+        let shared = Shared::new(out, Default::default(), 0);
+        let identity = Arc::new(Identity::generate().expect("certificate"));
+        let t0 = Instant::now();
+        let local: SocketAddr = "127.1.0.1:5000".parse().expect("addr");
+        let server: SocketAddr = "127.0.0.1:7882".parse().expect("addr");
+        let mut rx = Receiver::new(t0, local, shared, identity, Impairment::default());
+        let answer = rx.answer(t0, OFFER).expect("answer");
+        assert!(answer.contains(&format!("a=ice-ufrag:{}", rx.ufrag())));
+        rx.handle_timeout(t0);
+        // The first connectivity check goes to the offer's candidate.
+        let (to, check) = rx.poll_transmit().expect("a check");
+        assert_eq!((to, check.first()), (server, Some(&0u8)));
+        let arrival = Arrival {
+            at: t0,
+            wall: std::time::SystemTime::now(),
+        };
+        for i in 0..20_000u32 {
+            let len = (i % 300) as usize;
+            let mut datagram: Vec<u8> = (0..len).map(|_| rand::random::<u8>()).collect();
+            if let Some(first) = datagram.first_mut() {
+                // Every class the demultiplexer knows: STUN, DTLS, RTP/RTCP, and the rest.
+                *first = [0, 1, 22, 23, 128, 144, 200, 255][i as usize % 8];
+            }
+            if i % 5 == 0 && datagram.len() > 8 {
+                // STUN's magic cookie, so the parser gets further.
+                datagram[4..8].copy_from_slice(&0x2112_A442u32.to_be_bytes());
+            }
+            rx.handle_read(t0, server, &datagram, arrival);
+        }
+        rx.handle_timeout(t0 + Duration::from_millis(60));
+        // Nothing was answered or accepted: only the next round of checks goes out.
+        while let Some((to, datagram)) = rx.poll_transmit() {
+            assert_eq!((to, datagram.first()), (server, Some(&0u8)));
+        }
+        assert_eq!(rx.state, RTCPeerConnectionState::New);
+        assert!(rx.streams.is_empty());
+
+        // The server answers a check: the pair is selected and the DTLS handshake starts.
+        let mut response = Message::new();
+        response
+            .build(&[
+                Box::new(TransactionId::new()),
+                Box::new(BINDING_SUCCESS),
+                Box::new(XorMappedAddress {
+                    ip: local.ip(),
+                    port: local.port(),
+                }),
+                Box::new(MessageIntegrity::new_short_term_integrity_with_provider(
+                    "secret".to_owned(),
+                    rx.identity.crypto.crypto(),
+                )),
+                Box::new(FINGERPRINT),
+            ])
+            .expect("response");
+        rx.handle_read(t0, server, &response.raw, arrival);
+        assert_eq!(rx.state, RTCPeerConnectionState::Connecting);
+        let (to, hello) = rx.poll_transmit().expect("ClientHello");
+        assert_eq!((to, hello.first()), (server, Some(&22u8)));
+        // Garbage into the handshake and the media path: no keys, no streams, no panic.
+        for i in 0..5_000u32 {
+            let len = 1 + (i % 200) as usize;
+            let mut datagram: Vec<u8> = (0..len).map(|_| rand::random::<u8>()).collect();
+            datagram[0] = [20, 22, 23, 128, 200][i as usize % 5];
+            rx.handle_read(t0, server, &datagram, arrival);
+        }
+        assert!(rx.srtp.is_none());
+        assert!(rx.streams.is_empty());
+        assert_ne!(rx.state, RTCPeerConnectionState::Connected);
+    }
+
+    #[test]
     fn offers_without_credentials_are_refused() {
         assert!(parse_offer("v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\n").is_err());
     }

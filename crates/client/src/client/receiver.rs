@@ -32,6 +32,7 @@ use rtc::ice::attributes::control::AttrControlling;
 use rtc::ice::attributes::priority::PriorityAttr;
 use rtc::ice::attributes::use_candidate::UseCandidateAttr;
 use rtc::peer_connection::state::RTCPeerConnectionState;
+use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
 use rtc::rtcp::receiver_report::ReceiverReport;
 use rtc::rtcp::reception_report::ReceptionReport;
 use rtc::rtcp::sender_report::SenderReport;
@@ -77,6 +78,9 @@ const NACK_MAX: u8 = 10;
 const NACK_MAX_AGE: Duration = Duration::from_secs(1);
 /// The most missing packets tracked per stream (a longer gap is not worth repairing).
 const NACK_WINDOW: u32 = 512;
+/// A packet NACKs could not repair in [`NACK_MAX_AGE`] leaves a frame undecodable: a
+/// browser asks for a keyframe (PLI), at most this often per stream.
+const PLI_INTERVAL: Duration = Duration::from_secs(1);
 
 /// The certificate every receiver of an engine presents, and its SDP fingerprint (like a
 /// browser profile's, one for all its connections).
@@ -137,6 +141,7 @@ struct OfferedStream {
     mime: Option<String>,
     clock_rate: u32,
     nack: bool,
+    pli: bool,
 }
 
 /// A received RTP stream: the client's accounting and the stream's feedback state.
@@ -149,6 +154,10 @@ struct Stream {
 struct Feedback {
     clock_rate: u32,
     nack: bool,
+    pli: bool,
+    /// A packet was lost for good: the next PLI is due (see [`PLI_INTERVAL`]).
+    keyframe_needed: bool,
+    last_pli: Option<Instant>,
     /// Extended highest sequence number; `None` before the first packet.
     max_seq: Option<u32>,
     base_seq: u32,
@@ -165,10 +174,13 @@ struct Feedback {
 }
 
 impl Feedback {
-    fn new(clock_rate: u32, nack: bool) -> Feedback {
+    fn new(clock_rate: u32, nack: bool, pli: bool) -> Feedback {
         Feedback {
             clock_rate: clock_rate.max(1),
             nack,
+            pli,
+            keyframe_needed: false,
+            last_pli: None,
             max_seq: None,
             base_seq: 0,
             received: 0,
@@ -253,8 +265,12 @@ impl Feedback {
 
     /// Sequence numbers to NACK now; forgets what is too old or asked for too often.
     fn due_nacks(&mut self, now: Instant, out: &mut Vec<u16>) {
+        let before = self.missing.len();
         self.missing
             .retain(|_, (noticed, _, _)| now.saturating_duration_since(*noticed) < NACK_MAX_AGE);
+        if self.missing.len() < before && self.pli {
+            self.keyframe_needed = true;
+        }
         for (seq, (noticed, sent, last)) in self.missing.iter_mut() {
             let due = match last {
                 None => now.saturating_duration_since(*noticed) >= NACK_DELAY,
@@ -268,15 +284,33 @@ impl Feedback {
         }
     }
 
-    /// When the next NACK for this stream is due.
+    /// Whether a PLI is due now (and, if so, takes it).
+    fn take_pli(&mut self, now: Instant) -> bool {
+        let due = self.keyframe_needed
+            && self
+                .last_pli
+                .is_none_or(|last| now.saturating_duration_since(last) >= PLI_INTERVAL);
+        if due {
+            self.keyframe_needed = false;
+            self.last_pli = Some(now);
+        }
+        due
+    }
+
+    /// When the next NACK, giving up on a missing packet, or PLI for this stream is due.
     fn next_nack(&self) -> Option<Instant> {
+        let pli = self
+            .keyframe_needed
+            .then(|| self.last_pli.map(|l| l + PLI_INTERVAL))
+            .flatten();
         self.missing
             .values()
-            .filter(|(_, sent, _)| *sent < NACK_MAX)
-            .map(|(noticed, _, last)| match last {
+            .map(|(noticed, sent, last)| match last {
                 None => *noticed + NACK_DELAY,
-                Some(last) => *last + NACK_RETRY,
+                Some(_) if *sent >= NACK_MAX => *noticed + NACK_MAX_AGE,
+                Some(last) => (*last + NACK_RETRY).min(*noticed + NACK_MAX_AGE),
             })
+            .chain(pli)
             .min()
     }
 }
@@ -680,7 +714,7 @@ impl Receiver {
                 offered.kind,
                 offered.mime.clone(),
             );
-            let feedback = Feedback::new(offered.clock_rate, offered.nack);
+            let feedback = Feedback::new(offered.clock_rate, offered.nack, offered.pli);
             self.streams.insert(ssrc, Stream { reader, feedback });
         }
         let Some(stream) = self.streams.get_mut(&ssrc) else {
@@ -836,11 +870,21 @@ impl Receiver {
         let mut nacks: Vec<Box<dyn rtc::rtcp::packet::Packet>> = Vec::new();
         let mut buf = std::mem::take(&mut self.nack_buf);
         for (ssrc, stream) in self.streams.iter_mut() {
-            if stream.feedback.missing.is_empty() {
+            if stream.feedback.missing.is_empty() && !stream.feedback.keyframe_needed {
                 continue;
             }
             buf.clear();
             stream.feedback.due_nacks(now, &mut buf);
+            if stream.feedback.take_pli(now) {
+                self.shared
+                    .rtcp_sent
+                    .plis
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                nacks.push(Box::new(PictureLossIndication {
+                    sender_ssrc: self.ssrc,
+                    media_ssrc: *ssrc,
+                }));
+            }
             if buf.is_empty() {
                 continue;
             }
@@ -1047,11 +1091,14 @@ fn parse_offer(sdp: &str) -> Result<ParsedOffer, ClientError> {
                 })
             })
             .unwrap_or((None, 90_000));
-        let nack = section.iter().any(|l| {
-            l.strip_prefix("a=rtcp-fb:")
-                .and_then(|r| r.split_once(' '))
-                .is_some_and(|(_, fb)| fb.trim() == "nack")
-        });
+        let feedback = |wanted: &str| {
+            section.iter().any(|l| {
+                l.strip_prefix("a=rtcp-fb:")
+                    .and_then(|r| r.split_once(' '))
+                    .is_some_and(|(_, fb)| fb.trim() == wanted)
+            })
+        };
+        let (nack, pli) = (feedback("nack"), feedback("nack pli"));
         let msid = attr("msid").and_then(|v| {
             let (s, t) = v.trim().split_once(' ')?;
             Some((s.to_owned(), t.to_owned()))
@@ -1088,6 +1135,7 @@ fn parse_offer(sdp: &str) -> Result<ParsedOffer, ClientError> {
                 mime,
                 clock_rate,
                 nack,
+                pli,
             });
         }
     }
@@ -1216,7 +1264,7 @@ mod tests {
     #[test]
     fn gaps_are_nacked_after_a_reordering_delay_and_repairs_stop_them() {
         let t0 = Instant::now();
-        let mut f = Feedback::new(90_000, true);
+        let mut f = Feedback::new(90_000, true, true);
         let ms = |n: u64| t0 + Duration::from_millis(n);
         f.on_rtp(65_534, 0, ms(0), t0);
         // 65535, 0 and 1 are missing (across the wrap).
@@ -1234,28 +1282,47 @@ mod tests {
         assert!(out.is_empty());
         f.due_nacks(ms(111), &mut out);
         assert_eq!(out, vec![65_535, 1]);
-        // Given up after NACK_MAX_AGE.
+        // Given up after NACK_MAX_AGE: the frame is lost, a keyframe is asked for, once per
+        // PLI_INTERVAL however many packets are given up.
+        assert_eq!(f.next_nack(), Some(ms(111) + NACK_RETRY));
+        for t in (211..=911).step_by(100) {
+            out.clear();
+            f.due_nacks(ms(t), &mut out);
+            assert_eq!(out, vec![65_535, 1], "retry at {t} ms");
+        }
+        // NACK_MAX sent: nothing more until the packets are given up.
+        assert!(!f.take_pli(ms(950)));
+        assert_eq!(f.next_nack(), Some(ms(1) + NACK_MAX_AGE));
         out.clear();
-        f.due_nacks(ms(2_000), &mut out);
+        f.due_nacks(ms(1_001), &mut out);
         assert!(out.is_empty());
+        assert!(f.take_pli(ms(1_001)));
+        assert!(!f.take_pli(ms(1_002)));
         assert_eq!(f.next_nack(), None);
+        f.on_rtp(10, 30_000, ms(1_100), t0);
+        f.due_nacks(ms(2_200), &mut out);
+        assert!(f.keyframe_needed);
+        assert_eq!(f.next_nack(), Some(ms(1_001) + PLI_INTERVAL));
+        assert!(!f.take_pli(ms(1_500)));
+        assert!(f.take_pli(ms(2_200)));
     }
 
     #[test]
     fn audio_without_nack_feedback_is_never_nacked() {
         let t0 = Instant::now();
-        let mut f = Feedback::new(48_000, false);
+        let mut f = Feedback::new(48_000, false, false);
         f.on_rtp(1, 0, t0, t0);
         f.on_rtp(10, 960, t0, t0);
         let mut out = Vec::new();
-        f.due_nacks(t0 + Duration::from_secs(1), &mut out);
+        f.due_nacks(t0 + Duration::from_secs(2), &mut out);
         assert!(out.is_empty());
+        assert!(!f.take_pli(t0 + Duration::from_secs(2)));
     }
 
     #[test]
     fn receiver_reports_count_loss_per_interval_and_echo_the_sender_report() {
         let t0 = Instant::now();
-        let mut f = Feedback::new(90_000, false);
+        let mut f = Feedback::new(90_000, false, false);
         for seq in (0u16..100).filter(|s| s % 10 != 0) {
             f.on_rtp(seq, u32::from(seq) * 3000, t0, t0);
         }
@@ -1274,7 +1341,7 @@ mod tests {
         f.on_rtp(100, 300_000, t0, t0);
         let r = f.report(7, t0).expect("report");
         assert_eq!((r.fraction_lost, r.total_lost), (0, 9));
-        assert!(Feedback::new(90_000, false).report(7, t0).is_none());
+        assert!(Feedback::new(90_000, false, false).report(7, t0).is_none());
     }
 
     #[test]

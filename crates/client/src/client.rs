@@ -1193,9 +1193,11 @@ fn configure_stack(
     impairment: crate::impair::Impairment,
 ) -> Result<(MediaEngine, Registry), ClientError> {
     let registry = match target {
-        // Send-only: NACK responses, sender reports and nothing that only reads media (the
-        // default NACK generator, receiver reports and transport-wide feedback are hops every
-        // sent packet would take for nothing).
+        // Send-only: NACK responses, sender reports and transport-wide sequence numbers (a
+        // browser's sender stamps them and the server answers with feedback, work a load test
+        // must cause); nothing that only reads media (the default NACK generator, receiver
+        // reports and transport-wide feedback are hops every sent packet would take for
+        // nothing).
         Target::Publisher => {
             for parameter in ["", "pli"] {
                 media_engine.register_feedback(
@@ -1206,7 +1208,7 @@ fn configure_stack(
                     RtpCodecKind::Video,
                 );
             }
-            Registry::new()
+            let registry = Registry::new()
                 .with(
                     rtc::interceptor::Slot::NackResponder,
                     rtc::interceptor::NackResponderBuilder::new().build(),
@@ -1214,7 +1216,11 @@ fn configure_stack(
                 .with(
                     rtc::interceptor::Slot::SenderReport,
                     rtc::interceptor::SenderReportBuilder::new().build(),
-                )
+                );
+            rtc::peer_connection::configuration::interceptor_registry::configure_twcc_sender_only(
+                registry,
+                &mut media_engine,
+            )?
         }
         Target::Subscriber => register_default_interceptors(Registry::new(), &mut media_engine)?,
     };

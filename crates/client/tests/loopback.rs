@@ -79,6 +79,12 @@ impl PeerConnectionEventHandler for ServerHandler {
                         assert!(written.is_ok(), "{written:?}");
                     }
                     p.header.ssrc = out_ssrc;
+                    // Header extension ids are per connection: what the client stamped on its
+                    // publisher leg (e.g. transport-wide sequence numbers) could mean something
+                    // else on its subscriber leg. An SFU rebuilds them per leg; a reflector
+                    // drops them.
+                    p.header.extension = false;
+                    p.header.extensions.clear();
                     let _ = output.write_rtp(p).await;
                 }
             }

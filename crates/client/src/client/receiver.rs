@@ -698,7 +698,8 @@ impl Receiver {
         let Ok(plain) = remote.decrypt_rtp(data) else {
             return;
         };
-        let mut buf = &plain[..];
+        // From `Bytes`, the payload is a slice of the decrypted buffer, not a copy.
+        let mut buf = plain.freeze();
         let Ok(packet) = rtc::rtp::Packet::unmarshal(&mut buf) else {
             return;
         };

@@ -45,37 +45,83 @@ impl Impairment {
     pub fn is_active(&self) -> bool {
         self.loss_percent > 0.0 || !self.jitter.is_zero()
     }
+
+    /// A random hold for one packet: uniformly 0..=`jitter`.
+    pub(crate) fn delay(&self) -> Duration {
+        self.jitter.mul_f64(rand::random::<f64>())
+    }
 }
 
-/// A packet held back until `at`; `order` keeps equal release times in arrival order.
-struct Held {
+/// Items held back until their release time, released in time order (equal times in the
+/// order they came).
+pub(crate) struct DelayLine<T> {
+    held: BinaryHeap<Reverse<Held<T>>>,
+    order: u64,
+}
+
+/// An item held back until `at`; `order` keeps equal release times in arrival order.
+struct Held<T> {
     at: Instant,
     order: u64,
-    packet: TaggedPacket,
+    item: T,
 }
 
-impl PartialEq for Held {
+impl<T> PartialEq for Held<T> {
     fn eq(&self, other: &Self) -> bool {
         (self.at, self.order) == (other.at, other.order)
     }
 }
-impl Eq for Held {}
-impl PartialOrd for Held {
+impl<T> Eq for Held<T> {}
+impl<T> PartialOrd for Held<T> {
     fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
         Some(self.cmp(other))
     }
 }
-impl Ord for Held {
+impl<T> Ord for Held<T> {
     fn cmp(&self, other: &Self) -> std::cmp::Ordering {
         (self.at, self.order).cmp(&(other.at, other.order))
+    }
+}
+
+impl<T> Default for DelayLine<T> {
+    fn default() -> Self {
+        Self {
+            held: BinaryHeap::new(),
+            order: 0,
+        }
+    }
+}
+
+impl<T> DelayLine<T> {
+    /// Holds `item` until `at`.
+    pub(crate) fn push(&mut self, at: Instant, item: T) {
+        self.order += 1;
+        self.held.push(Reverse(Held {
+            at,
+            order: self.order,
+            item,
+        }));
+    }
+
+    /// The next item whose time has come by `now`.
+    pub(crate) fn pop_due(&mut self, now: Instant) -> Option<T> {
+        if self.held.peek().is_some_and(|h| h.0.at <= now) {
+            self.held.pop().map(|h| h.0.item)
+        } else {
+            None
+        }
+    }
+
+    /// When the next item is due.
+    pub(crate) fn next_release(&self) -> Option<Instant> {
+        self.held.peek().map(|h| h.0.at)
     }
 }
 
 /// Delays incoming RTP per [`Impairment::jitter`]; passes everything else through.
 pub(crate) struct Impairer {
     impairment: Impairment,
-    held: BinaryHeap<Reverse<Held>>,
-    order: u64,
+    held: DelayLine<TaggedPacket>,
     read_queue: VecDeque<TaggedPacket>,
     write_queue: VecDeque<TaggedPacket>,
 }
@@ -84,8 +130,7 @@ impl Impairer {
     pub fn new(impairment: Impairment) -> Self {
         Self {
             impairment,
-            held: BinaryHeap::new(),
-            order: 0,
+            held: DelayLine::default(),
             read_queue: VecDeque::new(),
             write_queue: VecDeque::new(),
         }
@@ -108,13 +153,7 @@ impl Protocol<TaggedPacket, TaggedPacket, ()> for Impairer {
             self.read_queue.push_back(msg);
             return Ok(());
         }
-        let delay = self.impairment.jitter.mul_f64(rand::random::<f64>());
-        self.order += 1;
-        self.held.push(Reverse(Held {
-            at: msg.now + delay,
-            order: self.order,
-            packet: msg,
-        }));
+        self.held.push(msg.now + self.impairment.delay(), msg);
         Ok(())
     }
 
@@ -132,18 +171,16 @@ impl Protocol<TaggedPacket, TaggedPacket, ()> for Impairer {
     }
 
     fn handle_timeout(&mut self, now: Instant) -> Result<(), Self::Error> {
-        while self.held.peek().is_some_and(|h| h.0.at <= now) {
-            if let Some(Reverse(mut h)) = self.held.pop() {
-                // It "arrives" now, as far as everything above is concerned.
-                h.packet.now = now;
-                self.read_queue.push_back(h.packet);
-            }
+        while let Some(mut packet) = self.held.pop_due(now) {
+            // It "arrives" now, as far as everything above is concerned.
+            packet.now = now;
+            self.read_queue.push_back(packet);
         }
         Ok(())
     }
 
     fn poll_timeout(&mut self) -> Option<Instant> {
-        self.held.peek().map(|h| h.0.at)
+        self.held.next_release()
     }
 }
 
@@ -299,6 +336,23 @@ impl AsyncUdpSocket for LossySocket {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_delay_line_releases_in_time_order_and_ties_in_arrival_order() {
+        let t0 = Instant::now();
+        let ms = |n: u64| t0 + Duration::from_millis(n);
+        let mut line = DelayLine::default();
+        line.push(ms(5), "c");
+        line.push(ms(2), "a");
+        line.push(ms(2), "b");
+        assert_eq!(line.next_release(), Some(ms(2)));
+        assert_eq!(line.pop_due(ms(1)), None);
+        assert_eq!(line.pop_due(ms(3)), Some("a"));
+        assert_eq!(line.pop_due(ms(3)), Some("b"));
+        assert_eq!(line.pop_due(ms(3)), None);
+        assert_eq!(line.pop_due(ms(5)), Some("c"));
+        assert_eq!(line.next_release(), None);
+    }
 
     #[test]
     fn tells_rtp_from_rtcp_stun_and_dtls() {

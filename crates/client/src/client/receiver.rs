@@ -15,8 +15,7 @@
 //! speak SCTP; bots do not chat). The server is ICE-lite, so this side is controlling: it sends
 //! checks with USE-CANDIDATE to the server's candidates until one answers, then consent checks.
 
-use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -54,7 +53,7 @@ use rtc::stun::textattrs::Username;
 use rtc::stun::xoraddr::XorMappedAddress;
 
 use super::{Arrival, ClientError, Shared, TrackReader};
-use crate::impair::{is_rtp, Impairment};
+use crate::impair::{is_rtp, DelayLine, Impairment};
 
 /// SRTP profiles offered, AEAD GCM first (a third of CM-HMAC's CPU), as browsers do.
 const SRTP_PROFILES: [SrtpProtectionProfile; 3] = [
@@ -331,28 +330,9 @@ fn extend_seq(max: u32, seq: u16) -> u32 {
 
 /// A datagram held back by the jitter impairment.
 struct Held {
-    at: Instant,
-    order: u64,
     from: SocketAddr,
     data: Vec<u8>,
     arrival: Arrival,
-}
-
-impl PartialEq for Held {
-    fn eq(&self, other: &Self) -> bool {
-        (self.at, self.order) == (other.at, other.order)
-    }
-}
-impl Eq for Held {}
-impl PartialOrd for Held {
-    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
-    }
-}
-impl Ord for Held {
-    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        (self.at, self.order).cmp(&(other.at, other.order))
-    }
 }
 
 /// One subscriber connection's endpoint.
@@ -380,8 +360,7 @@ pub(super) struct Receiver {
     offered: HashMap<u32, OfferedStream>,
     streams: HashMap<u32, Stream>,
     next_report: Option<Instant>,
-    held: BinaryHeap<Reverse<Held>>,
-    held_order: u64,
+    held: DelayLine<Held>,
     transmits: VecDeque<(SocketAddr, BytesMut)>,
     state: RTCPeerConnectionState,
     /// The clock origin for jitter (any fixed instant).
@@ -417,8 +396,7 @@ impl Receiver {
             offered: HashMap::new(),
             streams: HashMap::new(),
             next_report: None,
-            held: BinaryHeap::new(),
-            held_order: 0,
+            held: DelayLine::default(),
             transmits: VecDeque::new(),
             state: RTCPeerConnectionState::New,
             epoch: now,
@@ -500,20 +478,20 @@ impl Receiver {
                 return;
             }
             if !self.impairment.jitter.is_zero() {
-                let hold = self.impairment.jitter.mul_f64(rand::random::<f64>());
-                self.held_order += 1;
+                let hold = self.impairment.delay();
                 // Delivered as if it had arrived that much later.
                 let arrival = Arrival {
                     at: arrival.at + hold,
                     wall: arrival.wall + hold,
                 };
-                self.held.push(Reverse(Held {
-                    at: now + hold,
-                    order: self.held_order,
-                    from,
-                    data: data.to_vec(),
-                    arrival,
-                }));
+                self.held.push(
+                    now + hold,
+                    Held {
+                        from,
+                        data: data.to_vec(),
+                        arrival,
+                    },
+                );
                 return;
             }
         }
@@ -752,10 +730,8 @@ impl Receiver {
 
     /// Runs what is due at `now`: held packets, checks, reports, NACKs, DTLS retransmissions.
     pub(super) fn handle_timeout(&mut self, now: Instant) {
-        while self.held.peek().is_some_and(|h| h.0.at <= now) {
-            if let Some(Reverse(h)) = self.held.pop() {
-                self.dispatch(now, h.from, &h.data, h.arrival);
-            }
+        while let Some(h) = self.held.pop_due(now) {
+            self.dispatch(now, h.from, &h.data, h.arrival);
         }
         if self.next_check.is_some_and(|at| at <= now) {
             self.check(now);
@@ -796,7 +772,7 @@ impl Receiver {
             dtls,
             self.next_report,
             nack,
-            self.held.peek().map(|h| h.0.at),
+            self.held.next_release(),
         ]
         .into_iter()
         .flatten()

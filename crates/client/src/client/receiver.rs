@@ -15,6 +15,7 @@
 //! speak SCTP; bots do not chat). The server is ICE-lite, so this side is controlling: it sends
 //! checks with USE-CANDIDATE to the server's candidates until one answers, then consent checks.
 
+use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -682,22 +683,23 @@ impl Receiver {
             return;
         };
         let ssrc = packet.header.ssrc;
-        if !self.streams.contains_key(&ssrc) {
-            let Some(offered) = self.offered.get(&ssrc) else {
-                return;
-            };
-            let reader = TrackReader::new(
-                &self.shared,
-                offered.stream_id.clone(),
-                offered.track_id.clone(),
-                offered.kind,
-                offered.mime.clone(),
-            );
-            let feedback = Feedback::new(offered.clock_rate, offered.nack, offered.pli);
-            self.streams.insert(ssrc, Stream { reader, feedback });
-        }
-        let Some(stream) = self.streams.get_mut(&ssrc) else {
-            return;
+        let stream = match self.streams.entry(ssrc) {
+            Entry::Occupied(e) => e.into_mut(),
+            Entry::Vacant(e) => {
+                // A track's first packet.
+                let Some(offered) = self.offered.get(&ssrc) else {
+                    return;
+                };
+                let reader = TrackReader::new(
+                    &self.shared,
+                    offered.stream_id.clone(),
+                    offered.track_id.clone(),
+                    offered.kind,
+                    offered.mime.clone(),
+                );
+                let feedback = Feedback::new(offered.clock_rate, offered.nack, offered.pli);
+                e.insert(Stream { reader, feedback })
+            }
         };
         stream.feedback.on_rtp(
             packet.header.sequence_number,

@@ -256,7 +256,7 @@ impl Engine {
                 self.timers.pop_first();
                 if let Some(conn) = self.conns.get_mut(&id) {
                     conn.deadline = None;
-                    conn.rx.handle_timeout(now);
+                    conn.contain("a timer", |rx| rx.handle_timeout(now));
                     if !conn.dirty {
                         conn.dirty = true;
                         self.dirty.push(id);
@@ -453,6 +453,7 @@ impl Engine {
                 local,
                 deadline: None,
                 dirty: false,
+                failed: false,
             },
         );
         Ok(())
@@ -466,7 +467,11 @@ impl Engine {
         };
         conn.dirty = false;
         conn.flush(self.loopback.as_ref());
-        let next = conn.rx.poll_timeout();
+        let next = if conn.failed {
+            None
+        } else {
+            conn.rx.poll_timeout()
+        };
         if next != conn.deadline {
             if let Some(at) = conn.deadline {
                 self.timers.remove(&(at, id));
@@ -550,11 +555,29 @@ struct Conn {
     local: SocketAddr,
     deadline: Option<Instant>,
     dirty: bool,
+    /// The receiver panicked: its state is no longer trusted, it gets nothing more.
+    failed: bool,
 }
 
 impl Conn {
     fn receive(&mut self, now: Instant, datagram: &[u8], from: SocketAddr, arrival: Arrival) {
-        self.rx.handle_read(now, from, datagram, arrival);
+        self.contain("a datagram", |rx| {
+            rx.handle_read(now, from, datagram, arrival)
+        });
+    }
+
+    /// Runs `f` on the receiver unless it failed; a panic (a bug, or the stack's parsers on
+    /// hostile input) fails this connection only, not every bot on the engine.
+    fn contain(&mut self, what: &str, f: impl FnOnce(&mut receiver::Receiver)) {
+        if self.failed {
+            return;
+        }
+        let rx = &mut self.rx;
+        if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(rx))).is_err() {
+            tracing::error!(local = %self.local, "subscriber connection panicked on {what}; failing it");
+            self.failed = true;
+            self.rx.fail();
+        }
     }
 
     fn flush(&mut self, loopback: Option<&Socket>) {
@@ -637,6 +660,38 @@ mod tests {
         assert_eq!(loopback_ip(254 * 256 * 255), None);
         let ips: std::collections::HashSet<_> = (0..100_000).filter_map(loopback_ip).collect();
         assert_eq!(ips.len(), 100_000);
+    }
+
+    #[test]
+    fn a_panicking_connection_fails_alone() {
+        let (out, _rx) = tokio::sync::mpsc::unbounded_channel();
+        let shared = Shared::new(out, Default::default(), 0);
+        let identity = Arc::new(Identity::generate().expect("certificate"));
+        let local: SocketAddr = "127.1.0.1:5000".parse().expect("addr");
+        let now = Instant::now();
+        let mut conn = Conn {
+            rx: receiver::Receiver::new(
+                now,
+                local,
+                Arc::clone(&shared),
+                identity,
+                Impairment::default(),
+            ),
+            own: None,
+            local,
+            deadline: None,
+            dirty: false,
+            failed: false,
+        };
+        conn.contain("a test", |_| panic!("a bug"));
+        assert!(conn.failed);
+        assert_eq!(
+            shared.states.borrow().subscriber,
+            rtc::peer_connection::state::RTCPeerConnectionState::Failed
+        );
+        let mut called = false;
+        conn.contain("a test", |_| called = true);
+        assert!(!called, "a failed connection gets nothing more");
     }
 
     #[test]

@@ -464,6 +464,13 @@ impl Receiver {
         self.set_state(RTCPeerConnectionState::Closed);
     }
 
+    /// Reports the connection failed and sends nothing more.
+    pub(super) fn fail(&mut self) {
+        self.transmits.clear();
+        self.next_check = None;
+        self.set_state(RTCPeerConnectionState::Failed);
+    }
+
     /// Handles one datagram from `from`, received at `arrival`.
     pub(super) fn handle_read(
         &mut self,

@@ -144,9 +144,10 @@ pub struct ClientOptions {
     pub udp_addr: Option<String>,
     /// Limit for connecting the WebSocket and receiving `joined`.
     pub join_timeout: Duration,
-    /// Run the subscriber connection on this shared engine (webrtc-rs's sans-IO core, one
-    /// thread for many clients) instead of on an async connection of its own: what the load
-    /// bots do, so that receiving costs a fraction of the CPU. Host candidates only.
+    /// Run the subscriber connection on this shared engine (a lean receive-only endpoint
+    /// built from webrtc-rs's STUN, DTLS and SRTP parts, one thread for many clients) instead
+    /// of on an async connection of its own: what the load bots do, so that receiving costs a
+    /// fraction of the CPU. Host candidates only; the data channel is never opened.
     pub receive_engine: Option<ReceiveEngine>,
 }
 

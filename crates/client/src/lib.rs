@@ -10,9 +10,10 @@
 //!   frames, RFC 3550 jitter, freezes, and capture-to-arrival latency from the capture stamp every
 //!   sent frame carries, see [`capture_clock`]).
 //!
-//! A [`ReceiveEngine`] runs many clients' subscriber connections on webrtc-rs's sans-IO core in
-//! one thread ([`ClientOptions::receive_engine`]): what the load bots do, so that receiving
-//! costs a fraction of an async connection per client.
+//! A [`ReceiveEngine`] runs many clients' subscriber connections in one thread, each a lean
+//! receive-only endpoint built from webrtc-rs's STUN, DTLS and SRTP parts
+//! ([`ClientOptions::receive_engine`]): what the load bots do, so that receiving costs a
+//! third of an async connection per client.
 //!
 //! [`WhipSession`] publishes the same media over WHIP, or plays a publisher over WHEP into the
 //! same [`ReceivedTrackStats`], with one HTTP exchange per session instead of the WebSocket.

@@ -168,8 +168,8 @@ struct Args {
     #[arg(long)]
     threads: Option<usize>,
     /// How WebSocket bots receive: `shared` runs every bot's subscriber connection on one
-    /// engine thread (webrtc-rs's sans-IO core; a fraction of the CPU), `per-bot` gives each
-    /// bot an async connection of its own (as `chorus_client::Client` does by default).
+    /// engine thread (a lean receive-only endpoint each; a third of the CPU), `per-bot` gives
+    /// each bot an async connection of its own (as `chorus_client::Client` does by default).
     #[arg(long, value_enum, default_value_t = Receive::Shared)]
     receive: Receive,
 }

@@ -93,6 +93,15 @@ enum Command {
         sdp: String,
         reply: oneshot::Sender<Result<String, ClientError>>,
     },
+    CreateOffer {
+        id: u64,
+        reply: oneshot::Sender<Result<String, ClientError>>,
+    },
+    Answer {
+        id: u64,
+        sdp: String,
+        reply: oneshot::Sender<Result<(), ClientError>>,
+    },
     Candidate {
         id: u64,
         init: RTCIceCandidateInit,
@@ -175,6 +184,25 @@ impl EngineConn {
     pub(super) async fn answer(&self, sdp: String) -> Result<String, ClientError> {
         let (reply, done) = oneshot::channel();
         self.engine.send(Command::Offer {
+            id: self.id,
+            sdp,
+            reply,
+        })?;
+        done.await.map_err(|_| ClientError::Closed)?
+    }
+
+    /// Our offer to receive one audio and one video track (WHEP), host candidate included.
+    pub(super) async fn offer(&self) -> Result<String, ClientError> {
+        let (reply, done) = oneshot::channel();
+        self.engine
+            .send(Command::CreateOffer { id: self.id, reply })?;
+        done.await.map_err(|_| ClientError::Closed)?
+    }
+
+    /// Applies the server's answer to [`Self::offer`].
+    pub(super) async fn apply_answer(&self, sdp: String) -> Result<(), ClientError> {
+        let (reply, done) = oneshot::channel();
+        self.engine.send(Command::Answer {
             id: self.id,
             sdp,
             reply,
@@ -348,6 +376,21 @@ impl Engine {
                         None => Err(ClientError::Closed),
                     };
                     let _ = reply.send(answer);
+                    self.mark_dirty(id);
+                }
+                Command::CreateOffer { id, reply } => {
+                    let offer = match self.conns.get(&id) {
+                        Some(conn) => Ok(conn.rx.offer()),
+                        None => Err(ClientError::Closed),
+                    };
+                    let _ = reply.send(offer);
+                }
+                Command::Answer { id, sdp, reply } => {
+                    let applied = match self.conns.get_mut(&id) {
+                        Some(conn) => conn.rx.apply_answer(now, &sdp),
+                        None => Err(ClientError::Closed),
+                    };
+                    let _ = reply.send(applied);
                     self.mark_dirty(id);
                 }
                 Command::Candidate { id, init } => {

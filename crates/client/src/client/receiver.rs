@@ -24,7 +24,9 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 use chorus_signal::protocol::{Target, TrackKind};
 use rtc::crypto::{HashAlgorithm, RTCCryptoProvider};
-use rtc::dtls::config::{ConfigBuilder, ExtendedMasterSecretType, VerifyPeerCertificateFn};
+use rtc::dtls::config::{
+    ClientAuthType, ConfigBuilder, ExtendedMasterSecretType, VerifyPeerCertificateFn,
+};
 use rtc::dtls::crypto::Certificate;
 use rtc::dtls::endpoint::{Endpoint as DtlsEndpoint, EndpointEvent};
 use rtc::dtls::extension::extension_use_srtp::SrtpProtectionProfile;
@@ -354,6 +356,9 @@ pub(super) struct Receiver {
     last_response: Option<Instant>,
     dtls: DtlsEndpoint,
     dtls_started: bool,
+    /// We are the DTLS client (`setup:active`), unless the server's answer to our offer
+    /// takes that role.
+    dtls_client: bool,
     /// Decrypts what the server sends; encrypts what we send.
     srtp: Option<(SrtpContext, SrtpContext)>,
     /// Our RTCP sender SSRC.
@@ -392,6 +397,7 @@ impl Receiver {
             last_response: None,
             dtls: DtlsEndpoint::new(local, TransportProtocol::UDP, None),
             dtls_started: false,
+            dtls_client: true,
             srtp: None,
             ssrc: rand::random(),
             offered: HashMap::new(),
@@ -412,7 +418,34 @@ impl Receiver {
 
     /// Applies the server's offer and returns our answer.
     pub(super) fn answer(&mut self, now: Instant, offer: &str) -> Result<String, ClientError> {
-        let parsed = parse_offer(offer)?;
+        self.apply_remote(now, parse_offer(offer)?)?;
+        Ok(build_answer(
+            offer,
+            &self.ufrag,
+            &self.pwd,
+            &self.identity.fingerprint,
+        ))
+    }
+
+    /// Our offer to receive one audio and one video track (WHEP): every codec the client
+    /// accounts, our host candidate, no trickle.
+    pub(super) fn offer(&self) -> String {
+        build_offer(
+            self.local,
+            &self.ufrag,
+            &self.pwd,
+            &self.identity.fingerprint,
+        )
+    }
+
+    /// Applies the server's answer to [`Self::offer`].
+    pub(super) fn apply_answer(&mut self, now: Instant, answer: &str) -> Result<(), ClientError> {
+        // The answerer picks the DTLS role; `active` makes it the client.
+        self.dtls_client = !answer.lines().any(|l| l.trim_end() == "a=setup:active");
+        self.apply_remote(now, parse_offer(answer)?)
+    }
+
+    fn apply_remote(&mut self, now: Instant, parsed: ParsedOffer) -> Result<(), ClientError> {
         if let Some(remote) = &self.remote {
             if *remote != parsed.remote {
                 return Err(ClientError::Protocol(
@@ -431,12 +464,7 @@ impl Receiver {
         if self.next_check.is_none() && self.selected.is_none() {
             self.next_check = Some(now);
         }
-        Ok(build_answer(
-            offer,
-            &self.ufrag,
-            &self.pwd,
-            &self.identity.fingerprint,
-        ))
+        Ok(())
     }
 
     /// Adds a trickled server candidate (`candidate:...` attribute value).
@@ -549,11 +577,15 @@ impl Receiver {
         }
         self.last_response = Some(now);
         if self.selected.is_none() && self.candidates.contains(&from) {
-            self.selected = Some(from);
-            self.next_check = Some(now + CONSENT_INTERVAL);
-            self.set_state(RTCPeerConnectionState::Connecting);
-            self.start_dtls(now, from);
+            self.select(now, from);
         }
+    }
+
+    fn select(&mut self, now: Instant, server: SocketAddr) {
+        self.selected = Some(server);
+        self.next_check = Some(now + CONSENT_INTERVAL);
+        self.set_state(RTCPeerConnectionState::Connecting);
+        self.start_dtls(now, server);
     }
 
     /// Answers the server's own check of the pair (webrtc-rs's agent, ICE-lite or not, checks a
@@ -615,9 +647,17 @@ impl Receiver {
             .with_insecure_skip_verify(true)
             .with_verify_peer_certificate(Some(verify))
             .with_extended_master_secret(ExtendedMasterSecretType::Require)
-            .build(true, Some(server));
-        let result =
-            config.and_then(|config| self.dtls.connect(now, server, Arc::new(config), None));
+            .with_client_auth(ClientAuthType::RequireAnyClientCert)
+            .build(self.dtls_client, Some(server));
+        let result = config.and_then(|config| {
+            if self.dtls_client {
+                self.dtls.connect(now, server, Arc::new(config), None)
+            } else {
+                // The server's ClientHello creates the association.
+                self.dtls.set_server_config(Some(Arc::new(config)));
+                Ok(())
+            }
+        });
         match result {
             Ok(()) => {
                 self.dtls_started = true;
@@ -631,6 +671,15 @@ impl Receiver {
     }
 
     fn on_dtls(&mut self, now: Instant, from: SocketAddr, data: &[u8]) {
+        if self.selected.is_none()
+            && !self.dtls_client
+            && self.remote.is_some()
+            && self.candidates.contains(&from)
+        {
+            // As DTLS server, the ClientHello can overtake the answer to our check: the server
+            // has validated the pair.
+            self.select(now, from);
+        }
         if Some(from) != self.selected {
             return;
         }
@@ -1165,6 +1214,78 @@ fn parse_candidate(candidate: &str) -> Option<SocketAddr> {
     Some(SocketAddr::new(ip, port))
 }
 
+/// A `recvonly` offer for one audio and one video track with every codec the client accounts,
+/// the header extensions it measures with, NACK/PLI/FIR feedback, and `local` as the one
+/// host candidate (gathering is complete: WHEP does not trickle).
+fn build_offer(local: SocketAddr, ufrag: &str, pwd: &str, fingerprint: &str) -> String {
+    let session_id: u64 = rand::random::<u64>() >> 1;
+    let extensions = [
+        (1, "urn:ietf:params:rtp-hdrext:sdes:mid"),
+        (2, crate::capture_clock::ABS_SEND_TIME_URI),
+        (3, crate::capture_clock::ABS_CAPTURE_TIME_URI),
+    ];
+    let mut out = format!(
+        "v=0\r\no=- {session_id} 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\na=group:BUNDLE 0 1\r\n\
+         a=extmap-allow-mixed\r\na=msid-semantic: WMS\r\n"
+    );
+    // (payload type, rtpmap, fmtp) per codec.
+    type Codecs<'a> = &'a [(u8, &'a str, &'a str)];
+    let sections: [(&str, &str, Codecs<'_>); 2] = [
+        (
+            "audio",
+            "0",
+            &[(111, "opus/48000/2", "minptime=10;useinbandfec=1")],
+        ),
+        (
+            "video",
+            "1",
+            &[
+                (96, "VP8/90000", ""),
+                (98, "VP9/90000", "profile-id=0"),
+                (
+                    102,
+                    "H264/90000",
+                    "level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f",
+                ),
+                (45, "AV1/90000", ""),
+            ],
+        ),
+    ];
+    for (kind, mid, codecs) in sections {
+        let pts: Vec<String> = codecs.iter().map(|(pt, _, _)| pt.to_string()).collect();
+        out.push_str(&format!(
+            "m={kind} 9 UDP/TLS/RTP/SAVPF {}\r\nc=IN IP4 0.0.0.0\r\na=mid:{mid}\r\n\
+             a=ice-ufrag:{ufrag}\r\na=ice-pwd:{pwd}\r\na=fingerprint:sha-256 {}\r\n\
+             a=setup:actpass\r\na=rtcp-mux\r\na=rtcp-rsize\r\n",
+            pts.join(" "),
+            fingerprint.to_uppercase()
+        ));
+        for (pt, rtpmap, fmtp) in codecs.iter() {
+            out.push_str(&format!("a=rtpmap:{pt} {rtpmap}\r\n"));
+            if !fmtp.is_empty() {
+                out.push_str(&format!("a=fmtp:{pt} {fmtp}\r\n"));
+            }
+            if kind == "video" {
+                out.push_str(&format!(
+                    "a=rtcp-fb:{pt} nack\r\na=rtcp-fb:{pt} nack pli\r\na=rtcp-fb:{pt} ccm fir\r\n"
+                ));
+            }
+        }
+        for (id, uri) in extensions {
+            out.push_str(&format!("a=extmap:{id} {uri}\r\n"));
+        }
+        if kind == "audio" {
+            out.push_str(&format!("a=extmap:4 {}\r\n", crate::media::AUDIO_LEVEL_URI));
+        }
+        out.push_str(&format!(
+            "a=recvonly\r\na=candidate:1 1 udp 2130706431 {} {} typ host\r\na=end-of-candidates\r\n",
+            local.ip(),
+            local.port()
+        ));
+    }
+    out
+}
+
 /// The answer to `offer`: every section accepted as it was offered (codecs, feedback, header
 /// extensions other than transport-wide congestion control, which we do not report), receiving
 /// only, with our ICE credentials and fingerprint, as the DTLS client.
@@ -1427,23 +1548,8 @@ a=sctp-port:5000\r\n";
         assert!(rx.streams.is_empty());
 
         // The server answers a check: the pair is selected and the DTLS handshake starts.
-        let mut response = Message::new();
-        response
-            .build(&[
-                Box::new(TransactionId::new()),
-                Box::new(BINDING_SUCCESS),
-                Box::new(XorMappedAddress {
-                    ip: local.ip(),
-                    port: local.port(),
-                }),
-                Box::new(MessageIntegrity::new_short_term_integrity_with_provider(
-                    "secret".to_owned(),
-                    rx.identity.crypto.crypto(),
-                )),
-                Box::new(FINGERPRINT),
-            ])
-            .expect("response");
-        rx.handle_read(t0, server, &response.raw, arrival);
+        let response = check_response(&rx, "secret", local);
+        rx.handle_read(t0, server, &response, arrival);
         assert_eq!(rx.state, RTCPeerConnectionState::Connecting);
         let (to, hello) = rx.poll_transmit().expect("ClientHello");
         assert_eq!((to, hello.first()), (server, Some(&22u8)));
@@ -1457,6 +1563,152 @@ a=sctp-port:5000\r\n";
         assert!(rx.srtp.is_none());
         assert!(rx.streams.is_empty());
         assert_ne!(rx.state, RTCPeerConnectionState::Connected);
+    }
+
+    /// A STUN success response to our check, signed with the server's password.
+    fn check_response(rx: &Receiver, pwd: &str, local: SocketAddr) -> Vec<u8> {
+        let mut response = Message::new();
+        response
+            .build(&[
+                Box::new(TransactionId::new()),
+                Box::new(BINDING_SUCCESS),
+                Box::new(XorMappedAddress {
+                    ip: local.ip(),
+                    port: local.port(),
+                }),
+                Box::new(MessageIntegrity::new_short_term_integrity_with_provider(
+                    pwd.to_owned(),
+                    rx.identity.crypto.crypto(),
+                )),
+                Box::new(FINGERPRINT),
+            ])
+            .expect("response");
+        response.raw
+    }
+
+    #[test]
+    fn an_offer_answered_active_makes_us_the_dtls_server() {
+        let (out, _rx) = tokio::sync::mpsc::unbounded_channel();
+        let shared = Shared::new(out, Default::default(), 0);
+        let ours = Arc::new(Identity::generate().expect("certificate"));
+        let theirs = Identity::generate().expect("certificate");
+        let t0 = Instant::now();
+        let local: SocketAddr = "127.1.0.1:5000".parse().expect("addr");
+        let server: SocketAddr = "127.0.0.1:7882".parse().expect("addr");
+        let mut rx = Receiver::new(t0, local, shared, ours, Impairment::default());
+        let offer = rx.offer();
+        for wanted in [
+            "a=setup:actpass",
+            "a=recvonly",
+            "a=candidate:1 1 udp 2130706431 127.1.0.1 5000 typ host",
+            "a=rtpmap:96 VP8/90000",
+            "a=rtcp-fb:96 nack pli",
+            "abs-capture-time",
+        ] {
+            assert!(offer.contains(wanted), "{wanted} in {offer}");
+        }
+        let answer = format!(
+            "v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\na=ice-lite\r\n\
+             a=fingerprint:sha-256 {}\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\n\
+             c=IN IP4 0.0.0.0\r\na=mid:0\r\na=ice-ufrag:srv\r\na=ice-pwd:secret\r\n\
+             a=setup:active\r\na=rtcp-mux\r\na=rtpmap:111 opus/48000/2\r\n\
+             a=msid:alice mic\r\na=ssrc:42 cname:alice\r\na=sendonly\r\n\
+             a=candidate:1 1 udp 2130706431 127.0.0.1 7882 typ host\r\n",
+            theirs.fingerprint.to_uppercase()
+        );
+        rx.apply_answer(t0, &answer).expect("answer");
+        assert!(!rx.dtls_client);
+        let arrival = Arrival {
+            at: t0,
+            wall: std::time::SystemTime::now(),
+        };
+        let response = check_response(&rx, "secret", local);
+        rx.handle_read(t0, server, &response, arrival);
+        assert_eq!(rx.state, RTCPeerConnectionState::Connecting);
+
+        // The server, as DTLS client, connects with the certificate its answer named.
+        let config = ConfigBuilder::default()
+            .with_crypto_provider(Arc::clone(&theirs.crypto))
+            .with_certificates(vec![theirs.certificate.clone()])
+            .with_srtp_protection_profiles(SRTP_PROFILES.to_vec())
+            .with_insecure_skip_verify(true)
+            .with_extended_master_secret(ExtendedMasterSecretType::Require)
+            .build(true, Some(local))
+            .expect("client config");
+        let mut client = DtlsEndpoint::new(server, TransportProtocol::UDP, None);
+        client
+            .connect(t0, local, Arc::new(config), None)
+            .expect("connect");
+        for _ in 0..20 {
+            while let Some(t) = client.poll_transmit() {
+                rx.handle_read(t0, server, &t.message, arrival);
+            }
+            while let Some((to, datagram)) = rx.poll_transmit() {
+                assert_eq!(to, server);
+                if matches!(datagram.first(), Some(20..=63)) {
+                    let _ = client.read(t0, local, None, datagram);
+                }
+            }
+            if rx.srtp.is_some() {
+                break;
+            }
+        }
+        assert!(rx.srtp.is_some(), "SRTP keys from the handshake");
+        assert_eq!(rx.state, RTCPeerConnectionState::Connected);
+        assert_eq!(
+            rx.offered.get(&42).map(|s| s.track_id.as_str()),
+            Some("mic")
+        );
+    }
+
+    #[test]
+    fn a_dtls_client_with_another_certificate_is_refused() {
+        let (out, _rx) = tokio::sync::mpsc::unbounded_channel();
+        let shared = Shared::new(out, Default::default(), 0);
+        let ours = Arc::new(Identity::generate().expect("certificate"));
+        let named = Identity::generate().expect("certificate");
+        let impostor = Identity::generate().expect("certificate");
+        let t0 = Instant::now();
+        let local: SocketAddr = "127.1.0.1:5000".parse().expect("addr");
+        let server: SocketAddr = "127.0.0.1:7882".parse().expect("addr");
+        let mut rx = Receiver::new(t0, local, shared, ours, Impairment::default());
+        let answer = format!(
+            "v=0\r\na=fingerprint:sha-256 {}\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\n\
+             a=ice-ufrag:srv\r\na=ice-pwd:secret\r\na=setup:active\r\n\
+             a=candidate:1 1 udp 2130706431 127.0.0.1 7882 typ host\r\n",
+            named.fingerprint
+        );
+        rx.apply_answer(t0, &answer).expect("answer");
+        let arrival = Arrival {
+            at: t0,
+            wall: std::time::SystemTime::now(),
+        };
+        let response = check_response(&rx, "secret", local);
+        rx.handle_read(t0, server, &response, arrival);
+        let config = ConfigBuilder::default()
+            .with_crypto_provider(Arc::clone(&impostor.crypto))
+            .with_certificates(vec![impostor.certificate.clone()])
+            .with_srtp_protection_profiles(SRTP_PROFILES.to_vec())
+            .with_insecure_skip_verify(true)
+            .with_extended_master_secret(ExtendedMasterSecretType::Require)
+            .build(true, Some(local))
+            .expect("client config");
+        let mut client = DtlsEndpoint::new(server, TransportProtocol::UDP, None);
+        client
+            .connect(t0, local, Arc::new(config), None)
+            .expect("connect");
+        for _ in 0..20 {
+            while let Some(t) = client.poll_transmit() {
+                rx.handle_read(t0, server, &t.message, arrival);
+            }
+            while let Some((_, datagram)) = rx.poll_transmit() {
+                if matches!(datagram.first(), Some(20..=63)) {
+                    let _ = client.read(t0, local, None, datagram);
+                }
+            }
+        }
+        assert!(rx.srtp.is_none());
+        assert_eq!(rx.state, RTCPeerConnectionState::Failed);
     }
 
     #[test]

@@ -12,9 +12,10 @@
 //! The HTTP client is a minimal HTTP/1.1 one over a plain TCP connection (`http://` only, one
 //! request per connection).
 
+use super::receive_engine::EngineConn;
 use super::{
-    add_local_tracks, build_pc, default_udp_addr, lock, video_to_publish, ClientError,
-    ClientOptions, ConnectionStates, Handler, RtcpSentStats, Shared, LEAVE_TIMEOUT,
+    add_local_tracks, build_pc, default_udp_addr, engine_bind_addr, lock, video_to_publish,
+    ClientError, ClientOptions, ConnectionStates, Handler, RtcpSentStats, Shared, LEAVE_TIMEOUT,
 };
 use crate::media::{self, LocalTrack, SentTrackStats};
 use crate::stats::{offered_tracks, ReceivedTrackStats};
@@ -66,8 +67,26 @@ pub struct WhipSession {
     token: String,
     timeout: Duration,
     shared: Arc<Shared>,
-    pc: Arc<dyn PeerConnection>,
+    conn: Conn,
     local_tracks: Vec<Arc<LocalTrack>>,
+}
+
+/// The session's peer connection: an async one of its own, or (WHEP with
+/// [`ClientOptions::receive_engine`]) one on a shared [`ReceiveEngine`](super::ReceiveEngine).
+enum Conn {
+    Own(Arc<dyn PeerConnection>),
+    Engine(EngineConn),
+}
+
+impl Conn {
+    async fn close(&self) {
+        match self {
+            Conn::Own(pc) => {
+                let _ = pc.close().await;
+            }
+            Conn::Engine(conn) => conn.close(),
+        }
+    }
 }
 
 impl std::fmt::Debug for WhipSession {
@@ -129,7 +148,7 @@ impl WhipSession {
                 token: opts.token,
                 timeout: opts.join_timeout,
                 shared,
-                pc,
+                conn: Conn::Own(pc),
                 local_tracks,
             }),
             Err(e) => {
@@ -148,6 +167,31 @@ impl WhipSession {
     pub async fn play(opts: ClientOptions) -> Result<Self, ClientError> {
         let url = endpoint_url(&opts.url)?;
         let shared = detached_shared(opts.decode_sample);
+        if let Some(engine) = &opts.receive_engine {
+            let bind = engine_bind_addr(&url, opts.udp_addr.as_deref()).await?;
+            let conn = engine
+                .open(Arc::clone(&shared), bind, opts.impairment)
+                .await?;
+            let setup = async {
+                let offer = conn.offer().await?;
+                let (answer, resource) = post_offer(WhipKind::Play, offer, &url, &opts).await?;
+                shared.set_extension_ids(&answer);
+                *lock(&shared.offered) = offered_tracks(&answer);
+                conn.apply_answer(answer).await?;
+                shared.states.send_modify(|s| s.subscriber_offers = 1);
+                Ok::<_, ClientError>(resource)
+            };
+            let resource = setup.await?;
+            return Ok(Self {
+                kind: WhipKind::Play,
+                resource,
+                token: opts.token,
+                timeout: opts.join_timeout,
+                shared,
+                conn: Conn::Engine(conn),
+                local_tracks: Vec::new(),
+            });
+        }
         let mut engine = MediaEngine::default();
         engine.register_default_codecs()?;
         let pc = build_pc(
@@ -189,7 +233,7 @@ impl WhipSession {
                 token: opts.token,
                 timeout: opts.join_timeout,
                 shared,
-                pc,
+                conn: Conn::Own(pc),
                 local_tracks: Vec::new(),
             }),
             Err(e) => {
@@ -292,7 +336,7 @@ impl WhipSession {
                 Err(status_error(self.kind, &r))
             }
         });
-        let _ = tokio::time::timeout(LEAVE_TIMEOUT, self.pc.close()).await;
+        let _ = tokio::time::timeout(LEAVE_TIMEOUT, self.conn.close()).await;
         deleted
     }
 }
@@ -300,11 +344,17 @@ impl WhipSession {
 impl Drop for WhipSession {
     fn drop(&mut self) {
         self.shared.abort_tasks();
-        if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            let pc = Arc::clone(&self.pc);
-            rt.spawn(async move {
-                let _ = pc.close().await;
-            });
+        match &self.conn {
+            Conn::Own(pc) => {
+                if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                    let pc = Arc::clone(pc);
+                    rt.spawn(async move {
+                        let _ = pc.close().await;
+                    });
+                }
+            }
+            // Closes when dropped.
+            Conn::Engine(_) => {}
         }
     }
 }
@@ -366,6 +416,16 @@ async fn negotiate(
         .await
         .ok_or_else(|| ClientError::Protocol("no local description".into()))?
         .sdp;
+    post_offer(kind, sdp, url, opts).await
+}
+
+/// `POST`s an offer; returns the answer and the session's resource URL.
+async fn post_offer(
+    kind: WhipKind,
+    sdp: String,
+    url: &url::Url,
+    opts: &ClientOptions,
+) -> Result<(String, url::Url), ClientError> {
     let response = request("POST", url, &opts.token, Some(&sdp), opts.join_timeout).await?;
     if response.status != 201 {
         return Err(status_error(kind, &response));

@@ -1,19 +1,23 @@
 //! [`Receiver`]: a receive-only WebRTC endpoint, sans-IO, for the
 //! [`ReceiveEngine`](super::ReceiveEngine).
 //!
-//! A subscribing bot answers the server's offer, checks connectivity, runs the DTLS client
-//! handshake, decrypts SRTP and sends the feedback a browser sends (receiver reports, NACKs).
-//! It needs none of a peer connection's generality: no sending, no SCTP, one candidate pair, a
-//! fixed answer. webrtc-rs's `rtc` peer connection moves every received packet through a
-//! pipeline of handlers and queues (demuxer, ICE, DTLS, SRTP, interceptors, endpoint), which
-//! cost the bots more CPU than the server spent forwarding to them. This endpoint is built from
-//! the same parts (`rtc`'s STUN, DTLS and SRTP crates, its RTP and RTCP types) wired directly:
-//! a received media packet is one SRTP decryption, one header parse and the client's accounting.
+//! A subscribing bot answers the server's offer (or, playing over WHEP, makes the offer and
+//! applies the answer), checks connectivity, runs the DTLS handshake, decrypts SRTP and sends
+//! the feedback a browser sends (receiver reports, NACKs, PLIs). It needs none of a peer
+//! connection's generality: no sending, no SCTP, one candidate pair, a fixed answer.
+//! webrtc-rs's `rtc` peer connection moves every received packet through a pipeline of handlers
+//! and queues (demuxer, ICE, DTLS, SRTP, interceptors, endpoint), which cost the bots more CPU
+//! than the server spent forwarding to them. This endpoint is built from the same parts (`rtc`'s
+//! STUN, DTLS and SRTP crates, its RTP and RTCP types) wired directly: a received media packet
+//! is one SRTP decryption, one header parse and the client's accounting.
 //!
 //! The answer accepts every offered codec and the header extensions the client measures with,
 //! and the data channel section (the server never opens it toward an endpoint that does not
 //! speak SCTP; bots do not chat). The server is ICE-lite, so this side is controlling: it sends
-//! checks with USE-CANDIDATE to the server's candidates until one answers, then consent checks.
+//! checks with USE-CANDIDATE to the server's candidates until one answers, answers the
+//! server's own checks, then sends consent checks. It is the DTLS client, unless the server's
+//! answer to our offer takes that role; either way the peer's certificate must match the
+//! fingerprint its description named.
 
 use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap, VecDeque};

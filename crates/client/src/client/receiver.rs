@@ -1590,6 +1590,52 @@ a=sctp-port:5000\r\n";
         response.raw
     }
 
+    /// The server's side as DTLS client, presenting `identity`'s certificate.
+    fn dtls_client(
+        identity: &Identity,
+        now: Instant,
+        server: SocketAddr,
+        local: SocketAddr,
+    ) -> DtlsEndpoint {
+        let config = ConfigBuilder::default()
+            .with_crypto_provider(Arc::clone(&identity.crypto))
+            .with_certificates(vec![identity.certificate.clone()])
+            .with_srtp_protection_profiles(SRTP_PROFILES.to_vec())
+            .with_insecure_skip_verify(true)
+            .with_extended_master_secret(ExtendedMasterSecretType::Require)
+            .build(true, Some(local))
+            .expect("client config");
+        let mut client = DtlsEndpoint::new(server, TransportProtocol::UDP, None);
+        client
+            .connect(now, local, Arc::new(config), None)
+            .expect("connect");
+        client
+    }
+
+    /// Passes DTLS datagrams both ways until the receiver has keys (or 20 rounds).
+    fn handshake(
+        rx: &mut Receiver,
+        client: &mut DtlsEndpoint,
+        now: Instant,
+        server: SocketAddr,
+        arrival: Arrival,
+    ) {
+        for _ in 0..20 {
+            while let Some(t) = client.poll_transmit() {
+                rx.handle_read(now, server, &t.message, arrival);
+            }
+            while let Some((to, datagram)) = rx.poll_transmit() {
+                assert_eq!(to, server);
+                if matches!(datagram.first(), Some(20..=63)) {
+                    let _ = client.read(now, rx.local, None, datagram);
+                }
+            }
+            if rx.srtp.is_some() {
+                return;
+            }
+        }
+    }
+
     #[test]
     fn an_offer_answered_active_makes_us_the_dtls_server() {
         let (out, _rx) = tokio::sync::mpsc::unbounded_channel();
@@ -1631,32 +1677,8 @@ a=sctp-port:5000\r\n";
         assert_eq!(rx.state, RTCPeerConnectionState::Connecting);
 
         // The server, as DTLS client, connects with the certificate its answer named.
-        let config = ConfigBuilder::default()
-            .with_crypto_provider(Arc::clone(&theirs.crypto))
-            .with_certificates(vec![theirs.certificate.clone()])
-            .with_srtp_protection_profiles(SRTP_PROFILES.to_vec())
-            .with_insecure_skip_verify(true)
-            .with_extended_master_secret(ExtendedMasterSecretType::Require)
-            .build(true, Some(local))
-            .expect("client config");
-        let mut client = DtlsEndpoint::new(server, TransportProtocol::UDP, None);
-        client
-            .connect(t0, local, Arc::new(config), None)
-            .expect("connect");
-        for _ in 0..20 {
-            while let Some(t) = client.poll_transmit() {
-                rx.handle_read(t0, server, &t.message, arrival);
-            }
-            while let Some((to, datagram)) = rx.poll_transmit() {
-                assert_eq!(to, server);
-                if matches!(datagram.first(), Some(20..=63)) {
-                    let _ = client.read(t0, local, None, datagram);
-                }
-            }
-            if rx.srtp.is_some() {
-                break;
-            }
-        }
+        let mut client = dtls_client(&theirs, t0, server, local);
+        handshake(&mut rx, &mut client, t0, server, arrival);
         assert!(rx.srtp.is_some(), "SRTP keys from the handshake");
         assert_eq!(rx.state, RTCPeerConnectionState::Connected);
         assert_eq!(
@@ -1689,28 +1711,8 @@ a=sctp-port:5000\r\n";
         };
         let response = check_response(&rx, "secret", local);
         rx.handle_read(t0, server, &response, arrival);
-        let config = ConfigBuilder::default()
-            .with_crypto_provider(Arc::clone(&impostor.crypto))
-            .with_certificates(vec![impostor.certificate.clone()])
-            .with_srtp_protection_profiles(SRTP_PROFILES.to_vec())
-            .with_insecure_skip_verify(true)
-            .with_extended_master_secret(ExtendedMasterSecretType::Require)
-            .build(true, Some(local))
-            .expect("client config");
-        let mut client = DtlsEndpoint::new(server, TransportProtocol::UDP, None);
-        client
-            .connect(t0, local, Arc::new(config), None)
-            .expect("connect");
-        for _ in 0..20 {
-            while let Some(t) = client.poll_transmit() {
-                rx.handle_read(t0, server, &t.message, arrival);
-            }
-            while let Some((_, datagram)) = rx.poll_transmit() {
-                if matches!(datagram.first(), Some(20..=63)) {
-                    let _ = client.read(t0, local, None, datagram);
-                }
-            }
-        }
+        let mut client = dtls_client(&impostor, t0, server, local);
+        handshake(&mut rx, &mut client, t0, server, arrival);
         assert!(rx.srtp.is_none());
         assert_eq!(rx.state, RTCPeerConnectionState::Failed);
     }

@@ -124,7 +124,7 @@ pub struct RoleReport {
 /// Received video at one frame size.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct LayerIn {
-    /// `WIDTHxHEIGHT`, from the VP8 keyframes.
+    /// `WIDTHxHEIGHT`, from the keyframes (VP8, VP9, AV1).
     pub size: String,
     /// Received video tracks that got frames of this size.
     pub tracks: u64,

@@ -171,10 +171,7 @@ pub fn is_vp9_keyframe(frame: &[u8]) -> bool {
 /// The frame size a VP9 keyframe's uncompressed header declares (VP9 spec §6.2: after the
 /// sync code, the color config, then `frame_width_minus_1` and `frame_height_minus_1`).
 pub fn vp9_keyframe_size(frame: &[u8]) -> Option<(u16, u16)> {
-    let mut bits = BitReader {
-        data: frame,
-        pos: 0,
-    };
+    let mut bits = crate::bits::BitReader::new(frame);
     if bits.read(2)? != 0b10 {
         return None;
     }
@@ -207,57 +204,10 @@ pub fn vp9_keyframe_size(frame: &[u8]) -> Option<(u16, u16)> {
     Some((u16::try_from(w).ok()?, u16::try_from(h).ok()?))
 }
 
-/// Reads bits most significant first.
-struct BitReader<'a> {
-    data: &'a [u8],
-    pos: usize,
-}
-
-impl BitReader<'_> {
-    fn read(&mut self, n: usize) -> Option<u32> {
-        let mut v = 0u32;
-        for _ in 0..n {
-            let byte = *self.data.get(self.pos / 8)?;
-            v = v << 1 | u32::from(byte >> (7 - self.pos % 8) & 1);
-            self.pos += 1;
-        }
-        Some(v)
-    }
-}
-
 /// Whether an AV1 temporal unit (low-overhead OBU stream, as IVF holds it) starts a new coded
 /// video sequence: it carries a sequence header OBU, which encoders emit with each keyframe.
 pub fn is_av1_keyframe(unit: &[u8]) -> bool {
-    let mut rest = unit;
-    while let Some(&header) = rest.first() {
-        let obu_type = (header >> 3) & 0x0f;
-        if obu_type == 1 {
-            return true;
-        }
-        let has_extension = header & 0x04 != 0;
-        let has_size = header & 0x02 != 0;
-        let mut i = 1 + usize::from(has_extension);
-        if !has_size {
-            return false; // the last OBU: no sequence header found
-        }
-        // LEB128 size.
-        let mut size = 0usize;
-        for shift in (0..56).step_by(7) {
-            let Some(&byte) = rest.get(i) else {
-                return false;
-            };
-            i += 1;
-            size |= usize::from(byte & 0x7f) << shift;
-            if byte & 0x80 == 0 {
-                break;
-            }
-        }
-        let Some(next) = rest.get(i.saturating_add(size)..) else {
-            return false;
-        };
-        rest = next;
-    }
-    false
+    crate::av1::obus(unit).any(|o| o.obu_type == crate::av1::OBU_SEQUENCE_HEADER)
 }
 
 /// Streams frames out of an IVF source.

@@ -37,6 +37,8 @@
 //! # }
 //! ```
 
+mod av1;
+mod bits;
 pub mod capture_clock;
 mod client;
 pub mod decode;

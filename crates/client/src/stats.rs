@@ -792,127 +792,13 @@ fn av1_payload_size(payload: &[u8]) -> Option<(u16, u16)> {
     let mut rest = payload.get(1..)?;
     // The first element's length is given unless it is the only one (W=1).
     if w != 1 {
-        let (len, n) = leb128(rest)?;
+        let (len, n) = crate::av1::leb128(rest)?;
         rest = rest.get(n..n.checked_add(usize::try_from(len).ok()?)?)?;
     }
-    let (obu_type, payload) = av1_obu(rest)?;
-    (obu_type == AV1_OBU_SEQUENCE_HEADER)
-        .then(|| av1_sequence_size(payload))
+    let obu = crate::av1::Obu::parse(rest)?;
+    (obu.obu_type == crate::av1::OBU_SEQUENCE_HEADER)
+        .then(|| crate::av1::sequence_size(obu.payload))
         .flatten()
-}
-
-const AV1_OBU_SEQUENCE_HEADER: u8 = 1;
-
-/// An OBU's type and payload (AV1 5.3.1): the header, the extension byte if flagged, the
-/// size if present (else the OBU runs to the end of `obu`).
-fn av1_obu(obu: &[u8]) -> Option<(u8, &[u8])> {
-    let header = *obu.first()?;
-    let obu_type = (header >> 3) & 0x0f;
-    let mut i = if header & 0x04 != 0 { 2 } else { 1 };
-    if header & 0x02 != 0 {
-        let (size, n) = leb128(obu.get(i..)?)?;
-        i += n;
-        let end = i.checked_add(usize::try_from(size).ok()?)?;
-        return Some((obu_type, obu.get(i..end)?));
-    }
-    Some((obu_type, obu.get(i..)?))
-}
-
-/// An unsigned LEB128 value (AV1 4.10.5) and the bytes it took.
-fn leb128(data: &[u8]) -> Option<(u64, usize)> {
-    let mut value = 0u64;
-    for (i, b) in data.iter().take(8).enumerate() {
-        value |= u64::from(b & 0x7f) << (7 * i);
-        if b & 0x80 == 0 {
-            return Some((value, i + 1));
-        }
-    }
-    None
-}
-
-/// Most significant bit first, as AV1 headers are written.
-struct BitReader<'a> {
-    data: &'a [u8],
-    bit: usize,
-}
-
-impl BitReader<'_> {
-    fn bits(&mut self, n: usize) -> Option<u32> {
-        let mut value = 0u32;
-        for _ in 0..n {
-            let byte = *self.data.get(self.bit / 8)?;
-            value = value << 1 | u32::from(byte >> (7 - self.bit % 8) & 1);
-            self.bit += 1;
-        }
-        Some(value)
-    }
-
-    fn flag(&mut self) -> Option<bool> {
-        self.bits(1).map(|b| b == 1)
-    }
-
-    /// `uvlc()` (AV1 4.10.3).
-    fn uvlc(&mut self) -> Option<u32> {
-        let mut zeros = 0;
-        while !self.flag()? {
-            zeros += 1;
-            if zeros >= 32 {
-                return None;
-            }
-        }
-        Some(self.bits(zeros)? + ((1u32 << zeros) - 1))
-    }
-}
-
-/// `max_frame_width_minus_1 + 1` and `max_frame_height_minus_1 + 1` of a sequence header OBU
-/// payload (AV1 5.5.1).
-fn av1_sequence_size(seq: &[u8]) -> Option<(u16, u16)> {
-    let mut r = BitReader { data: seq, bit: 0 };
-    let _profile = r.bits(3)?;
-    let _still_picture = r.flag()?;
-    if r.flag()? {
-        // reduced_still_picture_header: one level, nothing else.
-        r.bits(5)?;
-    } else {
-        let mut buffer_delay_bits = 0;
-        let timing_info = r.flag()?;
-        let mut decoder_model_info = false;
-        if timing_info {
-            r.bits(32)?; // num_units_in_display_tick
-            r.bits(32)?; // time_scale
-            if r.flag()? {
-                r.uvlc()?; // num_ticks_per_picture_minus_1
-            }
-            decoder_model_info = r.flag()?;
-            if decoder_model_info {
-                buffer_delay_bits = r.bits(5)? as usize + 1;
-                r.bits(32)?; // num_units_in_decoding_tick
-                r.bits(5)?; // buffer_removal_time_length_minus_1
-                r.bits(5)?; // frame_presentation_time_length_minus_1
-            }
-        }
-        let initial_display_delay = r.flag()?;
-        let operating_points = r.bits(5)? + 1;
-        for _ in 0..operating_points {
-            r.bits(12)?; // operating_point_idc
-            if r.bits(5)? > 7 {
-                r.bits(1)?; // seq_tier
-            }
-            if decoder_model_info && r.flag()? {
-                r.bits(buffer_delay_bits)?; // decoder_buffer_delay
-                r.bits(buffer_delay_bits)?; // encoder_buffer_delay
-                r.bits(1)?; // low_delay_mode_flag
-            }
-            if initial_display_delay && r.flag()? {
-                r.bits(4)?;
-            }
-        }
-    }
-    let width_bits = r.bits(4)? as usize + 1;
-    let height_bits = r.bits(4)? as usize + 1;
-    let width = r.bits(width_bits)? + 1;
-    let height = r.bits(height_bits)? + 1;
-    Some((u16::try_from(width).ok()?, u16::try_from(height).ok()?))
 }
 
 /// Parses the VP8 payload descriptor (RFC 7741 §4.2) and, when the packet begins a frame
@@ -1043,37 +929,28 @@ pub fn offered_tracks(sdp: &str) -> Vec<OfferedTrack> {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     #[test]
     fn av1_frame_size_comes_from_the_sequence_header() {
         let clip =
             crate::ivf::IvfClip::parse(include_bytes!("../tests/data/av1_160x120_30fps.ivf"))
                 .expect("AV1 clip");
-        // The clip's first temporal unit: OBUs with size fields; one is the sequence header.
-        let mut unit = &clip.frames[0].data[..];
-        let mut sequence_header = None;
-        while !unit.is_empty() {
-            let header = unit[0];
-            let ext = usize::from(header & 0x04 != 0);
-            let (size, n) = leb128(&unit[1 + ext..]).expect("size field");
-            let obu_len = 1 + ext + n + size as usize;
-            if (header >> 3) & 0x0f == AV1_OBU_SEQUENCE_HEADER {
-                sequence_header = Some(unit[..obu_len].to_vec());
-            }
-            unit = &unit[obu_len..];
-        }
-        let obu = sequence_header.expect("the first temporal unit has a sequence header");
-        let (_, payload) = av1_obu(&obu).expect("OBU");
-        assert_eq!(av1_sequence_size(payload), Some((160, 120)));
+        let seq = crate::av1::obus(&clip.frames[0].data)
+            .find(|o| o.obu_type == crate::av1::OBU_SEQUENCE_HEADER)
+            .expect("the first temporal unit has a sequence header");
         // As an RTP packet: the only element (W=1) of a new coded video sequence (N=1), its
         // size field dropped as packetizers do.
-        let mut rtp = vec![0x18, obu[0] & !0x02];
-        rtp.extend_from_slice(payload);
+        // No extension, no size field.
+        let header = crate::av1::OBU_SEQUENCE_HEADER << 3;
+        let mut rtp = vec![0x18, header];
+        rtp.extend_from_slice(seq.payload);
         let start = av1_frame_start(&rtp, true).expect("frame start");
         assert!(start.keyframe);
         assert_eq!(start.size, Some((160, 120)));
         // W=0: the element carries its length.
-        let mut rtp = vec![0x08, (payload.len() + 1) as u8, obu[0] & !0x02];
-        rtp.extend_from_slice(payload);
+        let mut rtp = vec![0x08, (seq.payload.len() + 1) as u8, header];
+        rtp.extend_from_slice(seq.payload);
         assert_eq!(av1_payload_size(&rtp), Some((160, 120)));
         // Truncated headers give no size, never a panic.
         for cut in 0..rtp.len() {
@@ -1081,8 +958,6 @@ mod tests {
         }
         assert_eq!(av1_payload_size(&rtp[..4]), None);
     }
-
-    use super::*;
 
     #[test]
     fn continuous_sequences_have_no_gaps_even_across_wraparound() {

@@ -1,0 +1,42 @@
+//! [`BitReader`]: reads codec headers bit by bit, most significant bit first (as VP9 and AV1
+//! headers are written).
+
+/// A bit cursor over a byte slice; every read is `None` past the end.
+pub(crate) struct BitReader<'a> {
+    data: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> BitReader<'a> {
+    pub(crate) fn new(data: &'a [u8]) -> Self {
+        Self { data, pos: 0 }
+    }
+
+    /// The next `n` bits (at most 32) as a number.
+    pub(crate) fn read(&mut self, n: usize) -> Option<u32> {
+        let mut v = 0u32;
+        for _ in 0..n {
+            let byte = *self.data.get(self.pos / 8)?;
+            v = v << 1 | u32::from(byte >> (7 - self.pos % 8) & 1);
+            self.pos += 1;
+        }
+        Some(v)
+    }
+
+    /// The next bit as a flag.
+    pub(crate) fn flag(&mut self) -> Option<bool> {
+        self.read(1).map(|b| b == 1)
+    }
+
+    /// AV1's `uvlc()` (AV1 spec 4.10.3).
+    pub(crate) fn uvlc(&mut self) -> Option<u32> {
+        let mut zeros = 0;
+        while !self.flag()? {
+            zeros += 1;
+            if zeros >= 32 {
+                return None;
+            }
+        }
+        Some(self.read(zeros)? + ((1u32 << zeros) - 1))
+    }
+}

@@ -2,6 +2,7 @@
 
 pub mod receive_engine;
 mod receiver;
+mod transport;
 pub mod whip;
 
 use crate::ivf::{IvfClip, IvfError};

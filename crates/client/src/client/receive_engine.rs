@@ -32,7 +32,8 @@ use rtc::peer_connection::transport::{
 };
 use tokio::sync::oneshot;
 
-use super::receiver::{self, Identity};
+use super::receiver;
+use super::transport::Identity;
 use super::{Arrival, ClientError, Shared};
 use crate::impair::Impairment;
 /// The waker's token; connections with sockets of their own use their id.

@@ -8,36 +8,20 @@
 //! webrtc-rs's `rtc` peer connection moves every received packet through a pipeline of handlers
 //! and queues (demuxer, ICE, DTLS, SRTP, interceptors, endpoint), which cost the bots more CPU
 //! than the server spent forwarding to them. This endpoint is built from the same parts (`rtc`'s
-//! STUN, DTLS and SRTP crates, its RTP and RTCP types) wired directly: a received media packet
-//! is one SRTP decryption, one header parse and the client's accounting.
+//! STUN, DTLS and SRTP crates through [`Transport`], its RTP and RTCP types) wired directly: a
+//! received media packet is one SRTP decryption, one header parse and the client's accounting.
 //!
 //! The answer accepts every offered codec and the header extensions the client measures with,
 //! and the data channel section (the server never opens it toward an endpoint that does not
-//! speak SCTP; bots do not chat). The server is ICE-lite, so this side is controlling: it sends
-//! checks with USE-CANDIDATE to the server's candidates until one answers, answers the
-//! server's own checks, then sends consent checks. It is the DTLS client, unless the server's
-//! answer to our offer takes that role; either way the peer's certificate must match the
-//! fingerprint its description named.
+//! speak SCTP; bots do not chat).
 
 use std::collections::hash_map::Entry;
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::BytesMut;
 use chorus_signal::protocol::{Target, TrackKind};
-use rtc::crypto::{HashAlgorithm, RTCCryptoProvider};
-use rtc::dtls::config::{
-    ClientAuthType, ConfigBuilder, ExtendedMasterSecretType, VerifyPeerCertificateFn,
-};
-use rtc::dtls::crypto::Certificate;
-use rtc::dtls::endpoint::{Endpoint as DtlsEndpoint, EndpointEvent};
-use rtc::dtls::extension::extension_use_srtp::SrtpProtectionProfile;
-use rtc::ice::attributes::control::AttrControlling;
-use rtc::ice::attributes::priority::PriorityAttr;
-use rtc::ice::attributes::use_candidate::UseCandidateAttr;
-use rtc::peer_connection::state::RTCPeerConnectionState;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
 use rtc::rtcp::receiver_report::ReceiverReport;
 use rtc::rtcp::reception_report::ReceptionReport;
@@ -46,34 +30,11 @@ use rtc::rtcp::transport_feedbacks::transport_layer_nack::{
     nack_pairs_from_sequence_numbers, TransportLayerNack,
 };
 use rtc::shared::marshal::Unmarshal;
-use rtc::shared::TransportProtocol;
-use rtc::srtp::config::Config as SrtpConfig;
-use rtc::srtp::context::Context as SrtpContext;
-use rtc::srtp::option::{srtcp_replay_protection, srtp_replay_protection};
-use rtc::srtp::protection_profile::ProtectionProfile;
-use rtc::stun::attributes::ATTR_USERNAME;
-use rtc::stun::fingerprint::FINGERPRINT;
-use rtc::stun::integrity::MessageIntegrity;
-use rtc::stun::message::TransactionId;
-use rtc::stun::message::{Message, BINDING_REQUEST, BINDING_SUCCESS, CLASS_SUCCESS_RESPONSE};
-use rtc::stun::textattrs::Username;
-use rtc::stun::xoraddr::XorMappedAddress;
 
+use super::transport::{sections, Demuxed, Identity, Remote, Transport};
 use super::{Arrival, ClientError, Shared, TrackReader};
 use crate::impair::{is_rtp, DelayLine, Impairment};
 
-/// SRTP profiles offered, AEAD GCM first (a third of CM-HMAC's CPU), as browsers do.
-const SRTP_PROFILES: [SrtpProtectionProfile; 3] = [
-    SrtpProtectionProfile::Srtp_Aead_Aes_128_Gcm,
-    SrtpProtectionProfile::Srtp_Aead_Aes_256_Gcm,
-    SrtpProtectionProfile::Srtp_Aes128_Cm_Hmac_Sha1_80,
-];
-/// Connectivity checks until one succeeds.
-const CHECK_INTERVAL: Duration = Duration::from_millis(50);
-/// Consent checks once connected (RFC 7675 asks for 4-6 s on average).
-const CONSENT_INTERVAL: Duration = Duration::from_secs(2);
-/// No answer to any check for this long: the connection has failed.
-const CONSENT_TIMEOUT: Duration = Duration::from_secs(15);
 /// Receiver reports, per connection, every second (browsers: about 1 s for video).
 const REPORT_INTERVAL: Duration = Duration::from_secs(1);
 /// A missing packet is first asked for after this (reordering gets a chance), then every
@@ -88,56 +49,6 @@ const NACK_WINDOW: u32 = 512;
 /// browser asks for a keyframe (PLI), at most this often per stream.
 const PLI_INTERVAL: Duration = Duration::from_secs(1);
 
-/// The certificate every receiver of an engine presents, and its SDP fingerprint (like a
-/// browser profile's, one for all its connections).
-pub(super) struct Identity {
-    crypto: Arc<dyn RTCCryptoProvider>,
-    certificate: Certificate,
-    fingerprint: String,
-}
-
-impl Identity {
-    /// Generates a self-signed certificate.
-    pub(super) fn generate() -> Result<Identity, ClientError> {
-        let crypto = rtc::crypto::default_provider()
-            .map_err(|e| ClientError::Protocol(format!("crypto provider: {e}")))?;
-        let certificate =
-            Certificate::generate_self_signed(vec!["chorus-bot".to_owned()], crypto.crypto())
-                .map_err(|e| ClientError::Protocol(format!("certificate: {e}")))?;
-        let der = certificate
-            .certificate
-            .first()
-            .ok_or_else(|| ClientError::Protocol("certificate without a chain".into()))?;
-        let fingerprint = sha256_fingerprint(crypto.as_ref(), der.as_ref())?;
-        Ok(Identity {
-            crypto,
-            certificate,
-            fingerprint,
-        })
-    }
-}
-
-fn sha256_fingerprint(crypto: &dyn RTCCryptoProvider, der: &[u8]) -> Result<String, ClientError> {
-    let hashed = crypto
-        .crypto()
-        .hash(HashAlgorithm::Sha256, der)
-        .map_err(|e| ClientError::Protocol(format!("fingerprint: {e}")))?;
-    Ok(hashed
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":"))
-}
-
-/// What the offer says about the server's side.
-#[derive(Debug, Clone, Default, PartialEq)]
-struct Remote {
-    ufrag: String,
-    pwd: String,
-    fingerprint: String,
-}
-
-/// A track the offer announces, by SSRC.
 #[derive(Debug, Clone, PartialEq)]
 struct OfferedStream {
     ssrc: u32,
@@ -344,35 +255,15 @@ struct Held {
 
 /// One subscriber connection's endpoint.
 pub(super) struct Receiver {
-    local: SocketAddr,
+    transport: Transport,
     shared: Arc<Shared>,
-    identity: Arc<Identity>,
     impairment: Impairment,
-    /// Our ICE credentials.
-    ufrag: String,
-    pwd: String,
-    tie_breaker: u64,
-    remote: Option<Remote>,
-    /// The server's candidates; the first to answer a check is the one used.
-    candidates: Vec<SocketAddr>,
-    selected: Option<SocketAddr>,
-    next_check: Option<Instant>,
-    last_response: Option<Instant>,
-    dtls: DtlsEndpoint,
-    dtls_started: bool,
-    /// We are the DTLS client (`setup:active`), unless the server's answer to our offer
-    /// takes that role.
-    dtls_client: bool,
-    /// Decrypts what the server sends; encrypts what we send.
-    srtp: Option<(SrtpContext, SrtpContext)>,
     /// Our RTCP sender SSRC.
     ssrc: u32,
     offered: HashMap<u32, OfferedStream>,
     streams: HashMap<u32, Stream>,
     next_report: Option<Instant>,
     held: DelayLine<Held>,
-    transmits: VecDeque<(SocketAddr, BytesMut)>,
-    state: RTCPeerConnectionState,
     /// The clock origin for jitter (any fixed instant).
     epoch: Instant,
     nack_buf: Vec<u16>,
@@ -387,29 +278,20 @@ impl Receiver {
         impairment: Impairment,
     ) -> Receiver {
         Receiver {
-            local,
+            transport: Transport::new(
+                now,
+                local,
+                Target::Subscriber,
+                Arc::clone(&shared),
+                identity,
+            ),
             shared,
-            identity,
             impairment,
-            ufrag: random_token(16),
-            pwd: random_token(32),
-            tie_breaker: rand::random(),
-            remote: None,
-            candidates: Vec::new(),
-            selected: None,
-            next_check: None,
-            last_response: None,
-            dtls: DtlsEndpoint::new(local, TransportProtocol::UDP, None),
-            dtls_started: false,
-            dtls_client: true,
-            srtp: None,
             ssrc: rand::random(),
             offered: HashMap::new(),
             streams: HashMap::new(),
             next_report: None,
             held: DelayLine::default(),
-            transmits: VecDeque::new(),
-            state: RTCPeerConnectionState::New,
             epoch: now,
             nack_buf: Vec::new(),
         }
@@ -417,7 +299,7 @@ impl Receiver {
 
     /// Our ICE username fragment (for the host candidate we announce).
     pub(super) fn ufrag(&self) -> &str {
-        &self.ufrag
+        self.transport.ufrag()
     }
 
     /// Applies the server's offer and returns our answer.
@@ -425,9 +307,7 @@ impl Receiver {
         self.apply_remote(now, parse_offer(offer)?)?;
         Ok(build_answer(
             offer,
-            &self.ufrag,
-            &self.pwd,
-            &self.identity.fingerprint,
+            &self.transport.description_lines("active"),
         ))
     }
 
@@ -435,72 +315,39 @@ impl Receiver {
     /// accounts, our host candidate, no trickle.
     pub(super) fn offer(&self) -> String {
         build_offer(
-            self.local,
-            &self.ufrag,
-            &self.pwd,
-            &self.identity.fingerprint,
+            self.transport.local,
+            &self.transport.description_lines("actpass"),
         )
     }
 
     /// Applies the server's answer to [`Self::offer`].
     pub(super) fn apply_answer(&mut self, now: Instant, answer: &str) -> Result<(), ClientError> {
-        // The answerer picks the DTLS role; `active` makes it the client.
-        self.dtls_client = !answer.lines().any(|l| l.trim_end() == "a=setup:active");
+        self.transport.apply_answer_role(answer);
         self.apply_remote(now, parse_offer(answer)?)
     }
 
     fn apply_remote(&mut self, now: Instant, parsed: ParsedOffer) -> Result<(), ClientError> {
-        if let Some(remote) = &self.remote {
-            if *remote != parsed.remote {
-                return Err(ClientError::Protocol(
-                    "the server changed ICE or DTLS parameters (restart is not supported)".into(),
-                ));
-            }
-        }
-        self.remote = Some(parsed.remote.clone());
-        for candidate in &parsed.candidates {
-            self.add_candidate_addr(*candidate);
-        }
+        self.transport.set_remote(now, parsed.remote)?;
         // Tracks that left the offer end; new ones start on their first packet.
         self.streams
             .retain(|ssrc, _| parsed.streams.iter().any(|s| s.ssrc == *ssrc));
         self.offered = parsed.streams.iter().map(|s| (s.ssrc, s.clone())).collect();
-        if self.next_check.is_none() && self.selected.is_none() {
-            self.next_check = Some(now);
-        }
         Ok(())
     }
 
     /// Adds a trickled server candidate (`candidate:...` attribute value).
     pub(super) fn add_candidate(&mut self, now: Instant, candidate: &str) {
-        if let Some(addr) = parse_candidate(candidate) {
-            self.add_candidate_addr(addr);
-            if self.selected.is_none() && self.remote.is_some() {
-                self.next_check = Some(now);
-            }
-        }
-    }
-
-    fn add_candidate_addr(&mut self, addr: SocketAddr) {
-        if addr.is_ipv4() == self.local.is_ipv4() && !self.candidates.contains(&addr) {
-            self.candidates.push(addr);
-        }
+        self.transport.add_candidate(now, candidate);
     }
 
     /// Closes the connection: a DTLS close_notify, if one was established.
     pub(super) fn close(&mut self, now: Instant) {
-        if let Some(remote) = self.selected {
-            let _ = self.dtls.stop(now, remote);
-            self.drain_dtls();
-        }
-        self.set_state(RTCPeerConnectionState::Closed);
+        self.transport.close(now);
     }
 
     /// Reports the connection failed and sends nothing more.
     pub(super) fn fail(&mut self) {
-        self.transmits.clear();
-        self.next_check = None;
-        self.set_state(RTCPeerConnectionState::Failed);
+        self.transport.fail();
     }
 
     /// Handles one datagram from `from`, received at `arrival`.
@@ -539,202 +386,18 @@ impl Receiver {
     }
 
     fn dispatch(&mut self, now: Instant, from: SocketAddr, data: &[u8], arrival: Arrival) {
-        match data.first() {
-            Some(0..=3) => self.on_stun(now, from, data),
-            Some(20..=63) => self.on_dtls(now, from, data),
-            Some(128..=191) => {
-                // RFC 5761: RTCP packet types 192-223 (200 SR, 201 RR, ...) in the second byte.
-                if matches!(data.get(1), Some(192..=223)) {
-                    self.on_rtcp(now, data);
-                } else {
-                    self.on_rtp(data, arrival);
-                }
-            }
-            _ => {}
-        }
-    }
-
-    fn on_stun(&mut self, now: Instant, from: SocketAddr, data: &[u8]) {
-        let mut message = Message::new();
-        if message.unmarshal_binary(data).is_err() {
-            return;
-        }
-        if message.typ == BINDING_REQUEST {
-            self.answer_check(&mut message, from);
-            return;
-        }
-        if message.typ.class != CLASS_SUCCESS_RESPONSE {
-            return;
-        }
-        let Some(remote) = &self.remote else {
-            return;
-        };
-        if MessageIntegrity::check(
-            &mut message,
-            remote.pwd.as_bytes(),
-            self.identity.crypto.crypto(),
-        )
-        .is_err()
-        {
-            tracing::debug!(%from, "STUN response with a bad integrity check");
-            return;
-        }
-        self.last_response = Some(now);
-        if self.selected.is_none() && self.candidates.contains(&from) {
-            self.select(now, from);
-        }
-    }
-
-    fn select(&mut self, now: Instant, server: SocketAddr) {
-        self.selected = Some(server);
-        self.next_check = Some(now + CONSENT_INTERVAL);
-        self.set_state(RTCPeerConnectionState::Connecting);
-        self.start_dtls(now, server);
-    }
-
-    /// Answers the server's own check of the pair (webrtc-rs's agent, ICE-lite or not, checks a
-    /// pair before it accepts a nomination on it).
-    fn answer_check(&mut self, request: &mut Message, from: SocketAddr) {
-        if MessageIntegrity::check(request, self.pwd.as_bytes(), self.identity.crypto.crypto())
-            .is_err()
-        {
-            tracing::debug!(%from, "STUN request with a bad integrity check");
-            return;
-        }
-        let mut response = Message::new();
-        let built = response.build(&[
-            Box::new(request.clone()),
-            Box::new(BINDING_SUCCESS),
-            Box::new(XorMappedAddress {
-                ip: from.ip(),
-                port: from.port(),
-            }),
-            Box::new(MessageIntegrity::new_short_term_integrity_with_provider(
-                self.pwd.clone(),
-                self.identity.crypto.crypto(),
-            )),
-            Box::new(FINGERPRINT),
-        ]);
-        match built {
-            Ok(()) => self
-                .transmits
-                .push_back((from, BytesMut::from(&response.raw[..]))),
-            Err(e) => tracing::debug!(error = %e, "STUN response"),
-        }
-    }
-
-    fn start_dtls(&mut self, now: Instant, server: SocketAddr) {
-        if self.dtls_started {
-            return;
-        }
-        let Some(remote) = &self.remote else {
-            return;
-        };
-        let expected = remote.fingerprint.to_lowercase();
-        let crypto = Arc::clone(&self.identity.crypto);
-        let verify: VerifyPeerCertificateFn = Arc::new(move |certs, _| {
-            let der = certs
-                .first()
-                .ok_or(rtc::shared::error::Error::ErrNonCertificate)?;
-            let got = sha256_fingerprint(crypto.as_ref(), der)
-                .map_err(|e| rtc::shared::error::Error::Other(e.to_string()))?;
-            if got == expected {
-                Ok(())
-            } else {
-                Err(rtc::shared::error::Error::ErrNoMatchingCertificateFingerprint)
-            }
-        });
-        let config = ConfigBuilder::default()
-            .with_crypto_provider(Arc::clone(&self.identity.crypto))
-            .with_certificates(vec![self.identity.certificate.clone()])
-            .with_srtp_protection_profiles(SRTP_PROFILES.to_vec())
-            .with_insecure_skip_verify(true)
-            .with_verify_peer_certificate(Some(verify))
-            .with_extended_master_secret(ExtendedMasterSecretType::Require)
-            .with_client_auth(ClientAuthType::RequireAnyClientCert)
-            .build(self.dtls_client, Some(server));
-        let result = config.and_then(|config| {
-            if self.dtls_client {
-                self.dtls.connect(now, server, Arc::new(config), None)
-            } else {
-                // The server's ClientHello creates the association.
-                self.dtls.set_server_config(Some(Arc::new(config)));
-                Ok(())
-            }
-        });
-        match result {
-            Ok(()) => {
-                self.dtls_started = true;
-                self.drain_dtls();
-            }
-            Err(e) => {
-                tracing::debug!(error = %e, "DTLS handshake cannot start");
-                self.set_state(RTCPeerConnectionState::Failed);
-            }
-        }
-    }
-
-    fn on_dtls(&mut self, now: Instant, from: SocketAddr, data: &[u8]) {
-        if self.selected.is_none()
-            && !self.dtls_client
-            && self.remote.is_some()
-            && self.candidates.contains(&from)
-        {
-            // As DTLS server, the ClientHello can overtake the answer to our check: the server
-            // has validated the pair.
-            self.select(now, from);
-        }
-        if Some(from) != self.selected {
-            return;
-        }
-        match self.dtls.read(now, from, None, BytesMut::from(data)) {
-            Ok(events) => {
-                for event in events {
-                    match event {
-                        EndpointEvent::HandshakeComplete => self.on_handshake(now, from),
-                        EndpointEvent::PeerClosed => self.set_state(RTCPeerConnectionState::Closed),
-                        _ => {}
-                    }
-                }
-            }
-            Err(e) => {
-                tracing::debug!(error = %e, "DTLS");
-                if self.srtp.is_none() {
-                    self.set_state(RTCPeerConnectionState::Failed);
-                }
-            }
-        }
-        self.drain_dtls();
-    }
-
-    fn on_handshake(&mut self, now: Instant, server: SocketAddr) {
-        let Some(state) = self.dtls.get_connection_state(server) else {
-            return;
-        };
-        match srtp_contexts(state, self.identity.crypto.as_ref()) {
-            Ok(contexts) => {
-                self.srtp = Some(contexts);
-                self.next_report = Some(now + REPORT_INTERVAL);
-                self.set_state(RTCPeerConnectionState::Connected);
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "SRTP keys");
-                self.set_state(RTCPeerConnectionState::Failed);
-            }
-        }
-    }
-
-    fn drain_dtls(&mut self) {
-        while let Some(t) = self.dtls.poll_transmit() {
-            self.transmits.push_back((t.transport.peer_addr, t.message));
+        match self.transport.handle_read(now, from, data) {
+            Demuxed::Rtp => self.on_rtp(data, arrival),
+            Demuxed::Rtcp => self.on_rtcp(now, data),
+            Demuxed::Handled => {}
         }
     }
 
     fn on_rtp(&mut self, data: &[u8], arrival: Arrival) {
-        let Some((remote, _)) = self.srtp.as_mut() else {
+        let Some(srtp) = self.transport.srtp.as_mut() else {
             return;
         };
-        let Ok(plain) = remote.decrypt_rtp(data) else {
+        let Ok(plain) = srtp.remote.decrypt_rtp(data) else {
             return;
         };
         // From `Bytes`, the payload is a slice of the decrypted buffer, not a copy.
@@ -771,10 +434,10 @@ impl Receiver {
     }
 
     fn on_rtcp(&mut self, now: Instant, data: &[u8]) {
-        let Some((remote, _)) = self.srtp.as_mut() else {
+        let Some(srtp) = self.transport.srtp.as_mut() else {
             return;
         };
-        let Ok(plain) = remote.decrypt_rtcp(data) else {
+        let Ok(plain) = srtp.remote.decrypt_rtcp(data) else {
             return;
         };
         let mut buf = &plain[..];
@@ -795,31 +458,27 @@ impl Receiver {
         while let Some(h) = self.held.pop_due(now) {
             self.dispatch(now, h.from, &h.data, h.arrival);
         }
-        if self.next_check.is_some_and(|at| at <= now) {
-            self.check(now);
-        }
-        if let Some(server) = self.selected {
-            if self.dtls.poll_timeout(&server).is_some_and(|at| at <= now) {
-                if let Err(e) = self.dtls.handle_timeout(server, now) {
-                    tracing::debug!(error = %e, "DTLS handshake timed out");
-                    self.set_state(RTCPeerConnectionState::Failed);
-                }
-                self.drain_dtls();
-            }
-        }
-        if self.srtp.is_some() {
+        self.transport.handle_timeout(now);
+        if self.transport.srtp.is_some() {
             self.send_nacks(now);
-            if self.next_report.is_some_and(|at| at <= now) {
+            if self.report_due().is_some_and(|at| at <= now) {
                 self.next_report = Some(now + REPORT_INTERVAL);
                 self.send_reports(now);
             }
         }
     }
 
+    /// When the next receiver reports are due: a report interval after connecting, then
+    /// every interval.
+    fn report_due(&self) -> Option<Instant> {
+        self.next_report
+            .or_else(|| Some(self.transport.connected_at()? + REPORT_INTERVAL))
+    }
+
     /// The earliest instant [`Self::handle_timeout`] has work at.
     pub(super) fn poll_timeout(&self) -> Option<Instant> {
-        let dtls = self.selected.and_then(|s| self.dtls.poll_timeout(&s));
         let nack = self
+            .transport
             .srtp
             .is_some()
             .then(|| {
@@ -830,9 +489,8 @@ impl Receiver {
             })
             .flatten();
         [
-            self.next_check,
-            dtls,
-            self.next_report,
+            self.transport.poll_timeout(),
+            self.report_due(),
             nack,
             self.held.next_release(),
         ]
@@ -842,67 +500,8 @@ impl Receiver {
     }
 
     /// The next datagram to send, and where.
-    pub(super) fn poll_transmit(&mut self) -> Option<(SocketAddr, BytesMut)> {
-        self.transmits.pop_front()
-    }
-
-    /// Sends a connectivity (or consent) check to every candidate, or the selected one.
-    fn check(&mut self, now: Instant) {
-        if matches!(
-            self.state,
-            RTCPeerConnectionState::Closed | RTCPeerConnectionState::Failed
-        ) {
-            self.next_check = None;
-            return;
-        }
-        let Some(remote) = self.remote.clone() else {
-            self.next_check = None;
-            return;
-        };
-        if let Some(last) = self.last_response.or(Some(self.epoch)) {
-            if now.saturating_duration_since(last) > CONSENT_TIMEOUT {
-                tracing::debug!("no answer to connectivity checks");
-                self.set_state(RTCPeerConnectionState::Failed);
-                self.next_check = None;
-                return;
-            }
-        }
-        let targets: Vec<SocketAddr> = match self.selected {
-            Some(s) => vec![s],
-            None => self.candidates.clone(),
-        };
-        for target in targets {
-            let mut message = Message::new();
-            let built = message.build(&[
-                Box::new(BINDING_REQUEST),
-                Box::new(TransactionId::new()),
-                Box::new(Username::new(
-                    ATTR_USERNAME,
-                    format!("{}:{}", remote.ufrag, self.ufrag),
-                )),
-                Box::new(AttrControlling(self.tie_breaker)),
-                // Host candidate priority (type preference 126, one component).
-                Box::new(PriorityAttr((126 << 24) | (65535 << 8) | 255)),
-                Box::new(UseCandidateAttr),
-                Box::new(MessageIntegrity::new_short_term_integrity_with_provider(
-                    remote.pwd.clone(),
-                    self.identity.crypto.crypto(),
-                )),
-                Box::new(FINGERPRINT),
-            ]);
-            match built {
-                Ok(()) => self
-                    .transmits
-                    .push_back((target, BytesMut::from(&message.raw[..]))),
-                Err(e) => tracing::debug!(error = %e, "STUN request"),
-            }
-        }
-        let interval = if self.selected.is_some() {
-            CONSENT_INTERVAL
-        } else {
-            CHECK_INTERVAL
-        };
-        self.next_check = Some(now + interval);
+    pub(super) fn poll_transmit(&mut self) -> Option<(SocketAddr, bytes::BytesMut)> {
+        self.transport.poll_transmit()
     }
 
     fn send_nacks(&mut self, now: Instant) {
@@ -943,7 +542,7 @@ impl Receiver {
         }
         self.nack_buf = buf;
         if !nacks.is_empty() {
-            self.send_rtcp(&nacks);
+            self.transport.send_rtcp(&nacks);
         }
     }
 
@@ -967,100 +566,24 @@ impl Receiver {
                 }) as Box<dyn rtc::rtcp::packet::Packet>
             })
             .collect();
-        self.send_rtcp(&packets);
+        self.transport.send_rtcp(&packets);
     }
-
-    fn send_rtcp(&mut self, packets: &[Box<dyn rtc::rtcp::packet::Packet>]) {
-        let (Some(server), Some((_, local))) = (self.selected, self.srtp.as_mut()) else {
-            return;
-        };
-        let encrypted = rtc::rtcp::packet::marshal(packets)
-            .map_err(|e| e.to_string())
-            .and_then(|plain| local.encrypt_rtcp(&plain).map_err(|e| e.to_string()));
-        match encrypted {
-            Ok(datagram) => self.transmits.push_back((server, datagram)),
-            Err(e) => tracing::debug!(error = %e, "RTCP"),
-        }
-    }
-
-    fn set_state(&mut self, state: RTCPeerConnectionState) {
-        if self.state == state || self.state == RTCPeerConnectionState::Closed {
-            return;
-        }
-        self.state = state;
-        tracing::debug!(target = ?Target::Subscriber, %state, "peer connection state");
-        self.shared.states.send_modify(|s| s.subscriber = state);
-    }
-}
-
-/// The receive (server -> us) and send SRTP contexts from a completed DTLS handshake.
-fn srtp_contexts(
-    state: &rtc::dtls::state::State,
-    crypto: &dyn RTCCryptoProvider,
-) -> Result<(SrtpContext, SrtpContext), ClientError> {
-    let err = |e: rtc::shared::error::Error| ClientError::Protocol(format!("SRTP: {e}"));
-    let profile = match state.srtp_protection_profile() {
-        SrtpProtectionProfile::Srtp_Aead_Aes_128_Gcm => ProtectionProfile::AeadAes128Gcm,
-        SrtpProtectionProfile::Srtp_Aead_Aes_256_Gcm => ProtectionProfile::AeadAes256Gcm,
-        SrtpProtectionProfile::Srtp_Aes128_Cm_Hmac_Sha1_80 => {
-            ProtectionProfile::Aes128CmHmacSha1_80
-        }
-        other => return Err(ClientError::Protocol(format!("SRTP profile {other:?}"))),
-    };
-    let mut config = SrtpConfig {
-        profile,
-        ..Default::default()
-    };
-    let material = state
-        .export_keying_material(
-            rtc::srtp::config::LABEL_EXTRACTOR_DTLS_SRTP,
-            &[],
-            config.keying_material_len(),
-        )
-        .map_err(err)?;
-    config
-        .set_session_keys_from_keying_material(material.as_ref(), state.is_client())
-        .map_err(err)?;
-    let remote = SrtpContext::new(
-        &config.keys.remote_master_key,
-        &config.keys.remote_master_salt,
-        profile,
-        Some(srtp_replay_protection(64)),
-        Some(srtcp_replay_protection(64)),
-        crypto.crypto(),
-    )
-    .map_err(err)?;
-    let local = SrtpContext::new(
-        &config.keys.local_master_key,
-        &config.keys.local_master_salt,
-        profile,
-        None,
-        None,
-        crypto.crypto(),
-    )
-    .map_err(err)?;
-    Ok((remote, local))
-}
-
-fn random_token(len: usize) -> String {
-    const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
-    (0..len)
-        .map(|_| ALPHABET[rand::random::<u32>() as usize % ALPHABET.len()] as char)
-        .collect()
 }
 
 /// What an offer tells the receiver.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct ParsedOffer {
     remote: Remote,
-    candidates: Vec<SocketAddr>,
     streams: Vec<OfferedStream>,
 }
 
 /// Reads the server's ICE credentials, fingerprint, candidates and the tracks it sends (by
 /// SSRC) from an offer.
 fn parse_offer(sdp: &str) -> Result<ParsedOffer, ClientError> {
-    let mut offer = ParsedOffer::default();
+    let mut offer = ParsedOffer {
+        remote: Remote::parse(sdp)?,
+        streams: Vec::new(),
+    };
     for section in sections(sdp) {
         let media = section.first().and_then(|l| l.strip_prefix("m="));
         let attr = |name: &str| {
@@ -1068,32 +591,6 @@ fn parse_offer(sdp: &str) -> Result<ParsedOffer, ClientError> {
                 .iter()
                 .find_map(|l| l.strip_prefix("a=")?.strip_prefix(name)?.strip_prefix(':'))
         };
-        for (field, name) in [
-            (&mut offer.remote.ufrag, "ice-ufrag"),
-            (&mut offer.remote.pwd, "ice-pwd"),
-        ] {
-            if field.is_empty() {
-                if let Some(v) = attr(name) {
-                    *field = v.trim().to_owned();
-                }
-            }
-        }
-        if offer.remote.fingerprint.is_empty() {
-            if let Some(v) = attr("fingerprint") {
-                if let Some(("sha-256", fp)) = v.trim().split_once(' ') {
-                    offer.remote.fingerprint = fp.trim().to_owned();
-                }
-            }
-        }
-        for line in section.iter() {
-            if let Some(c) = line.strip_prefix("a=") {
-                if c.starts_with("candidate:") {
-                    if let Some(addr) = parse_candidate(c) {
-                        offer.candidates.push(addr);
-                    }
-                }
-            }
-        }
         let Some(media) = media else { continue };
         let mut fields = media.split_whitespace();
         let kind = match fields.next() {
@@ -1178,50 +675,13 @@ fn parse_offer(sdp: &str) -> Result<ParsedOffer, ClientError> {
             });
         }
     }
-    if offer.remote.ufrag.is_empty() || offer.remote.pwd.is_empty() {
-        return Err(ClientError::Protocol(
-            "offer without ICE credentials".into(),
-        ));
-    }
-    if offer.remote.fingerprint.is_empty() {
-        return Err(ClientError::Protocol(
-            "offer without a sha-256 fingerprint".into(),
-        ));
-    }
     Ok(offer)
-}
-
-/// The offer's lines split into the session section and one section per `m=` line.
-fn sections(sdp: &str) -> Vec<Vec<&str>> {
-    let mut out: Vec<Vec<&str>> = vec![Vec::new()];
-    for line in sdp.lines().map(str::trim_end).filter(|l| !l.is_empty()) {
-        if line.starts_with("m=") {
-            out.push(Vec::new());
-        }
-        if let Some(section) = out.last_mut() {
-            section.push(line);
-        }
-    }
-    out
-}
-
-/// A UDP candidate's address (`candidate:... udp <prio> <ip> <port> typ ...`).
-fn parse_candidate(candidate: &str) -> Option<SocketAddr> {
-    let value = candidate.strip_prefix("a=").unwrap_or(candidate);
-    let value = value.strip_prefix("candidate:")?;
-    let fields: Vec<&str> = value.split_whitespace().collect();
-    if fields.len() < 6 || !fields[2].eq_ignore_ascii_case("udp") {
-        return None;
-    }
-    let ip: std::net::IpAddr = fields[4].parse().ok()?;
-    let port: u16 = fields[5].parse().ok()?;
-    Some(SocketAddr::new(ip, port))
 }
 
 /// A `recvonly` offer for one audio and one video track with every codec the client accounts,
 /// the header extensions it measures with, NACK/PLI/FIR feedback, and `local` as the one
 /// host candidate (gathering is complete: WHEP does not trickle).
-fn build_offer(local: SocketAddr, ufrag: &str, pwd: &str, fingerprint: &str) -> String {
+fn build_offer(local: SocketAddr, ours: &str) -> String {
     let session_id: u64 = rand::random::<u64>() >> 1;
     let extensions = [
         (1, "urn:ietf:params:rtp-hdrext:sdes:mid"),
@@ -1259,10 +719,8 @@ fn build_offer(local: SocketAddr, ufrag: &str, pwd: &str, fingerprint: &str) -> 
         let pts: Vec<String> = codecs.iter().map(|(pt, _, _)| pt.to_string()).collect();
         out.push_str(&format!(
             "m={kind} 9 UDP/TLS/RTP/SAVPF {}\r\nc=IN IP4 0.0.0.0\r\na=mid:{mid}\r\n\
-             a=ice-ufrag:{ufrag}\r\na=ice-pwd:{pwd}\r\na=fingerprint:sha-256 {}\r\n\
-             a=setup:actpass\r\na=rtcp-mux\r\na=rtcp-rsize\r\n",
+             {ours}a=rtcp-mux\r\na=rtcp-rsize\r\n",
             pts.join(" "),
-            fingerprint.to_uppercase()
         ));
         for (pt, rtpmap, fmtp) in codecs.iter() {
             out.push_str(&format!("a=rtpmap:{pt} {rtpmap}\r\n"));
@@ -1293,7 +751,7 @@ fn build_offer(local: SocketAddr, ufrag: &str, pwd: &str, fingerprint: &str) -> 
 /// The answer to `offer`: every section accepted as it was offered (codecs, feedback, header
 /// extensions other than transport-wide congestion control, which we do not report), receiving
 /// only, with our ICE credentials and fingerprint, as the DTLS client.
-fn build_answer(offer: &str, ufrag: &str, pwd: &str, fingerprint: &str) -> String {
+fn build_answer(offer: &str, ours: &str) -> String {
     let mut out = String::with_capacity(offer.len());
     let mut push = |line: &str| {
         out.push_str(line);
@@ -1354,13 +812,7 @@ fn build_answer(offer: &str, ufrag: &str, pwd: &str, fingerprint: &str) -> Strin
         if rejected {
             continue;
         }
-        push(&format!("a=ice-ufrag:{ufrag}"));
-        push(&format!("a=ice-pwd:{pwd}"));
-        push(&format!(
-            "a=fingerprint:sha-256 {}",
-            fingerprint.to_uppercase()
-        ));
-        push("a=setup:active");
+        push(ours.trim_end_matches("\r\n"));
         if !application {
             push(direction.unwrap_or("a=inactive"));
         }
@@ -1370,7 +822,9 @@ fn build_answer(offer: &str, ufrag: &str, pwd: &str, fingerprint: &str) -> Strin
 
 #[cfg(test)]
 mod tests {
+    use super::super::transport::tests::{check_response, dtls_client};
     use super::*;
+    use rtc::peer_connection::state::RTCPeerConnectionState;
 
     #[test]
     fn gaps_are_nacked_after_a_reordering_delay_and_repairs_stop_them() {
@@ -1482,7 +936,7 @@ a=sctp-port:5000\r\n";
         assert_eq!(offer.remote.pwd, "secret");
         assert_eq!(offer.remote.fingerprint, "AA:BB");
         assert_eq!(
-            offer.candidates,
+            offer.remote.candidates,
             vec!["127.0.0.1:7882".parse::<SocketAddr>().expect("addr")]
         );
         assert_eq!(offer.streams.len(), 1);
@@ -1497,7 +951,10 @@ a=sctp-port:5000\r\n";
 
     #[test]
     fn answer_receives_everything_offered_without_transport_cc() {
-        let answer = build_answer(OFFER, "me", "pw", "ab:cd");
+        let answer = build_answer(
+            OFFER,
+            "a=ice-ufrag:me\r\na=ice-pwd:pw\r\na=fingerprint:sha-256 AB:CD\r\na=setup:active\r\n",
+        );
         assert!(answer.contains("m=video 9 UDP/TLS/RTP/SAVPF 96 97\r\n"));
         assert!(answer.contains("a=recvonly\r\n"));
         assert!(answer.contains("a=setup:active\r\n"));
@@ -1548,13 +1005,13 @@ a=sctp-port:5000\r\n";
         while let Some((to, datagram)) = rx.poll_transmit() {
             assert_eq!((to, datagram.first()), (server, Some(&0u8)));
         }
-        assert_eq!(rx.state, RTCPeerConnectionState::New);
+        assert_eq!(rx.transport.state, RTCPeerConnectionState::New);
         assert!(rx.streams.is_empty());
 
         // The server answers a check: the pair is selected and the DTLS handshake starts.
-        let response = check_response(&rx, "secret", local);
+        let response = check_response(&rx.transport.identity, "secret", local);
         rx.handle_read(t0, server, &response, arrival);
-        assert_eq!(rx.state, RTCPeerConnectionState::Connecting);
+        assert_eq!(rx.transport.state, RTCPeerConnectionState::Connecting);
         let (to, hello) = rx.poll_transmit().expect("ClientHello");
         assert_eq!((to, hello.first()), (server, Some(&22u8)));
         // Garbage into the handshake and the media path: no keys, no streams, no panic.
@@ -1564,58 +1021,15 @@ a=sctp-port:5000\r\n";
             datagram[0] = [20, 22, 23, 128, 200][i as usize % 5];
             rx.handle_read(t0, server, &datagram, arrival);
         }
-        assert!(rx.srtp.is_none());
+        assert!(rx.transport.srtp.is_none());
         assert!(rx.streams.is_empty());
-        assert_ne!(rx.state, RTCPeerConnectionState::Connected);
-    }
-
-    /// A STUN success response to our check, signed with the server's password.
-    fn check_response(rx: &Receiver, pwd: &str, local: SocketAddr) -> Vec<u8> {
-        let mut response = Message::new();
-        response
-            .build(&[
-                Box::new(TransactionId::new()),
-                Box::new(BINDING_SUCCESS),
-                Box::new(XorMappedAddress {
-                    ip: local.ip(),
-                    port: local.port(),
-                }),
-                Box::new(MessageIntegrity::new_short_term_integrity_with_provider(
-                    pwd.to_owned(),
-                    rx.identity.crypto.crypto(),
-                )),
-                Box::new(FINGERPRINT),
-            ])
-            .expect("response");
-        response.raw
-    }
-
-    /// The server's side as DTLS client, presenting `identity`'s certificate.
-    fn dtls_client(
-        identity: &Identity,
-        now: Instant,
-        server: SocketAddr,
-        local: SocketAddr,
-    ) -> DtlsEndpoint {
-        let config = ConfigBuilder::default()
-            .with_crypto_provider(Arc::clone(&identity.crypto))
-            .with_certificates(vec![identity.certificate.clone()])
-            .with_srtp_protection_profiles(SRTP_PROFILES.to_vec())
-            .with_insecure_skip_verify(true)
-            .with_extended_master_secret(ExtendedMasterSecretType::Require)
-            .build(true, Some(local))
-            .expect("client config");
-        let mut client = DtlsEndpoint::new(server, TransportProtocol::UDP, None);
-        client
-            .connect(now, local, Arc::new(config), None)
-            .expect("connect");
-        client
+        assert_ne!(rx.transport.state, RTCPeerConnectionState::Connected);
     }
 
     /// Passes DTLS datagrams both ways until the receiver has keys (or 20 rounds).
     fn handshake(
         rx: &mut Receiver,
-        client: &mut DtlsEndpoint,
+        client: &mut rtc::dtls::endpoint::Endpoint,
         now: Instant,
         server: SocketAddr,
         arrival: Arrival,
@@ -1627,10 +1041,10 @@ a=sctp-port:5000\r\n";
             while let Some((to, datagram)) = rx.poll_transmit() {
                 assert_eq!(to, server);
                 if matches!(datagram.first(), Some(20..=63)) {
-                    let _ = client.read(now, rx.local, None, datagram);
+                    let _ = client.read(now, rx.transport.local, None, datagram);
                 }
             }
-            if rx.srtp.is_some() {
+            if rx.transport.srtp.is_some() {
                 return;
             }
         }
@@ -1667,20 +1081,20 @@ a=sctp-port:5000\r\n";
             theirs.fingerprint.to_uppercase()
         );
         rx.apply_answer(t0, &answer).expect("answer");
-        assert!(!rx.dtls_client);
+        assert!(!rx.transport.dtls_client);
         let arrival = Arrival {
             at: t0,
             wall: std::time::SystemTime::now(),
         };
-        let response = check_response(&rx, "secret", local);
+        let response = check_response(&rx.transport.identity, "secret", local);
         rx.handle_read(t0, server, &response, arrival);
-        assert_eq!(rx.state, RTCPeerConnectionState::Connecting);
+        assert_eq!(rx.transport.state, RTCPeerConnectionState::Connecting);
 
         // The server, as DTLS client, connects with the certificate its answer named.
         let mut client = dtls_client(&theirs, t0, server, local);
         handshake(&mut rx, &mut client, t0, server, arrival);
-        assert!(rx.srtp.is_some(), "SRTP keys from the handshake");
-        assert_eq!(rx.state, RTCPeerConnectionState::Connected);
+        assert!(rx.transport.srtp.is_some(), "SRTP keys from the handshake");
+        assert_eq!(rx.transport.state, RTCPeerConnectionState::Connected);
         assert_eq!(
             rx.offered.get(&42).map(|s| s.track_id.as_str()),
             Some("mic")
@@ -1709,12 +1123,12 @@ a=sctp-port:5000\r\n";
             at: t0,
             wall: std::time::SystemTime::now(),
         };
-        let response = check_response(&rx, "secret", local);
+        let response = check_response(&rx.transport.identity, "secret", local);
         rx.handle_read(t0, server, &response, arrival);
         let mut client = dtls_client(&impostor, t0, server, local);
         handshake(&mut rx, &mut client, t0, server, arrival);
-        assert!(rx.srtp.is_none());
-        assert_eq!(rx.state, RTCPeerConnectionState::Failed);
+        assert!(rx.transport.srtp.is_none());
+        assert_eq!(rx.transport.state, RTCPeerConnectionState::Failed);
     }
 
     #[test]

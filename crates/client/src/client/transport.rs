@@ -1,0 +1,806 @@
+//! [`Transport`]: the ICE, DTLS and SRTP half of the engine's lean endpoints, sans-IO.
+//!
+//! Both of a bot's connections on the engine ([`Receiver`](super::receiver::Receiver) for the
+//! subscriber side, [`Publisher`](super::publisher::Publisher) for the publisher side) reach the
+//! server the same way, built from webrtc-rs's STUN, DTLS and SRTP parts wired directly. The
+//! server is ICE-lite, so this side is controlling: it sends checks with USE-CANDIDATE to the
+//! server's candidates until one answers, answers the server's own checks (webrtc-rs's agent
+//! checks a pair before it accepts a nomination on it), then sends consent checks and fails
+//! after [`CONSENT_TIMEOUT`] without an answer. It is the DTLS client unless the server's answer
+//! to our offer takes that role; either way the peer's certificate must match the fingerprint
+//! its description named. Once the handshake completes, the SRTP contexts are the owner's to
+//! use for media.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use chorus_signal::protocol::Target;
+use rtc::crypto::{HashAlgorithm, RTCCryptoProvider};
+use rtc::dtls::config::{
+    ClientAuthType, ConfigBuilder, ExtendedMasterSecretType, VerifyPeerCertificateFn,
+};
+use rtc::dtls::crypto::Certificate;
+use rtc::dtls::endpoint::{Endpoint as DtlsEndpoint, EndpointEvent};
+use rtc::dtls::extension::extension_use_srtp::SrtpProtectionProfile;
+use rtc::ice::attributes::control::AttrControlling;
+use rtc::ice::attributes::priority::PriorityAttr;
+use rtc::ice::attributes::use_candidate::UseCandidateAttr;
+use rtc::peer_connection::state::RTCPeerConnectionState;
+use rtc::shared::TransportProtocol;
+use rtc::srtp::config::Config as SrtpConfig;
+use rtc::srtp::context::Context as SrtpContext;
+use rtc::srtp::option::{srtcp_replay_protection, srtp_replay_protection};
+use rtc::srtp::protection_profile::ProtectionProfile;
+use rtc::stun::attributes::ATTR_USERNAME;
+use rtc::stun::fingerprint::FINGERPRINT;
+use rtc::stun::integrity::MessageIntegrity;
+use rtc::stun::message::TransactionId;
+use rtc::stun::message::{Message, BINDING_REQUEST, BINDING_SUCCESS, CLASS_SUCCESS_RESPONSE};
+use rtc::stun::textattrs::Username;
+use rtc::stun::xoraddr::XorMappedAddress;
+
+use super::{ClientError, Shared};
+
+/// SRTP profiles offered, AEAD GCM first (a third of CM-HMAC's CPU), as browsers do.
+pub(super) const SRTP_PROFILES: [SrtpProtectionProfile; 3] = [
+    SrtpProtectionProfile::Srtp_Aead_Aes_128_Gcm,
+    SrtpProtectionProfile::Srtp_Aead_Aes_256_Gcm,
+    SrtpProtectionProfile::Srtp_Aes128_Cm_Hmac_Sha1_80,
+];
+/// Connectivity checks until one succeeds.
+const CHECK_INTERVAL: Duration = Duration::from_millis(50);
+/// Consent checks once connected (RFC 7675 asks for 4-6 s on average).
+const CONSENT_INTERVAL: Duration = Duration::from_secs(2);
+/// No answer to any check for this long: the connection has failed.
+pub(super) const CONSENT_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// The certificate every endpoint of an engine presents, and its SDP fingerprint (like a
+/// browser profile's, one for all its connections).
+pub(super) struct Identity {
+    pub(super) crypto: Arc<dyn RTCCryptoProvider>,
+    pub(super) certificate: Certificate,
+    pub(super) fingerprint: String,
+}
+
+impl Identity {
+    /// Generates a self-signed certificate.
+    pub(super) fn generate() -> Result<Identity, ClientError> {
+        let crypto = rtc::crypto::default_provider()
+            .map_err(|e| ClientError::Protocol(format!("crypto provider: {e}")))?;
+        let certificate =
+            Certificate::generate_self_signed(vec!["chorus-bot".to_owned()], crypto.crypto())
+                .map_err(|e| ClientError::Protocol(format!("certificate: {e}")))?;
+        let der = certificate
+            .certificate
+            .first()
+            .ok_or_else(|| ClientError::Protocol("certificate without a chain".into()))?;
+        let fingerprint = sha256_fingerprint(crypto.as_ref(), der.as_ref())?;
+        Ok(Identity {
+            crypto,
+            certificate,
+            fingerprint,
+        })
+    }
+}
+
+fn sha256_fingerprint(crypto: &dyn RTCCryptoProvider, der: &[u8]) -> Result<String, ClientError> {
+    let hashed = crypto
+        .crypto()
+        .hash(HashAlgorithm::Sha256, der)
+        .map_err(|e| ClientError::Protocol(format!("fingerprint: {e}")))?;
+    Ok(hashed
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":"))
+}
+
+/// What the server's description says about its side.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub(super) struct Remote {
+    pub(super) ufrag: String,
+    pub(super) pwd: String,
+    pub(super) fingerprint: String,
+    /// Its candidates (UDP host candidates in practice).
+    pub(super) candidates: Vec<SocketAddr>,
+}
+
+impl Remote {
+    /// Reads the ICE credentials, the sha-256 fingerprint and the candidates of a description.
+    pub(super) fn parse(sdp: &str) -> Result<Remote, ClientError> {
+        let mut remote = Remote::default();
+        for line in sdp.lines().map(str::trim_end) {
+            let Some(a) = line.strip_prefix("a=") else {
+                continue;
+            };
+            if let Some(v) = a.strip_prefix("ice-ufrag:") {
+                if remote.ufrag.is_empty() {
+                    remote.ufrag = v.trim().to_owned();
+                }
+            } else if let Some(v) = a.strip_prefix("ice-pwd:") {
+                if remote.pwd.is_empty() {
+                    remote.pwd = v.trim().to_owned();
+                }
+            } else if let Some(v) = a.strip_prefix("fingerprint:") {
+                if let (true, Some(("sha-256", fp))) =
+                    (remote.fingerprint.is_empty(), v.trim().split_once(' '))
+                {
+                    remote.fingerprint = fp.trim().to_owned();
+                }
+            } else if a.starts_with("candidate:") {
+                if let Some(addr) = parse_candidate(a) {
+                    remote.candidates.push(addr);
+                }
+            }
+        }
+        if remote.ufrag.is_empty() || remote.pwd.is_empty() {
+            return Err(ClientError::Protocol(
+                "description without ICE credentials".into(),
+            ));
+        }
+        if remote.fingerprint.is_empty() {
+            return Err(ClientError::Protocol(
+                "description without a sha-256 fingerprint".into(),
+            ));
+        }
+        Ok(remote)
+    }
+
+    /// Whether `other` keeps the ICE and DTLS parameters (restarts are not supported).
+    fn same_session(&self, other: &Remote) -> bool {
+        (&self.ufrag, &self.pwd, &self.fingerprint)
+            == (&other.ufrag, &other.pwd, &other.fingerprint)
+    }
+}
+
+/// What a datagram was, once [`Transport::handle_read`] has seen it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Demuxed {
+    /// SRTP (for the owner to decrypt).
+    Rtp,
+    /// SRTCP (for the owner to decrypt).
+    Rtcp,
+    /// STUN or DTLS, handled; or nothing we know.
+    Handled,
+}
+
+/// The SRTP contexts of a connected transport.
+pub(super) struct Srtp {
+    /// Decrypts what the server sends.
+    pub(super) remote: SrtpContext,
+    /// Encrypts what we send.
+    pub(super) local: SrtpContext,
+}
+
+/// One connection's ICE, DTLS and SRTP state, and the datagrams it has to send.
+pub(super) struct Transport {
+    pub(super) local: SocketAddr,
+    /// Which of the client's connections this is (for its state).
+    target: Target,
+    shared: Arc<Shared>,
+    pub(super) identity: Arc<Identity>,
+    /// Our ICE credentials.
+    ufrag: String,
+    pwd: String,
+    tie_breaker: u64,
+    remote: Option<Remote>,
+    /// The server's candidates; the first to answer a check is the one used.
+    candidates: Vec<SocketAddr>,
+    selected: Option<SocketAddr>,
+    next_check: Option<Instant>,
+    last_response: Option<Instant>,
+    /// When the transport was created (the consent timeout's start before any answer).
+    created: Instant,
+    dtls: DtlsEndpoint,
+    dtls_started: bool,
+    /// We are the DTLS client (`setup:active`), unless the server's answer to our offer
+    /// takes that role.
+    pub(super) dtls_client: bool,
+    pub(super) srtp: Option<Srtp>,
+    /// When the handshake completed.
+    connected_at: Option<Instant>,
+    transmits: VecDeque<(SocketAddr, BytesMut)>,
+    pub(super) state: RTCPeerConnectionState,
+}
+
+impl Transport {
+    pub(super) fn new(
+        now: Instant,
+        local: SocketAddr,
+        target: Target,
+        shared: Arc<Shared>,
+        identity: Arc<Identity>,
+    ) -> Transport {
+        Transport {
+            local,
+            target,
+            shared,
+            identity,
+            ufrag: random_token(16),
+            pwd: random_token(32),
+            tie_breaker: rand::random(),
+            remote: None,
+            candidates: Vec::new(),
+            selected: None,
+            next_check: None,
+            last_response: None,
+            created: now,
+            dtls: DtlsEndpoint::new(local, TransportProtocol::UDP, None),
+            dtls_started: false,
+            dtls_client: true,
+            srtp: None,
+            connected_at: None,
+            transmits: VecDeque::new(),
+            state: RTCPeerConnectionState::New,
+        }
+    }
+
+    /// Our ICE username fragment (for the host candidate we announce).
+    pub(super) fn ufrag(&self) -> &str {
+        &self.ufrag
+    }
+
+    /// The `a=` lines of our side of a media section: ICE credentials, fingerprint and the
+    /// DTLS role (`actpass` in an offer, `active` in an answer).
+    pub(super) fn description_lines(&self, setup: &str) -> String {
+        format!(
+            "a=ice-ufrag:{}\r\na=ice-pwd:{}\r\na=fingerprint:sha-256 {}\r\na=setup:{setup}\r\n",
+            self.ufrag,
+            self.pwd,
+            self.identity.fingerprint.to_uppercase()
+        )
+    }
+
+    /// Applies the server's side of a description (offer, or answer to our offer).
+    pub(super) fn set_remote(&mut self, now: Instant, remote: Remote) -> Result<(), ClientError> {
+        if let Some(current) = &self.remote {
+            if !current.same_session(&remote) {
+                return Err(ClientError::Protocol(
+                    "the server changed ICE or DTLS parameters (restart is not supported)".into(),
+                ));
+            }
+        }
+        for candidate in &remote.candidates {
+            self.add_candidate_addr(*candidate);
+        }
+        self.remote = Some(remote);
+        if self.next_check.is_none() && self.selected.is_none() {
+            self.next_check = Some(now);
+        }
+        Ok(())
+    }
+
+    /// Takes the DTLS role the server's answer leaves us: `a=setup:active` there makes the
+    /// server the client.
+    pub(super) fn apply_answer_role(&mut self, answer: &str) {
+        self.dtls_client = !answer.lines().any(|l| l.trim_end() == "a=setup:active");
+    }
+
+    /// Adds a trickled server candidate (`candidate:...` attribute value).
+    pub(super) fn add_candidate(&mut self, now: Instant, candidate: &str) {
+        if let Some(addr) = parse_candidate(candidate) {
+            self.add_candidate_addr(addr);
+            if self.selected.is_none() && self.remote.is_some() {
+                self.next_check = Some(now);
+            }
+        }
+    }
+
+    fn add_candidate_addr(&mut self, addr: SocketAddr) {
+        if addr.is_ipv4() == self.local.is_ipv4() && !self.candidates.contains(&addr) {
+            self.candidates.push(addr);
+        }
+    }
+
+    /// Closes the connection: a DTLS close_notify, if one was established.
+    pub(super) fn close(&mut self, now: Instant) {
+        if let Some(remote) = self.selected {
+            let _ = self.dtls.stop(now, remote);
+            self.drain_dtls();
+        }
+        self.set_state(RTCPeerConnectionState::Closed);
+    }
+
+    /// Reports the connection failed and sends nothing more.
+    pub(super) fn fail(&mut self) {
+        self.transmits.clear();
+        self.next_check = None;
+        self.set_state(RTCPeerConnectionState::Failed);
+    }
+
+    /// When the DTLS handshake completed (media may flow from then on).
+    pub(super) fn connected_at(&self) -> Option<Instant> {
+        self.connected_at
+    }
+
+    /// Handles a STUN or DTLS datagram; says which an RTP or RTCP one is (RFC 7983, RFC 5761).
+    pub(super) fn handle_read(&mut self, now: Instant, from: SocketAddr, data: &[u8]) -> Demuxed {
+        match data.first() {
+            Some(0..=3) => self.on_stun(now, from, data),
+            Some(20..=63) => self.on_dtls(now, from, data),
+            // RTCP packet types 192-223 (200 SR, 201 RR, ...) in the second byte.
+            Some(128..=191) if Some(from) == self.selected => {
+                return if matches!(data.get(1), Some(192..=223)) {
+                    Demuxed::Rtcp
+                } else {
+                    Demuxed::Rtp
+                };
+            }
+            _ => {}
+        }
+        Demuxed::Handled
+    }
+
+    fn on_stun(&mut self, now: Instant, from: SocketAddr, data: &[u8]) {
+        let mut message = Message::new();
+        if message.unmarshal_binary(data).is_err() {
+            return;
+        }
+        if message.typ == BINDING_REQUEST {
+            self.answer_check(&mut message, from);
+            return;
+        }
+        if message.typ.class != CLASS_SUCCESS_RESPONSE {
+            return;
+        }
+        let Some(remote) = &self.remote else {
+            return;
+        };
+        if MessageIntegrity::check(
+            &mut message,
+            remote.pwd.as_bytes(),
+            self.identity.crypto.crypto(),
+        )
+        .is_err()
+        {
+            tracing::debug!(%from, "STUN response with a bad integrity check");
+            return;
+        }
+        self.last_response = Some(now);
+        if self.selected.is_none() && self.candidates.contains(&from) {
+            self.select(now, from);
+        }
+    }
+
+    fn select(&mut self, now: Instant, server: SocketAddr) {
+        self.selected = Some(server);
+        self.next_check = Some(now + CONSENT_INTERVAL);
+        self.set_state(RTCPeerConnectionState::Connecting);
+        self.start_dtls(now, server);
+    }
+
+    /// Answers the server's own check of the pair.
+    fn answer_check(&mut self, request: &mut Message, from: SocketAddr) {
+        if MessageIntegrity::check(request, self.pwd.as_bytes(), self.identity.crypto.crypto())
+            .is_err()
+        {
+            tracing::debug!(%from, "STUN request with a bad integrity check");
+            return;
+        }
+        let mut response = Message::new();
+        let built = response.build(&[
+            Box::new(request.clone()),
+            Box::new(BINDING_SUCCESS),
+            Box::new(XorMappedAddress {
+                ip: from.ip(),
+                port: from.port(),
+            }),
+            Box::new(MessageIntegrity::new_short_term_integrity_with_provider(
+                self.pwd.clone(),
+                self.identity.crypto.crypto(),
+            )),
+            Box::new(FINGERPRINT),
+        ]);
+        match built {
+            Ok(()) => self
+                .transmits
+                .push_back((from, BytesMut::from(&response.raw[..]))),
+            Err(e) => tracing::debug!(error = %e, "STUN response"),
+        }
+    }
+
+    fn start_dtls(&mut self, now: Instant, server: SocketAddr) {
+        if self.dtls_started {
+            return;
+        }
+        let Some(remote) = &self.remote else {
+            return;
+        };
+        let expected = remote.fingerprint.to_lowercase();
+        let crypto = Arc::clone(&self.identity.crypto);
+        let verify: VerifyPeerCertificateFn = Arc::new(move |certs, _| {
+            let der = certs
+                .first()
+                .ok_or(rtc::shared::error::Error::ErrNonCertificate)?;
+            let got = sha256_fingerprint(crypto.as_ref(), der)
+                .map_err(|e| rtc::shared::error::Error::Other(e.to_string()))?;
+            if got == expected {
+                Ok(())
+            } else {
+                Err(rtc::shared::error::Error::ErrNoMatchingCertificateFingerprint)
+            }
+        });
+        let config = ConfigBuilder::default()
+            .with_crypto_provider(Arc::clone(&self.identity.crypto))
+            .with_certificates(vec![self.identity.certificate.clone()])
+            .with_srtp_protection_profiles(SRTP_PROFILES.to_vec())
+            .with_insecure_skip_verify(true)
+            .with_verify_peer_certificate(Some(verify))
+            .with_extended_master_secret(ExtendedMasterSecretType::Require)
+            .with_client_auth(ClientAuthType::RequireAnyClientCert)
+            .build(self.dtls_client, Some(server));
+        let result = config.and_then(|config| {
+            if self.dtls_client {
+                self.dtls.connect(now, server, Arc::new(config), None)
+            } else {
+                // The server's ClientHello creates the association.
+                self.dtls.set_server_config(Some(Arc::new(config)));
+                Ok(())
+            }
+        });
+        match result {
+            Ok(()) => {
+                self.dtls_started = true;
+                self.drain_dtls();
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "DTLS handshake cannot start");
+                self.set_state(RTCPeerConnectionState::Failed);
+            }
+        }
+    }
+
+    fn on_dtls(&mut self, now: Instant, from: SocketAddr, data: &[u8]) {
+        if self.selected.is_none()
+            && !self.dtls_client
+            && self.remote.is_some()
+            && self.candidates.contains(&from)
+        {
+            // As DTLS server, the ClientHello can overtake the answer to our check: the server
+            // has validated the pair.
+            self.select(now, from);
+        }
+        if Some(from) != self.selected {
+            return;
+        }
+        match self.dtls.read(now, from, None, BytesMut::from(data)) {
+            Ok(events) => {
+                for event in events {
+                    match event {
+                        EndpointEvent::HandshakeComplete => self.on_handshake(now, from),
+                        EndpointEvent::PeerClosed => self.set_state(RTCPeerConnectionState::Closed),
+                        _ => {}
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "DTLS");
+                if self.srtp.is_none() {
+                    self.set_state(RTCPeerConnectionState::Failed);
+                }
+            }
+        }
+        self.drain_dtls();
+    }
+
+    fn on_handshake(&mut self, now: Instant, server: SocketAddr) {
+        let Some(state) = self.dtls.get_connection_state(server) else {
+            return;
+        };
+        match srtp_contexts(state, self.identity.crypto.as_ref()) {
+            Ok(srtp) => {
+                self.srtp = Some(srtp);
+                self.connected_at = Some(now);
+                self.set_state(RTCPeerConnectionState::Connected);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "SRTP keys");
+                self.set_state(RTCPeerConnectionState::Failed);
+            }
+        }
+    }
+
+    fn drain_dtls(&mut self) {
+        while let Some(t) = self.dtls.poll_transmit() {
+            self.transmits.push_back((t.transport.peer_addr, t.message));
+        }
+    }
+
+    /// Runs what is due at `now`: checks and DTLS retransmissions.
+    pub(super) fn handle_timeout(&mut self, now: Instant) {
+        if self.next_check.is_some_and(|at| at <= now) {
+            self.check(now);
+        }
+        if let Some(server) = self.selected {
+            if self.dtls.poll_timeout(&server).is_some_and(|at| at <= now) {
+                if let Err(e) = self.dtls.handle_timeout(server, now) {
+                    tracing::debug!(error = %e, "DTLS handshake timed out");
+                    self.set_state(RTCPeerConnectionState::Failed);
+                }
+                self.drain_dtls();
+            }
+        }
+    }
+
+    /// The earliest instant [`Self::handle_timeout`] has work at.
+    pub(super) fn poll_timeout(&self) -> Option<Instant> {
+        let dtls = self.selected.and_then(|s| self.dtls.poll_timeout(&s));
+        [self.next_check, dtls].into_iter().flatten().min()
+    }
+
+    /// The next datagram to send, and where.
+    pub(super) fn poll_transmit(&mut self) -> Option<(SocketAddr, BytesMut)> {
+        self.transmits.pop_front()
+    }
+
+    /// Queues an SRTP or SRTCP datagram toward the server (dropped before a pair is selected).
+    pub(super) fn send(&mut self, datagram: BytesMut) {
+        if let Some(server) = self.selected {
+            self.transmits.push_back((server, datagram));
+        }
+    }
+
+    /// Encrypts and queues a compound RTCP packet.
+    pub(super) fn send_rtcp(&mut self, packets: &[Box<dyn rtc::rtcp::packet::Packet>]) {
+        let Some(srtp) = self.srtp.as_mut() else {
+            return;
+        };
+        let encrypted = rtc::rtcp::packet::marshal(packets)
+            .map_err(|e| e.to_string())
+            .and_then(|plain| srtp.local.encrypt_rtcp(&plain).map_err(|e| e.to_string()));
+        match encrypted {
+            Ok(datagram) => self.send(datagram),
+            Err(e) => tracing::debug!(error = %e, "RTCP"),
+        }
+    }
+
+    /// Sends a connectivity (or consent) check to every candidate, or the selected one.
+    fn check(&mut self, now: Instant) {
+        if matches!(
+            self.state,
+            RTCPeerConnectionState::Closed | RTCPeerConnectionState::Failed
+        ) {
+            self.next_check = None;
+            return;
+        }
+        let Some(remote) = self.remote.as_ref() else {
+            self.next_check = None;
+            return;
+        };
+        let last = self.last_response.unwrap_or(self.created);
+        if now.saturating_duration_since(last) > CONSENT_TIMEOUT {
+            tracing::debug!(target = ?self.target, "no answer to connectivity checks");
+            self.set_state(RTCPeerConnectionState::Failed);
+            self.next_check = None;
+            return;
+        }
+        let username = format!("{}:{}", remote.ufrag, self.ufrag);
+        let pwd = remote.pwd.clone();
+        let targets: Vec<SocketAddr> = match self.selected {
+            Some(s) => vec![s],
+            None => self.candidates.clone(),
+        };
+        for target in targets {
+            let mut message = Message::new();
+            let built = message.build(&[
+                Box::new(BINDING_REQUEST),
+                Box::new(TransactionId::new()),
+                Box::new(Username::new(ATTR_USERNAME, username.clone())),
+                Box::new(AttrControlling(self.tie_breaker)),
+                // Host candidate priority (type preference 126, one component).
+                Box::new(PriorityAttr((126 << 24) | (65535 << 8) | 255)),
+                Box::new(UseCandidateAttr),
+                Box::new(MessageIntegrity::new_short_term_integrity_with_provider(
+                    pwd.clone(),
+                    self.identity.crypto.crypto(),
+                )),
+                Box::new(FINGERPRINT),
+            ]);
+            match built {
+                Ok(()) => self
+                    .transmits
+                    .push_back((target, BytesMut::from(&message.raw[..]))),
+                Err(e) => tracing::debug!(error = %e, "STUN request"),
+            }
+        }
+        let interval = if self.selected.is_some() {
+            CONSENT_INTERVAL
+        } else {
+            CHECK_INTERVAL
+        };
+        self.next_check = Some(now + interval);
+    }
+
+    fn set_state(&mut self, state: RTCPeerConnectionState) {
+        if self.state == state || self.state == RTCPeerConnectionState::Closed {
+            return;
+        }
+        self.state = state;
+        tracing::debug!(target = ?self.target, %state, "peer connection state");
+        match self.target {
+            Target::Publisher => self.shared.states.send_modify(|s| s.publisher = state),
+            Target::Subscriber => self.shared.states.send_modify(|s| s.subscriber = state),
+        }
+    }
+}
+
+/// The receive (server -> us) and send SRTP contexts from a completed DTLS handshake.
+fn srtp_contexts(
+    state: &rtc::dtls::state::State,
+    crypto: &dyn RTCCryptoProvider,
+) -> Result<Srtp, ClientError> {
+    let err = |e: rtc::shared::error::Error| ClientError::Protocol(format!("SRTP: {e}"));
+    let profile = match state.srtp_protection_profile() {
+        SrtpProtectionProfile::Srtp_Aead_Aes_128_Gcm => ProtectionProfile::AeadAes128Gcm,
+        SrtpProtectionProfile::Srtp_Aead_Aes_256_Gcm => ProtectionProfile::AeadAes256Gcm,
+        SrtpProtectionProfile::Srtp_Aes128_Cm_Hmac_Sha1_80 => {
+            ProtectionProfile::Aes128CmHmacSha1_80
+        }
+        other => return Err(ClientError::Protocol(format!("SRTP profile {other:?}"))),
+    };
+    let mut config = SrtpConfig {
+        profile,
+        ..Default::default()
+    };
+    let material = state
+        .export_keying_material(
+            rtc::srtp::config::LABEL_EXTRACTOR_DTLS_SRTP,
+            &[],
+            config.keying_material_len(),
+        )
+        .map_err(err)?;
+    config
+        .set_session_keys_from_keying_material(material.as_ref(), state.is_client())
+        .map_err(err)?;
+    let remote = SrtpContext::new(
+        &config.keys.remote_master_key,
+        &config.keys.remote_master_salt,
+        profile,
+        Some(srtp_replay_protection(64)),
+        Some(srtcp_replay_protection(64)),
+        crypto.crypto(),
+    )
+    .map_err(err)?;
+    let local = SrtpContext::new(
+        &config.keys.local_master_key,
+        &config.keys.local_master_salt,
+        profile,
+        None,
+        None,
+        crypto.crypto(),
+    )
+    .map_err(err)?;
+    Ok(Srtp { remote, local })
+}
+
+/// A random token of ICE characters.
+pub(super) fn random_token(len: usize) -> String {
+    const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
+    (0..len)
+        .map(|_| ALPHABET[rand::random::<u32>() as usize % ALPHABET.len()] as char)
+        .collect()
+}
+
+/// A description's lines split into the session section and one section per `m=` line.
+pub(super) fn sections(sdp: &str) -> Vec<Vec<&str>> {
+    let mut out: Vec<Vec<&str>> = vec![Vec::new()];
+    for line in sdp.lines().map(str::trim_end).filter(|l| !l.is_empty()) {
+        if line.starts_with("m=") {
+            out.push(Vec::new());
+        }
+        if let Some(section) = out.last_mut() {
+            section.push(line);
+        }
+    }
+    out
+}
+
+/// A UDP candidate's address (`candidate:... udp <prio> <ip> <port> typ ...`).
+pub(super) fn parse_candidate(candidate: &str) -> Option<SocketAddr> {
+    let value = candidate.strip_prefix("a=").unwrap_or(candidate);
+    let value = value.strip_prefix("candidate:")?;
+    let fields: Vec<&str> = value.split_whitespace().collect();
+    if fields.len() < 6 || !fields[2].eq_ignore_ascii_case("udp") {
+        return None;
+    }
+    let ip: std::net::IpAddr = fields[4].parse().ok()?;
+    let port: u16 = fields[5].parse().ok()?;
+    Some(SocketAddr::new(ip, port))
+}
+
+#[cfg(test)]
+pub(super) mod tests {
+    use super::*;
+
+    /// A STUN success response to a check, signed with the server's password.
+    pub(in crate::client) fn check_response(
+        identity: &Identity,
+        pwd: &str,
+        local: SocketAddr,
+    ) -> Vec<u8> {
+        let mut response = Message::new();
+        response
+            .build(&[
+                Box::new(TransactionId::new()),
+                Box::new(BINDING_SUCCESS),
+                Box::new(XorMappedAddress {
+                    ip: local.ip(),
+                    port: local.port(),
+                }),
+                Box::new(MessageIntegrity::new_short_term_integrity_with_provider(
+                    pwd.to_owned(),
+                    identity.crypto.crypto(),
+                )),
+                Box::new(FINGERPRINT),
+            ])
+            .expect("response");
+        response.raw
+    }
+
+    /// The server's side as DTLS client, presenting `identity`'s certificate.
+    pub(in crate::client) fn dtls_client(
+        identity: &Identity,
+        now: Instant,
+        server: SocketAddr,
+        local: SocketAddr,
+    ) -> DtlsEndpoint {
+        let config = ConfigBuilder::default()
+            .with_crypto_provider(Arc::clone(&identity.crypto))
+            .with_certificates(vec![identity.certificate.clone()])
+            .with_srtp_protection_profiles(SRTP_PROFILES.to_vec())
+            .with_insecure_skip_verify(true)
+            .with_extended_master_secret(ExtendedMasterSecretType::Require)
+            .build(true, Some(local))
+            .expect("client config");
+        let mut client = DtlsEndpoint::new(server, TransportProtocol::UDP, None);
+        client
+            .connect(now, local, Arc::new(config), None)
+            .expect("connect");
+        client
+    }
+
+    /// The server's side as DTLS server, presenting `identity`'s certificate.
+    pub(in crate::client) fn dtls_server(identity: &Identity, server: SocketAddr) -> DtlsEndpoint {
+        let config = ConfigBuilder::default()
+            .with_crypto_provider(Arc::clone(&identity.crypto))
+            .with_certificates(vec![identity.certificate.clone()])
+            .with_srtp_protection_profiles(SRTP_PROFILES.to_vec())
+            .with_insecure_skip_verify(true)
+            .with_extended_master_secret(ExtendedMasterSecretType::Require)
+            .with_client_auth(ClientAuthType::RequireAnyClientCert)
+            .build(false, None)
+            .expect("server config");
+        DtlsEndpoint::new(server, TransportProtocol::UDP, Some(Arc::new(config)))
+    }
+
+    /// The peer's SRTP contexts (decrypting what the endpoint sends) from its side of a
+    /// completed handshake.
+    pub(in crate::client) fn peer_srtp(
+        endpoint: &DtlsEndpoint,
+        peer: SocketAddr,
+        identity: &Identity,
+    ) -> Option<Srtp> {
+        let state = endpoint.get_connection_state(peer)?;
+        srtp_contexts(state, identity.crypto.as_ref()).ok()
+    }
+
+    #[test]
+    fn remote_parameters_come_from_any_section() {
+        let remote = Remote::parse(
+            "v=0\r\na=fingerprint:sha-256 AA:BB\r\nm=audio 9 X 111\r\na=ice-ufrag:u\r\n\
+             a=ice-pwd:p\r\na=candidate:1 1 udp 2130706431 127.0.0.1 7882 typ host\r\n\
+             a=candidate:2 1 tcp 2130706431 127.0.0.1 7882 typ host\r\n",
+        )
+        .expect("remote");
+        assert_eq!((remote.ufrag.as_str(), remote.pwd.as_str()), ("u", "p"));
+        assert_eq!(remote.fingerprint, "AA:BB");
+        assert_eq!(
+            remote.candidates,
+            vec!["127.0.0.1:7882".parse::<SocketAddr>().expect("addr")]
+        );
+        assert!(Remote::parse("v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\n").is_err());
+    }
+}

@@ -1,5 +1,6 @@
 //! The [`Client`]: signaling, the two peer connections, media tasks and receive accounting.
 
+mod publisher;
 pub mod receive_engine;
 mod receiver;
 mod transport;
@@ -15,6 +16,7 @@ use chorus_signal::protocol::{
     Target, TrackKind, PROTOCOL_VERSION,
 };
 use futures::{SinkExt, StreamExt};
+use publisher::{LoopSource, PublishLayer, PublishTrack};
 use receive_engine::EngineConn;
 pub use receive_engine::ReceiveEngine;
 use rtc::rtp_transceiver::rtp_sender::RTCRtpHeaderExtensionCapability;
@@ -27,6 +29,7 @@ use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::AbortHandle;
 use tokio_tungstenite::tungstenite::Message;
+use webrtc::media_stream::track_local::static_sample::TrackLocalStaticSample;
 use webrtc::media_stream::track_local::TrackLocal;
 use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
 use webrtc::peer_connection::{
@@ -546,6 +549,7 @@ fn capture_latency(
 /// A local track with the sender and transceiver it was added with.
 struct PendingTrack {
     local: Arc<LocalTrack>,
+    track: Arc<TrackLocalStaticSample>,
     sender: Arc<dyn RtpSender>,
     transceiver: Arc<dyn RtpTransceiver>,
 }
@@ -562,6 +566,7 @@ impl PendingMedia {
     fn start(self, shared: &Arc<Shared>) {
         for PendingTrack {
             local,
+            track,
             sender,
             transceiver,
         } in self.tracks
@@ -575,8 +580,9 @@ impl PendingMedia {
                     other => other.clone(),
                 };
                 let audio_source = self.audio.clone();
-                let (local, sender, transceiver) = (
+                let (local, track, sender, transceiver) = (
                     Arc::clone(&local),
+                    Arc::clone(&track),
                     Arc::clone(&sender),
                     Arc::clone(&transceiver),
                 );
@@ -604,7 +610,7 @@ impl PendingMedia {
                         extensions.mid_rid = Some((mid.into(), rid.into()));
                     }
                     let out = media::Output {
-                        track: local.track.clone(),
+                        track,
                         ssrc,
                         payload_type: media::negotiated_payload_type(&sender, fallback).await,
                         extensions,
@@ -631,7 +637,7 @@ pub struct Client {
     ice_servers: Vec<IceServer>,
     shared: Arc<Shared>,
     events: mpsc::UnboundedReceiver<ServerMessage>,
-    publisher: Arc<dyn PeerConnection>,
+    publisher: Arc<PublisherConn>,
     subscriber: Arc<SubscriberConn>,
     local_tracks: Vec<Arc<LocalTrack>>,
 }
@@ -732,21 +738,6 @@ impl Client {
             })
             .collect();
 
-        let mut pub_engine = MediaEngine::default();
-        pub_engine.register_codec(media::opus_codec(), RtpCodecKind::Audio)?;
-        pub_engine.register_codec(media::video_codec_for(video.as_ref()), RtpCodecKind::Video)?;
-        let publisher = build_pc(
-            pub_engine,
-            &rtc_ice_servers,
-            &udp_addr,
-            Handler {
-                target: Target::Publisher,
-                shared: Arc::clone(&shared),
-            },
-            Arc::clone(&shared.rtcp_sent),
-            crate::impair::Impairment::default(),
-        )
-        .await?;
         let subscriber = Arc::new(match &opts.receive_engine {
             Some(engine) => {
                 let bind = engine_bind_addr(&url, opts.udp_addr.as_deref()).await?;
@@ -778,8 +769,19 @@ impl Client {
 
         // Local tracks; the msid stream id is our participant id, like a browser would pick
         // any id, the server maps it via `publisher_track_id`.
-        let (local_tracks, pending) =
-            add_local_tracks(&publisher, &opts, video, &participant.id, &shared).await?;
+        let local_tracks = local_tracks(&opts, video.as_ref());
+        let (publisher, pending) = open_publisher(
+            &opts,
+            &url,
+            &rtc_ice_servers,
+            &udp_addr,
+            video,
+            &local_tracks,
+            &participant.id,
+            &shared,
+        )
+        .await?;
+        let publisher = Arc::new(publisher);
 
         shared.spawn(write_signaling(sink, out_rx));
         let publishing = !local_tracks.is_empty();
@@ -790,16 +792,15 @@ impl Client {
                 publisher: Arc::clone(&publisher),
                 subscriber: Arc::clone(&subscriber),
                 events: events_tx,
-                pending_media: publishing.then_some(pending),
+                pending_media: pending,
                 pending_publisher: Vec::new(),
                 pending_subscriber: Vec::new(),
             },
         ));
 
         if publishing {
-            let offer = publisher.create_offer(None).await?;
-            publisher.set_local_description(offer.clone()).await?;
-            shared.send(ClientMessage::Offer { sdp: offer.sdp })?;
+            let sdp = publisher.offer().await?;
+            shared.send(ClientMessage::Offer { sdp })?;
             shared.publisher_gate.open(&shared.out);
         }
 
@@ -1052,7 +1053,7 @@ impl Client {
             let _ = tokio::time::timeout(LEAVE_TIMEOUT, ack_rx).await;
         }
         let _ = tokio::time::timeout(LEAVE_TIMEOUT, async {
-            let _ = self.publisher.close().await;
+            self.publisher.close().await;
             self.subscriber.close().await;
         })
         .await;
@@ -1069,7 +1070,7 @@ impl Drop for Client {
             let (publisher, subscriber) =
                 (Arc::clone(&self.publisher), Arc::clone(&self.subscriber));
             rt.spawn(async move {
-                let _ = publisher.close().await;
+                publisher.close().await;
                 subscriber.close().await;
             });
         }
@@ -1090,42 +1091,129 @@ fn video_to_publish(opts: &ClientOptions) -> Result<Option<VideoSource>, ClientE
     )
 }
 
-/// Adds a `sendonly` transceiver per published track (audio, then video) to `publisher`, with
-/// `stream_id` as the msid stream id. Returns the tracks and the media to start once the
-/// publisher connection is answered.
-async fn add_local_tracks(
-    publisher: &Arc<dyn PeerConnection>,
+/// The tracks to publish (audio, then video) with their encodings; none when not publishing.
+fn local_tracks(opts: &ClientOptions, video: Option<&VideoSource>) -> Vec<Arc<LocalTrack>> {
+    let mut tracks = Vec::new();
+    if opts.publish_audio {
+        let audio = LocalTrack::new(TrackKind::Audio, &[]);
+        if opts.audio_muted {
+            audio.set_paused(true);
+        }
+        tracks.push(Arc::new(audio));
+    }
+    if opts.publish_video {
+        let rids = video.map(VideoSource::rids).unwrap_or_default();
+        tracks.push(Arc::new(LocalTrack::new(TrackKind::Video, &rids)));
+    }
+    tracks
+}
+
+/// The publisher connection for `local_tracks`: on the engine when the client has one and
+/// every source is pre-encoded (a loop the engine paces), else an async connection of its own
+/// with the media to start once answered. No connection when there is nothing to publish.
+#[allow(clippy::too_many_arguments)]
+async fn open_publisher(
     opts: &ClientOptions,
+    url: &url::Url,
+    ice_servers: &[RTCIceServer],
+    udp_addr: &str,
     video: Option<VideoSource>,
+    local_tracks: &[Arc<LocalTrack>],
     stream_id: &str,
     shared: &Arc<Shared>,
-) -> Result<(Vec<Arc<LocalTrack>>, PendingMedia), ClientError> {
-    let mut local_tracks = Vec::new();
+) -> Result<(PublisherConn, Option<PendingMedia>), ClientError> {
+    if local_tracks.is_empty() {
+        return Ok((PublisherConn::None, None));
+    }
+    if let Some(engine) = &opts.receive_engine {
+        if let Some(tracks) = publish_loops(opts, video.as_ref(), local_tracks, stream_id) {
+            let bind = engine_bind_addr(url, opts.udp_addr.as_deref()).await?;
+            let conn = engine
+                .open_publisher(Arc::clone(shared), bind, tracks)
+                .await?;
+            return Ok((PublisherConn::Engine(conn), None));
+        }
+    }
+    let mut media_engine = MediaEngine::default();
+    media_engine.register_codec(media::opus_codec(), RtpCodecKind::Audio)?;
+    media_engine.register_codec(media::video_codec_for(video.as_ref()), RtpCodecKind::Video)?;
+    let pc = build_pc(
+        media_engine,
+        ice_servers,
+        udp_addr,
+        Handler {
+            target: Target::Publisher,
+            shared: Arc::clone(shared),
+        },
+        Arc::clone(&shared.rtcp_sent),
+        crate::impair::Impairment::default(),
+    )
+    .await?;
+    let pending = add_transceivers(&pc, local_tracks, video, opts, stream_id, shared).await?;
+    Ok((PublisherConn::Own(pc), Some(pending)))
+}
+
+/// The engine publisher's tracks: each local track's encodings with the loop it sends;
+/// `None` when a source is encoded live.
+fn publish_loops(
+    opts: &ClientOptions,
+    video: Option<&VideoSource>,
+    local_tracks: &[Arc<LocalTrack>],
+    stream_id: &str,
+) -> Option<Vec<PublishTrack>> {
+    local_tracks
+        .iter()
+        .map(|local| {
+            let loops = match local.kind {
+                TrackKind::Audio => vec![LoopSource::audio(&opts.audio_source)?],
+                TrackKind::Video => LoopSource::video(video?)?,
+            };
+            if loops.len() != local.layers.len() {
+                return None;
+            }
+            Some(PublishTrack {
+                kind: local.kind,
+                stream_id: stream_id.to_owned(),
+                track_id: local.track_id.clone(),
+                layers: local
+                    .layers
+                    .iter()
+                    .zip(loops)
+                    .map(|(layer, source)| PublishLayer {
+                        rid: layer.rid.clone(),
+                        ssrc: layer.ssrc,
+                        counters: Arc::clone(&layer.counters),
+                        source,
+                    })
+                    .collect(),
+            })
+        })
+        .collect()
+}
+
+/// Adds a `sendonly` transceiver per local track (audio, then video) to `publisher`, with
+/// `stream_id` as the msid stream id. Returns the media to start once the publisher
+/// connection is answered.
+async fn add_transceivers(
+    publisher: &Arc<dyn PeerConnection>,
+    local_tracks: &[Arc<LocalTrack>],
+    video: Option<VideoSource>,
+    opts: &ClientOptions,
+    stream_id: &str,
+    shared: &Arc<Shared>,
+) -> Result<PendingMedia, ClientError> {
+    let video_codec = media::video_codec_for(video.as_ref());
     let mut pending = PendingMedia {
         tracks: Vec::new(),
         video,
         audio: opts.audio_source.clone(),
     };
-    for (wanted, kind) in [
-        (opts.publish_audio, TrackKind::Audio),
-        (opts.publish_video, TrackKind::Video),
-    ] {
-        if !wanted {
-            continue;
-        }
-        let rids = match (kind, &pending.video) {
-            (TrackKind::Video, Some(v)) => v.rids(),
-            _ => Vec::new(),
-        };
-        let video_codec = media::video_codec_for(pending.video.as_ref());
-        let local = LocalTrack::new(kind, stream_id, &rids, &video_codec)?;
-        if kind == TrackKind::Audio && opts.audio_muted {
-            local.set_paused(true);
-        }
+    for local in local_tracks {
+        let track = local.sample_track(stream_id, &video_codec)?;
         // `sendonly`, as the protocol describes (a browser's addTrack would offer sendrecv).
         let transceiver = publisher
             .add_transceiver_from_track(
-                Arc::clone(&local.track) as Arc<dyn TrackLocal>,
+                Arc::clone(&track) as Arc<dyn TrackLocal>,
                 Some(RTCRtpTransceiverInit {
                     direction: RTCRtpTransceiverDirection::Sendonly,
                     streams: vec![stream_id.to_owned()],
@@ -1138,22 +1226,21 @@ async fn add_local_tracks(
             .await?
             .ok_or_else(|| ClientError::Protocol("transceiver has no sender".into()))?;
         shared.spawn(media::read_local_rtcp(
-            Arc::clone(&local.track),
+            Arc::clone(&track),
             local
                 .layers
                 .iter()
                 .map(|l| (l.ssrc, Arc::clone(&l.counters)))
                 .collect(),
         ));
-        let local = Arc::new(local);
         pending.tracks.push(PendingTrack {
-            local: Arc::clone(&local),
+            local: Arc::clone(local),
+            track,
             sender,
             transceiver,
         });
-        local_tracks.push(local);
     }
-    Ok((local_tracks, pending))
+    Ok(pending)
 }
 
 async fn build_pc(
@@ -1350,7 +1437,7 @@ async fn write_signaling(
 
 struct SignalingContext {
     shared: Arc<Shared>,
-    publisher: Arc<dyn PeerConnection>,
+    publisher: Arc<PublisherConn>,
     subscriber: Arc<SubscriberConn>,
     events: mpsc::UnboundedSender<ServerMessage>,
     pending_media: Option<PendingMedia>,
@@ -1396,11 +1483,9 @@ impl SignalingContext {
     async fn handle(&mut self, msg: &ServerMessage) -> Result<(), ClientError> {
         match msg {
             ServerMessage::Answer { sdp } => {
-                self.publisher
-                    .set_remote_description(RTCSessionDescription::answer(sdp.clone())?)
-                    .await?;
+                self.publisher.apply_answer(sdp.clone()).await?;
                 for c in std::mem::take(&mut self.pending_publisher) {
-                    add_candidate(&self.publisher, c).await;
+                    self.publisher.add_candidate(c).await;
                 }
                 self.shared
                     .states
@@ -1434,7 +1519,7 @@ impl SignalingContext {
                 let states = *self.shared.states.borrow();
                 match target {
                     Target::Publisher if states.publisher_answered => {
-                        add_candidate(&self.publisher, init).await
+                        self.publisher.add_candidate(init).await
                     }
                     Target::Publisher => self.pending_publisher.push(init),
                     Target::Subscriber if states.subscriber_offers > 0 => {
@@ -1489,6 +1574,60 @@ impl SignalingContext {
 async fn add_candidate(pc: &Arc<dyn PeerConnection>, init: RTCIceCandidateInit) {
     if let Err(e) = pc.add_ice_candidate(init).await {
         tracing::debug!(error = %e, "remote candidate rejected");
+    }
+}
+
+/// The publisher connection: an async connection of its own, one on a shared
+/// [`ReceiveEngine`], or none when there is nothing to publish.
+enum PublisherConn {
+    None,
+    Own(Arc<dyn PeerConnection>),
+    Engine(EngineConn),
+}
+
+impl PublisherConn {
+    /// Our offer (set as the local description).
+    async fn offer(&self) -> Result<String, ClientError> {
+        match self {
+            PublisherConn::None => Err(ClientError::Protocol("nothing to publish".into())),
+            PublisherConn::Own(pc) => {
+                let offer = pc.create_offer(None).await?;
+                pc.set_local_description(offer.clone()).await?;
+                Ok(offer.sdp)
+            }
+            PublisherConn::Engine(conn) => conn.offer().await,
+        }
+    }
+
+    /// Applies the server's answer.
+    async fn apply_answer(&self, sdp: String) -> Result<(), ClientError> {
+        match self {
+            PublisherConn::None => Err(ClientError::Protocol("an answer without an offer".into())),
+            PublisherConn::Own(pc) => {
+                pc.set_remote_description(RTCSessionDescription::answer(sdp)?)
+                    .await?;
+                Ok(())
+            }
+            PublisherConn::Engine(conn) => conn.apply_answer(sdp).await,
+        }
+    }
+
+    async fn add_candidate(&self, init: RTCIceCandidateInit) {
+        match self {
+            PublisherConn::None => {}
+            PublisherConn::Own(pc) => add_candidate(pc, init).await,
+            PublisherConn::Engine(conn) => conn.add_candidate(init),
+        }
+    }
+
+    async fn close(&self) {
+        match self {
+            PublisherConn::None => {}
+            PublisherConn::Own(pc) => {
+                let _ = pc.close().await;
+            }
+            PublisherConn::Engine(conn) => conn.close(),
+        }
     }
 }
 

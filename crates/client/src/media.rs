@@ -291,36 +291,26 @@ pub(crate) struct LocalLayer {
     pub counters: Arc<SendCounters>,
 }
 
-/// One local track on the publisher connection.
+/// One local track on the publisher connection: its id, encodings and counters.
 pub(crate) struct LocalTrack {
     pub kind: chorus_signal::protocol::TrackKind,
     pub track_id: String,
-    pub track: Arc<TrackLocalStaticSample>,
     /// One per encoding; one without simulcast.
     pub layers: Vec<LocalLayer>,
 }
 
 impl LocalTrack {
-    /// A track of `kind` in stream `stream_id`, with one encoding per `rids` entry (simulcast)
-    /// or a single one when `rids` is empty.
-    pub fn new(
-        kind: chorus_signal::protocol::TrackKind,
-        stream_id: &str,
-        rids: &[String],
-        video_codec: &RTCRtpCodecParameters,
-    ) -> Result<Self, webrtc::error::Error> {
-        let (codec, rtp_kind, prefix) = match kind {
-            chorus_signal::protocol::TrackKind::Audio => {
-                (opus_codec(), RtpCodecKind::Audio, "audio")
-            }
-            chorus_signal::protocol::TrackKind::Video => {
-                (video_codec.clone(), RtpCodecKind::Video, "video")
-            }
+    /// A track of `kind` with one encoding per `rids` entry (simulcast) or a single one when
+    /// `rids` is empty, each with a random SSRC.
+    pub fn new(kind: chorus_signal::protocol::TrackKind, rids: &[String]) -> Self {
+        let prefix = match kind {
+            chorus_signal::protocol::TrackKind::Audio => "audio",
+            chorus_signal::protocol::TrackKind::Video => "video",
         };
         let track_id = format!("{prefix}-{:08x}", rand::random::<u32>());
         let single = [String::new()];
         let rids = if rids.is_empty() { &single[..] } else { rids };
-        let layers: Vec<LocalLayer> = rids
+        let layers = rids
             .iter()
             .map(|rid| LocalLayer {
                 rid: rid.clone(),
@@ -328,7 +318,30 @@ impl LocalTrack {
                 counters: Arc::new(SendCounters::default()),
             })
             .collect();
-        let encodings = layers
+        Self {
+            kind,
+            track_id,
+            layers,
+        }
+    }
+
+    /// The async connection's sample track for this track, in stream `stream_id`, with its
+    /// encodings (rids and SSRCs).
+    pub fn sample_track(
+        &self,
+        stream_id: &str,
+        video_codec: &RTCRtpCodecParameters,
+    ) -> Result<Arc<TrackLocalStaticSample>, webrtc::error::Error> {
+        let (codec, rtp_kind, prefix) = match self.kind {
+            chorus_signal::protocol::TrackKind::Audio => {
+                (opus_codec(), RtpCodecKind::Audio, "audio")
+            }
+            chorus_signal::protocol::TrackKind::Video => {
+                (video_codec.clone(), RtpCodecKind::Video, "video")
+            }
+        };
+        let encodings = self
+            .layers
             .iter()
             .map(|l| RTCRtpEncodingParameters {
                 rtp_coding_parameters: RTCRtpCodingParameters {
@@ -345,18 +358,13 @@ impl LocalTrack {
             Instant::now(),
             MediaStreamTrack::new(
                 stream_id.to_owned(),
-                track_id.clone(),
+                self.track_id.clone(),
                 prefix.to_owned(),
                 rtp_kind,
                 encodings,
             ),
         )?;
-        Ok(Self {
-            kind,
-            track_id,
-            track: Arc::new(track),
-            layers,
-        })
+        Ok(Arc::new(track))
     }
 
     /// Pauses (muted) or resumes every encoding.
@@ -677,7 +685,7 @@ async fn loop_video(out: &Output, clip: &IvfClip) {
 }
 
 /// The first keyframe index at or after `from`, wrapping around; `None` without keyframes.
-fn next_keyframe(keyframes: &[usize], from: usize) -> Option<usize> {
+pub(crate) fn next_keyframe(keyframes: &[usize], from: usize) -> Option<usize> {
     keyframes
         .iter()
         .copied()

@@ -33,7 +33,7 @@ pub(crate) struct Vp9InterFrames {
 
 /// Sets P and appends P_DIFF=1 to the 3-byte descriptor `I=1 F=1 M=1` of an inter frame's
 /// packet; returns `None` for a descriptor of another shape.
-fn mark_inter(payload: &[u8]) -> Option<BytesMut> {
+pub(crate) fn mark_inter(payload: &[u8]) -> Option<BytesMut> {
     let (&b0, rest) = payload.split_first()?;
     if b0 & I_F != I_F || b0 & P != 0 || rest.first()? & 0x80 == 0 || rest.len() < 2 {
         return None;

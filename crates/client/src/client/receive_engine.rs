@@ -32,6 +32,7 @@ use rtc::peer_connection::transport::{
 };
 use tokio::sync::oneshot;
 
+use super::publisher::{self, PublishTrack};
 use super::receiver;
 use super::transport::Identity;
 use super::{Arrival, ClientError, Shared};
@@ -81,12 +82,20 @@ impl Drop for Inner {
     }
 }
 
+/// Which of a client's connections an engine connection is.
+enum Role {
+    /// The subscriber connection (or a WHEP player), with the impairment of what it receives.
+    Receive(Impairment),
+    /// The publisher connection, with the tracks it loops.
+    Publish(Vec<PublishTrack>),
+}
+
 enum Command {
     Open {
         id: u64,
         shared: Arc<Shared>,
         bind: SocketAddr,
-        impairment: Impairment,
+        role: Role,
         reply: oneshot::Sender<Result<(), ClientError>>,
     },
     Offer {
@@ -156,6 +165,26 @@ impl ReceiveEngine {
         bind: SocketAddr,
         impairment: Impairment,
     ) -> Result<EngineConn, ClientError> {
+        self.open_as(shared, bind, Role::Receive(impairment)).await
+    }
+
+    /// Opens a publisher connection that loops `tracks`, bound like [`Self::open`]'s. Its
+    /// offer ([`EngineConn::offer`]) carries the tracks and our candidate.
+    pub(super) async fn open_publisher(
+        &self,
+        shared: Arc<Shared>,
+        bind: SocketAddr,
+        tracks: Vec<PublishTrack>,
+    ) -> Result<EngineConn, ClientError> {
+        self.open_as(shared, bind, Role::Publish(tracks)).await
+    }
+
+    async fn open_as(
+        &self,
+        shared: Arc<Shared>,
+        bind: SocketAddr,
+        role: Role,
+    ) -> Result<EngineConn, ClientError> {
         static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let id = NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let (reply, done) = oneshot::channel();
@@ -163,7 +192,7 @@ impl ReceiveEngine {
             id,
             shared,
             bind,
-            impairment,
+            role,
             reply,
         })?;
         done.await.map_err(|_| ClientError::Closed)??;
@@ -174,7 +203,7 @@ impl ReceiveEngine {
     }
 }
 
-/// One subscriber connection on a [`ReceiveEngine`]; dropping it closes the connection.
+/// One connection on a [`ReceiveEngine`]; dropping it closes the connection.
 pub(super) struct EngineConn {
     id: u64,
     engine: ReceiveEngine,
@@ -192,7 +221,8 @@ impl EngineConn {
         done.await.map_err(|_| ClientError::Closed)?
     }
 
-    /// Our offer to receive one audio and one video track (WHEP), host candidate included.
+    /// Our offer, host candidate included: to receive one audio and one video track (WHEP),
+    /// or a publisher's tracks.
     pub(super) async fn offer(&self) -> Result<String, ClientError> {
         let (reply, done) = oneshot::channel();
         self.engine
@@ -285,7 +315,7 @@ impl Engine {
                 self.timers.pop_first();
                 if let Some(conn) = self.conns.get_mut(&id) {
                     conn.deadline = None;
-                    conn.contain("a timer", |rx| rx.handle_timeout(now));
+                    conn.contain("a timer", |endpoint| endpoint.handle_timeout(now));
                     if !conn.dirty {
                         conn.dirty = true;
                         self.dirty.push(id);
@@ -364,31 +394,36 @@ impl Engine {
                     id,
                     shared,
                     bind,
-                    impairment,
+                    role,
                     reply,
                 } => {
-                    let opened = self.open(now, id, shared, bind, impairment);
+                    let opened = self.open(now, id, shared, bind, role);
                     let _ = reply.send(opened);
                     self.mark_dirty(id);
                 }
                 Command::Offer { id, sdp, reply } => {
-                    let answer = match self.conns.get_mut(&id) {
-                        Some(conn) => conn.rx.answer(now, &sdp),
+                    let answer = match self.conns.get_mut(&id).map(|c| &mut c.endpoint) {
+                        Some(Endpoint::Receive(rx)) => rx.answer(now, &sdp),
+                        Some(Endpoint::Publish(_)) => Err(ClientError::Protocol(
+                            "a publisher connection takes no offers".into(),
+                        )),
                         None => Err(ClientError::Closed),
                     };
                     let _ = reply.send(answer);
                     self.mark_dirty(id);
                 }
                 Command::CreateOffer { id, reply } => {
-                    let offer = match self.conns.get(&id) {
-                        Some(conn) => Ok(conn.rx.offer()),
+                    let offer = match self.conns.get(&id).map(|c| &c.endpoint) {
+                        Some(Endpoint::Receive(rx)) => Ok(rx.offer()),
+                        Some(Endpoint::Publish(tx)) => Ok(tx.offer()),
                         None => Err(ClientError::Closed),
                     };
                     let _ = reply.send(offer);
                 }
                 Command::Answer { id, sdp, reply } => {
-                    let applied = match self.conns.get_mut(&id) {
-                        Some(conn) => conn.rx.apply_answer(now, &sdp),
+                    let applied = match self.conns.get_mut(&id).map(|c| &mut c.endpoint) {
+                        Some(Endpoint::Receive(rx)) => rx.apply_answer(now, &sdp),
+                        Some(Endpoint::Publish(tx)) => tx.apply_answer(now, &sdp),
                         None => Err(ClientError::Closed),
                     };
                     let _ = reply.send(applied);
@@ -396,7 +431,7 @@ impl Engine {
                 }
                 Command::Candidate { id, init } => {
                     if let Some(conn) = self.conns.get_mut(&id) {
-                        conn.rx.add_candidate(now, &init.candidate);
+                        conn.endpoint.add_candidate(now, &init.candidate);
                     }
                     self.mark_dirty(id);
                 }
@@ -414,7 +449,7 @@ impl Engine {
                             }
                         }
                         // The DTLS close_notify (the socket lives until `conn` is dropped).
-                        conn.rx.close(now);
+                        conn.endpoint.close(now);
                         conn.flush(self.loopback.as_ref());
                     }
                 }
@@ -428,7 +463,7 @@ impl Engine {
         id: u64,
         shared: Arc<Shared>,
         bind: SocketAddr,
-        impairment: Impairment,
+        role: Role,
     ) -> Result<(), ClientError> {
         let (own, local) = match bind {
             SocketAddr::V4(v4) if *v4.ip() == Ipv4Addr::LOCALHOST && v4.port() == 0 => {
@@ -478,21 +513,31 @@ impl Engine {
             Some(identity) => Arc::clone(identity),
             None => Arc::clone(self.identity.insert(Arc::new(Identity::generate()?))),
         };
-        let rx = receiver::Receiver::new(now, local, Arc::clone(&shared), identity, impairment);
-        let candidate = host_candidate(local, rx.ufrag())?;
-        shared.subscriber_gate.send(
-            IceCandidate {
-                candidate: candidate.candidate,
-                sdp_mid: candidate.sdp_mid.filter(|m| !m.is_empty()),
-                sdp_m_line_index: candidate.sdp_mline_index,
-                username_fragment: candidate.username_fragment,
-            },
-            &shared.out,
-        );
+        let endpoint = match role {
+            Role::Receive(impairment) => {
+                let rx =
+                    receiver::Receiver::new(now, local, Arc::clone(&shared), identity, impairment);
+                let candidate = host_candidate(local, rx.ufrag())?;
+                shared.subscriber_gate.send(
+                    IceCandidate {
+                        candidate: candidate.candidate,
+                        sdp_mid: candidate.sdp_mid.filter(|m| !m.is_empty()),
+                        sdp_m_line_index: candidate.sdp_mline_index,
+                        username_fragment: candidate.username_fragment,
+                    },
+                    &shared.out,
+                );
+                Endpoint::Receive(rx)
+            }
+            // The offer carries the candidate.
+            Role::Publish(tracks) => Endpoint::Publish(publisher::Publisher::new(
+                now, local, shared, identity, tracks,
+            )),
+        };
         self.conns.insert(
             id,
             Conn {
-                rx,
+                endpoint,
                 own,
                 local,
                 deadline: None,
@@ -514,7 +559,7 @@ impl Engine {
         let next = if conn.failed {
             None
         } else {
-            conn.rx.poll_timeout()
+            conn.endpoint.poll_timeout()
         };
         if next != conn.deadline {
             if let Some(at) = conn.deadline {
@@ -590,9 +635,68 @@ impl Socket {
     }
 }
 
-/// One subscriber connection.
+/// A connection's endpoint.
+enum Endpoint {
+    /// The subscriber side (or a WHEP player).
+    Receive(receiver::Receiver),
+    /// The publisher side.
+    Publish(publisher::Publisher),
+}
+
+impl Endpoint {
+    fn handle_read(&mut self, now: Instant, from: SocketAddr, datagram: &[u8], arrival: Arrival) {
+        match self {
+            Endpoint::Receive(rx) => rx.handle_read(now, from, datagram, arrival),
+            Endpoint::Publish(tx) => tx.handle_read(now, from, datagram),
+        }
+    }
+
+    fn handle_timeout(&mut self, now: Instant) {
+        match self {
+            Endpoint::Receive(rx) => rx.handle_timeout(now),
+            Endpoint::Publish(tx) => tx.handle_timeout(now),
+        }
+    }
+
+    fn poll_timeout(&self) -> Option<Instant> {
+        match self {
+            Endpoint::Receive(rx) => rx.poll_timeout(),
+            Endpoint::Publish(tx) => tx.poll_timeout(),
+        }
+    }
+
+    fn poll_transmit(&mut self) -> Option<(SocketAddr, bytes::Bytes)> {
+        match self {
+            Endpoint::Receive(rx) => rx.poll_transmit(),
+            Endpoint::Publish(tx) => tx.poll_transmit(),
+        }
+    }
+
+    fn add_candidate(&mut self, now: Instant, candidate: &str) {
+        match self {
+            Endpoint::Receive(rx) => rx.add_candidate(now, candidate),
+            Endpoint::Publish(tx) => tx.add_candidate(now, candidate),
+        }
+    }
+
+    fn close(&mut self, now: Instant) {
+        match self {
+            Endpoint::Receive(rx) => rx.close(now),
+            Endpoint::Publish(tx) => tx.close(now),
+        }
+    }
+
+    fn fail(&mut self) {
+        match self {
+            Endpoint::Receive(rx) => rx.fail(),
+            Endpoint::Publish(tx) => tx.fail(),
+        }
+    }
+}
+
+/// One connection.
 struct Conn {
-    rx: receiver::Receiver,
+    endpoint: Endpoint,
     /// The connection's own socket; `None` on the shared loopback socket.
     own: Option<Socket>,
     /// The connection's address (its host candidate).
@@ -605,22 +709,22 @@ struct Conn {
 
 impl Conn {
     fn receive(&mut self, now: Instant, datagram: &[u8], from: SocketAddr, arrival: Arrival) {
-        self.contain("a datagram", |rx| {
-            rx.handle_read(now, from, datagram, arrival)
+        self.contain("a datagram", |endpoint| {
+            endpoint.handle_read(now, from, datagram, arrival)
         });
     }
 
     /// Runs `f` on the receiver unless it failed; a panic (a bug, or the stack's parsers on
     /// hostile input) fails this connection only, not every bot on the engine.
-    fn contain(&mut self, what: &str, f: impl FnOnce(&mut receiver::Receiver)) {
+    fn contain(&mut self, what: &str, f: impl FnOnce(&mut Endpoint)) {
         if self.failed {
             return;
         }
-        let rx = &mut self.rx;
-        if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(rx))).is_err() {
-            tracing::error!(local = %self.local, "subscriber connection panicked on {what}; failing it");
+        let endpoint = &mut self.endpoint;
+        if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(endpoint))).is_err() {
+            tracing::error!(local = %self.local, "engine connection panicked on {what}; failing it");
             self.failed = true;
-            self.rx.fail();
+            self.endpoint.fail();
         }
     }
 
@@ -629,7 +733,7 @@ impl Conn {
             return;
         };
         let src_ip = self.own.is_none().then(|| self.local.ip());
-        while let Some((destination, contents)) = self.rx.poll_transmit() {
+        while let Some((destination, contents)) = self.endpoint.poll_transmit() {
             let transmit = Transmit {
                 destination,
                 ecn: None,
@@ -714,13 +818,13 @@ mod tests {
         let local: SocketAddr = "127.1.0.1:5000".parse().expect("addr");
         let now = Instant::now();
         let mut conn = Conn {
-            rx: receiver::Receiver::new(
+            endpoint: Endpoint::Receive(receiver::Receiver::new(
                 now,
                 local,
                 Arc::clone(&shared),
                 identity,
                 Impairment::default(),
-            ),
+            )),
             own: None,
             local,
             deadline: None,

@@ -500,7 +500,7 @@ impl Receiver {
     }
 
     /// The next datagram to send, and where.
-    pub(super) fn poll_transmit(&mut self) -> Option<(SocketAddr, bytes::BytesMut)> {
+    pub(super) fn poll_transmit(&mut self) -> Option<(SocketAddr, bytes::Bytes)> {
         self.transport.poll_transmit()
     }
 
@@ -1041,7 +1041,7 @@ a=sctp-port:5000\r\n";
             while let Some((to, datagram)) = rx.poll_transmit() {
                 assert_eq!(to, server);
                 if matches!(datagram.first(), Some(20..=63)) {
-                    let _ = client.read(now, rx.transport.local, None, datagram);
+                    let _ = client.read(now, rx.transport.local, None, datagram[..].into());
                 }
             }
             if rx.transport.srtp.is_some() {

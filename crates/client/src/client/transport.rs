@@ -16,7 +16,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use chorus_signal::protocol::Target;
 use rtc::crypto::{HashAlgorithm, RTCCryptoProvider};
 use rtc::dtls::config::{
@@ -202,7 +202,7 @@ pub(super) struct Transport {
     pub(super) srtp: Option<Srtp>,
     /// When the handshake completed.
     connected_at: Option<Instant>,
-    transmits: VecDeque<(SocketAddr, BytesMut)>,
+    transmits: VecDeque<(SocketAddr, Bytes)>,
     pub(super) state: RTCPeerConnectionState,
 }
 
@@ -397,7 +397,7 @@ impl Transport {
         match built {
             Ok(()) => self
                 .transmits
-                .push_back((from, BytesMut::from(&response.raw[..]))),
+                .push_back((from, Bytes::copy_from_slice(&response.raw))),
             Err(e) => tracing::debug!(error = %e, "STUN response"),
         }
     }
@@ -505,7 +505,8 @@ impl Transport {
 
     fn drain_dtls(&mut self) {
         while let Some(t) = self.dtls.poll_transmit() {
-            self.transmits.push_back((t.transport.peer_addr, t.message));
+            self.transmits
+                .push_back((t.transport.peer_addr, t.message.freeze()));
         }
     }
 
@@ -532,12 +533,12 @@ impl Transport {
     }
 
     /// The next datagram to send, and where.
-    pub(super) fn poll_transmit(&mut self) -> Option<(SocketAddr, BytesMut)> {
+    pub(super) fn poll_transmit(&mut self) -> Option<(SocketAddr, Bytes)> {
         self.transmits.pop_front()
     }
 
     /// Queues an SRTP or SRTCP datagram toward the server (dropped before a pair is selected).
-    pub(super) fn send(&mut self, datagram: BytesMut) {
+    pub(super) fn send(&mut self, datagram: Bytes) {
         if let Some(server) = self.selected {
             self.transmits.push_back((server, datagram));
         }
@@ -552,7 +553,7 @@ impl Transport {
             .map_err(|e| e.to_string())
             .and_then(|plain| srtp.local.encrypt_rtcp(&plain).map_err(|e| e.to_string()));
         match encrypted {
-            Ok(datagram) => self.send(datagram),
+            Ok(datagram) => self.send(datagram.freeze()),
             Err(e) => tracing::debug!(error = %e, "RTCP"),
         }
     }
@@ -602,7 +603,7 @@ impl Transport {
             match built {
                 Ok(()) => self
                     .transmits
-                    .push_back((target, BytesMut::from(&message.raw[..]))),
+                    .push_back((target, Bytes::copy_from_slice(&message.raw))),
                 Err(e) => tracing::debug!(error = %e, "STUN request"),
             }
         }

@@ -14,10 +14,11 @@
 
 use super::receive_engine::EngineConn;
 use super::{
-    add_local_tracks, build_pc, default_udp_addr, engine_bind_addr, lock, video_to_publish,
-    ClientError, ClientOptions, ConnectionStates, Handler, RtcpSentStats, Shared, LEAVE_TIMEOUT,
+    build_pc, default_udp_addr, engine_bind_addr, local_tracks, lock, open_publisher,
+    video_to_publish, ClientError, ClientOptions, ConnectionStates, Handler, PublisherConn,
+    RtcpSentStats, Shared, LEAVE_TIMEOUT,
 };
-use crate::media::{self, LocalTrack, SentTrackStats};
+use crate::media::{LocalTrack, SentTrackStats};
 use crate::stats::{offered_tracks, ReceivedTrackStats};
 use chorus_signal::protocol::Target;
 use rtc::rtp_transceiver::rtp_sender::RtpCodecKind;
@@ -111,50 +112,59 @@ impl WhipSession {
         let url = endpoint_url(&opts.url)?;
         let video = video_to_publish(&opts)?;
         let shared = detached_shared(0);
-        let mut engine = MediaEngine::default();
-        engine.register_codec(media::opus_codec(), RtpCodecKind::Audio)?;
-        engine.register_codec(media::video_codec_for(video.as_ref()), RtpCodecKind::Video)?;
-        let pc = build_pc(
-            engine,
+        let stream_id = format!("whip-{:08x}", rand::random::<u32>());
+        let local_tracks = local_tracks(&opts, video.as_ref());
+        if local_tracks.is_empty() {
+            return Err(ClientError::Protocol("WHIP needs audio or video".into()));
+        }
+        let (publisher, pending) = open_publisher(
+            &opts,
+            &url,
             &[],
             &udp_addr(&opts, &url),
-            Handler {
-                target: Target::Publisher,
-                shared: Arc::clone(&shared),
-            },
-            Arc::clone(&shared.rtcp_sent),
-            crate::impair::Impairment::default(),
+            video,
+            &local_tracks,
+            &stream_id,
+            &shared,
         )
         .await?;
-        let stream_id = format!("whip-{:08x}", rand::random::<u32>());
-        let setup = async {
-            let (local_tracks, pending) =
-                add_local_tracks(&pc, &opts, video, &stream_id, &shared).await?;
-            if local_tracks.is_empty() {
-                return Err(ClientError::Protocol("WHIP needs audio or video".into()));
-            }
-            let (answer, resource) =
-                negotiate(WhipKind::Publish, &pc, &shared, &url, &opts).await?;
-            pc.set_remote_description(RTCSessionDescription::answer(answer)?)
-                .await?;
-            shared.states.send_modify(|s| s.publisher_answered = true);
-            pending.start(&shared);
-            Ok((local_tracks, resource))
+        let session = |resource, conn| Self {
+            kind: WhipKind::Publish,
+            resource,
+            token: opts.token.clone(),
+            timeout: opts.join_timeout,
+            shared: Arc::clone(&shared),
+            conn,
+            local_tracks: local_tracks.clone(),
         };
-        match setup.await {
-            Ok((local_tracks, resource)) => Ok(Self {
-                kind: WhipKind::Publish,
-                resource,
-                token: opts.token,
-                timeout: opts.join_timeout,
-                shared,
-                conn: Conn::Own(pc),
-                local_tracks,
-            }),
-            Err(e) => {
-                close_quietly(&shared, &pc).await;
-                Err(e)
+        match (publisher, pending) {
+            (PublisherConn::Engine(conn), _) => {
+                // The engine's offer is complete (host candidate, no gathering to wait for).
+                let offer = conn.offer().await?;
+                let (answer, resource) = post_offer(WhipKind::Publish, offer, &url, &opts).await?;
+                conn.apply_answer(answer).await?;
+                shared.states.send_modify(|s| s.publisher_answered = true);
+                Ok(session(resource, Conn::Engine(conn)))
             }
+            (PublisherConn::Own(pc), Some(pending)) => {
+                let setup = async {
+                    let (answer, resource) =
+                        negotiate(WhipKind::Publish, &pc, &shared, &url, &opts).await?;
+                    pc.set_remote_description(RTCSessionDescription::answer(answer)?)
+                        .await?;
+                    shared.states.send_modify(|s| s.publisher_answered = true);
+                    pending.start(&shared);
+                    Ok(resource)
+                };
+                match setup.await {
+                    Ok(resource) => Ok(session(resource, Conn::Own(pc))),
+                    Err(e) => {
+                        close_quietly(&shared, &pc).await;
+                        Err(e)
+                    }
+                }
+            }
+            _ => Err(ClientError::Protocol("no publisher connection".into())),
         }
     }
 

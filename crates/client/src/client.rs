@@ -1,7 +1,7 @@
 //! The [`Client`]: signaling, the two peer connections, media tasks and receive accounting.
 
+pub mod engine;
 mod publisher;
-pub mod receive_engine;
 mod receiver;
 mod transport;
 pub mod whip;
@@ -15,10 +15,10 @@ use chorus_signal::protocol::{
     ClientMessage, ErrorCode, IceCandidate, IceServer, ParticipantInfo, Quality, ServerMessage,
     Target, TrackKind, PROTOCOL_VERSION,
 };
+use engine::EngineConn;
+pub use engine::SharedEngine;
 use futures::{SinkExt, StreamExt};
 use publisher::{LoopSource, PublishLayer, PublishTrack};
-use receive_engine::EngineConn;
-pub use receive_engine::ReceiveEngine;
 use rtc::rtp_transceiver::rtp_sender::RTCRtpHeaderExtensionCapability;
 use rtc::rtp_transceiver::rtp_sender::RtpCodecKind;
 use std::collections::BTreeMap;
@@ -148,11 +148,13 @@ pub struct ClientOptions {
     pub udp_addr: Option<String>,
     /// Limit for connecting the WebSocket and receiving `joined`.
     pub join_timeout: Duration,
-    /// Run the subscriber connection on this shared engine (a lean receive-only endpoint
-    /// built from webrtc-rs's STUN, DTLS and SRTP parts, one thread for many clients) instead
-    /// of on an async connection of its own: what the load bots do, so that receiving costs a
-    /// fraction of the CPU. Host candidates only; the data channel is never opened.
-    pub receive_engine: Option<ReceiveEngine>,
+    /// Run the connections on this shared engine (lean endpoints built from webrtc-rs's STUN,
+    /// DTLS and SRTP parts, one thread for many clients) instead of on async connections of
+    /// their own: what the load bots do, so that a bot costs a fraction of the CPU. The
+    /// subscriber connection always moves there; the publisher connection does when every
+    /// source is pre-encoded (a clip, silence, cheap mode), since live encoders run on the
+    /// async path. Host candidates only; the data channel is never opened.
+    pub engine: Option<SharedEngine>,
 }
 
 impl ClientOptions {
@@ -183,7 +185,7 @@ impl Default for ClientOptions {
             impairment: crate::impair::Impairment::default(),
             udp_addr: None,
             join_timeout: Duration::from_secs(10),
-            receive_engine: None,
+            engine: None,
         }
     }
 }
@@ -477,7 +479,7 @@ impl Arrival {
 }
 
 /// Accounts one remote track's packets ([`ReceivedTrackStats`], capture latency, the optional
-/// decode check); shared by the async connection and the [`ReceiveEngine`].
+/// decode check); shared by the async connection and the [`SharedEngine`].
 struct TrackReader {
     entry: Arc<Mutex<ReceivedTrackStats>>,
     decode: Option<crate::decode::DecodeCheck>,
@@ -738,7 +740,7 @@ impl Client {
             })
             .collect();
 
-        let subscriber = Arc::new(match &opts.receive_engine {
+        let subscriber = Arc::new(match &opts.engine {
             Some(engine) => {
                 let bind = engine_bind_addr(&url, opts.udp_addr.as_deref()).await?;
                 SubscriberConn::Engine(
@@ -1125,7 +1127,7 @@ async fn open_publisher(
     if local_tracks.is_empty() {
         return Ok((PublisherConn::None, None));
     }
-    if let Some(engine) = &opts.receive_engine {
+    if let Some(engine) = &opts.engine {
         if let Some(tracks) = publish_loops(opts, video.as_ref(), local_tracks, stream_id) {
             let bind = engine_bind_addr(url, opts.udp_addr.as_deref()).await?;
             let conn = engine
@@ -1578,7 +1580,7 @@ async fn add_candidate(pc: &Arc<dyn PeerConnection>, init: RTCIceCandidateInit) 
 }
 
 /// The publisher connection: an async connection of its own, one on a shared
-/// [`ReceiveEngine`], or none when there is nothing to publish.
+/// [`SharedEngine`], or none when there is nothing to publish.
 enum PublisherConn {
     None,
     Own(Arc<dyn PeerConnection>),
@@ -1632,7 +1634,7 @@ impl PublisherConn {
 }
 
 /// The subscriber connection: an async connection of its own, or one on a shared
-/// [`ReceiveEngine`].
+/// [`SharedEngine`].
 enum SubscriberConn {
     Own(Arc<dyn PeerConnection>),
     Engine(EngineConn),

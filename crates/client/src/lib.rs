@@ -10,10 +10,11 @@
 //!   frames, RFC 3550 jitter, freezes, and capture-to-arrival latency from the capture stamp every
 //!   sent frame carries, see [`capture_clock`]).
 //!
-//! A [`ReceiveEngine`] runs many clients' subscriber connections in one thread, each a lean
-//! receive-only endpoint built from webrtc-rs's STUN, DTLS and SRTP parts
-//! ([`ClientOptions::receive_engine`]): what the load bots do, so that receiving costs a
-//! third of an async connection per client.
+//! A [`SharedEngine`] runs many clients' connections in one thread ([`ClientOptions::engine`]):
+//! subscriber connections as a lean receive-only endpoint each, and publisher connections of
+//! pre-encoded (looped) media as a lean send-only endpoint each, built from webrtc-rs's STUN,
+//! DTLS and SRTP parts. That is what the load bots do, so that a bot costs a fraction of the
+//! CPU the server spends on it.
 //!
 //! [`WhipSession`] publishes the same media over WHIP, or plays a publisher over WHEP into the
 //! same [`ReceivedTrackStats`], with one HTTP exchange per session instead of the WebSocket.
@@ -52,10 +53,10 @@ pub mod stats;
 mod vp9;
 pub mod vpx;
 
-pub use client::receive_engine::RECEIVE_ENGINE_THREAD;
+pub use client::engine::ENGINE_THREAD;
 pub use client::whip::{WhipKind, WhipSession};
 pub use client::{
-    Client, ClientError, ClientOptions, ConnectionStates, ReceiveEngine, RtcpSentStats,
+    Client, ClientError, ClientOptions, ConnectionStates, RtcpSentStats, SharedEngine,
 };
 pub use impair::Impairment;
 pub use media::{

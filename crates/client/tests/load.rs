@@ -39,7 +39,7 @@ async fn one_publisher_three_subscribers_on_loopback() {
     fanout_1x3("shared").await;
 }
 
-/// The same with every bot on an async connection of its own (`--receive per-bot`).
+/// The same with every bot on async connections of its own (`--engine per-bot`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_publisher_three_subscribers_with_connections_of_their_own() {
     fanout_1x3("per-bot").await;
@@ -64,7 +64,7 @@ async fn fanout_1x3(receive: &str) {
             .args(["--run", "r", "--no-progress"])
             .args(["--max-loss", "0", "--max-join-p95-ms", "5000"])
             .args(["--max-latency-p95-ms", "1000"])
-            .args(["--receive", receive])
+            .args(["--engine", receive])
             .output(),
     )
     .await
@@ -114,8 +114,8 @@ async fn fanout_1x3(receive: &str) {
     assert!(num(&r, "/server/packets_out_per_s") > 100.0, "{stdout}");
     assert!(num(&r, "/server/rss_mb_max") > 0.0, "{stdout}");
     assert!(num(&r, "/bots/rss_mb_max") > 0.0, "{stdout}");
-    // The shared receive engine's own CPU is reported, and only when there is one.
-    let receive_cpu = r["bots"]["steady_receive_cpu_percent"].as_f64();
+    // The shared engine's own CPU is reported, and only when there is one.
+    let receive_cpu = r["bots"]["steady_engine_cpu_percent"].as_f64();
     match receive {
         "shared" => assert!(receive_cpu.is_some_and(|c| c > 0.0), "{stdout}"),
         _ => assert_eq!(receive_cpu, None, "{stdout}"),

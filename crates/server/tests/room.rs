@@ -7,7 +7,7 @@ mod common;
 use std::time::Duration;
 
 use chorus_client::{
-    Client, ClientOptions, ReceiveEngine, ReceivedTrackStats, ServerMessage, TrackKind,
+    Client, ClientOptions, ReceivedTrackStats, ServerMessage, SharedEngine, TrackKind,
 };
 
 const T: Duration = Duration::from_secs(20);
@@ -69,21 +69,23 @@ async fn three_participants_exchange_media_and_a_leave_renegotiates() {
     three_participants(None).await;
 }
 
-/// The same call with every subscriber connection on one shared receive engine (the load
-/// bots' way): alice and bob on its shared loopback socket, carol on a socket of her own.
+/// The same call with every connection on one shared engine (the load bots' way): the
+/// subscriber connections as lean receivers, the publisher connections (the default media is
+/// looped: silence and the built-in clip) as lean publishers; alice and bob on its shared
+/// loopback socket, carol on sockets of her own.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn subscribers_on_a_shared_receive_engine() {
-    three_participants(Some(ReceiveEngine::start().expect("engine starts"))).await;
+async fn everyone_on_a_shared_engine() {
+    three_participants(Some(SharedEngine::start().expect("engine starts"))).await;
 }
 
-async fn three_participants(engine: Option<ReceiveEngine>) {
+async fn three_participants(engine: Option<SharedEngine>) {
     let srv = common::server().await;
     let base = srv.base_url();
     let room = common::room();
     let url = format!("ws://{}/ws", srv.http_addr);
     let join = |id: &str, udp_addr: Option<&str>| {
         let opts = ClientOptions {
-            receive_engine: engine.clone(),
+            engine: engine.clone(),
             udp_addr: udp_addr.map(str::to_owned),
             ..ClientOptions::new(url.clone(), common::token(&room, id))
         };

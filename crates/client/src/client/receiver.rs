@@ -1,5 +1,5 @@
 //! [`Receiver`]: a receive-only WebRTC endpoint, sans-IO, for the
-//! [`ReceiveEngine`](super::ReceiveEngine).
+//! [`SharedEngine`](super::SharedEngine).
 //!
 //! A subscribing bot answers the server's offer (or, playing over WHEP, makes the offer and
 //! applies the answer), checks connectivity, runs the DTLS handshake, decrypts SRTP and sends

@@ -515,7 +515,7 @@ impl Transport {
         if self.next_check.is_some_and(|at| at <= now) {
             self.check(now);
         }
-        if let Some(server) = self.selected {
+        if let Some(server) = self.selected.filter(|_| self.srtp.is_none()) {
             if self.dtls.poll_timeout(&server).is_some_and(|at| at <= now) {
                 if let Err(e) = self.dtls.handle_timeout(server, now) {
                     tracing::debug!(error = %e, "DTLS handshake timed out");
@@ -528,7 +528,12 @@ impl Transport {
 
     /// The earliest instant [`Self::handle_timeout`] has work at.
     pub(super) fn poll_timeout(&self) -> Option<Instant> {
-        let dtls = self.selected.and_then(|s| self.dtls.poll_timeout(&s));
+        // The handshake's retransmission timer; none once it is complete (the per-pass cost
+        // of asking would be paid by every connection for nothing).
+        let dtls = self
+            .selected
+            .filter(|_| self.srtp.is_none())
+            .and_then(|s| self.dtls.poll_timeout(&s));
         [self.next_check, dtls].into_iter().flatten().min()
     }
 

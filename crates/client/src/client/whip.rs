@@ -12,7 +12,7 @@
 //! The HTTP client is a minimal HTTP/1.1 one over a plain TCP connection (`http://` only, one
 //! request per connection).
 
-use super::receive_engine::EngineConn;
+use super::engine::EngineConn;
 use super::{
     build_pc, default_udp_addr, engine_bind_addr, local_tracks, lock, open_publisher,
     video_to_publish, ClientError, ClientOptions, ConnectionStates, Handler, PublisherConn,
@@ -73,7 +73,7 @@ pub struct WhipSession {
 }
 
 /// The session's peer connection: an async one of its own, or (WHEP with
-/// [`ClientOptions::receive_engine`]) one on a shared [`ReceiveEngine`](super::ReceiveEngine).
+/// [`ClientOptions::engine`]) one on a shared [`SharedEngine`](super::SharedEngine).
 enum Conn {
     Own(Arc<dyn PeerConnection>),
     Engine(EngineConn),
@@ -177,7 +177,7 @@ impl WhipSession {
     pub async fn play(opts: ClientOptions) -> Result<Self, ClientError> {
         let url = endpoint_url(&opts.url)?;
         let shared = detached_shared(opts.decode_sample);
-        if let Some(engine) = &opts.receive_engine {
+        if let Some(engine) = &opts.engine {
             let bind = engine_bind_addr(&url, opts.udp_addr.as_deref()).await?;
             let conn = engine
                 .open(Arc::clone(&shared), bind, opts.impairment)

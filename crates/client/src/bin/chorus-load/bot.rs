@@ -3,7 +3,7 @@
 
 use chorus_client::{
     AudioSource, Client, ClientError, ClientOptions, ConnectionStates, Impairment, Quality,
-    RTCPeerConnectionState, ReceiveEngine, ReceivedTrackStats, RtcpSentStats, SentTrackStats,
+    RTCPeerConnectionState, ReceivedTrackStats, RtcpSentStats, SentTrackStats, SharedEngine,
     TrackKind, VideoSource, WhipKind, WhipSession,
 };
 use std::collections::BTreeMap;
@@ -75,8 +75,8 @@ pub struct BotSpec {
     pub decode_sample: u32,
     /// Receive-side impairment.
     pub impairment: Impairment,
-    /// Where WebSocket bots run their subscriber connection (`None`: their own).
-    pub receive_engine: Option<ReceiveEngine>,
+    /// Where WebSocket bots run their connections (`None`: their own).
+    pub engine: Option<SharedEngine>,
 }
 
 /// Counters every bot adds its deltas to, for the live view.
@@ -289,7 +289,7 @@ pub async fn run(
         quality: spec.quality,
         // Listeners join with the microphone off, as in a large call.
         audio_muted: spec.muted,
-        receive_engine: spec.receive_engine.clone(),
+        engine: spec.engine.clone(),
         ..ClientOptions::new(spec.ws_url.clone(), spec.token.clone())
     };
     let join_sent = Instant::now();

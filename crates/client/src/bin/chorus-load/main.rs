@@ -17,7 +17,7 @@ mod scenario;
 use anyhow::{bail, Context};
 use bot::{BotResult, BotSpec, Live, Role};
 use chorus_client::generate::{encode_audio_loop, encode_video_loop, GeneratedVideo};
-use chorus_client::{AudioSource, Impairment, ReceiveEngine, VideoSource};
+use chorus_client::{AudioSource, Impairment, SharedEngine, VideoSource};
 use chorus_signal::auth::{claims, mint, Grants};
 use clap::Parser;
 use report::{Limits, Report, RoomMedia, Sample, ServerReport};
@@ -167,16 +167,17 @@ struct Args {
     /// one core at most). Default: one per core.
     #[arg(long)]
     threads: Option<usize>,
-    /// How WebSocket bots receive: `shared` runs every bot's subscriber connection on one
-    /// engine thread (a lean receive-only endpoint each; a third of the CPU), `per-bot` gives
-    /// each bot an async connection of its own (as `chorus_client::Client` does by default).
-    #[arg(long, value_enum, default_value_t = Receive::Shared)]
-    receive: Receive,
+    /// Where bots run their connections: `shared` puts every bot's subscriber connection, and
+    /// its publisher connection when it loops pre-encoded media, on one engine thread (a lean
+    /// endpoint each, a fraction of the CPU); `per-bot` gives each bot async connections of its
+    /// own (as `chorus_client::Client` does by default). `--receive` is the old name.
+    #[arg(long, alias = "receive", value_enum, default_value_t = EngineMode::Shared)]
+    engine: EngineMode,
 }
 
-/// See [`Args::receive`].
+/// See [`Args::engine`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-enum Receive {
+enum EngineMode {
     Shared,
     PerBot,
 }
@@ -545,8 +546,8 @@ struct Ctx {
     leave: watch::Receiver<bool>,
     next_id: AtomicU64,
     media: MediaPlan,
-    /// The shared receive engine (`--receive shared`).
-    receive_engine: Option<ReceiveEngine>,
+    /// The shared engine (`--engine shared`).
+    engine: Option<SharedEngine>,
 }
 
 impl Ctx {
@@ -608,7 +609,7 @@ impl Ctx {
                 loss_percent: self.scenario.impairment.loss_percent,
                 jitter: Duration::from_millis(u64::from(self.scenario.impairment.jitter_ms)),
             },
-            receive_engine: self.receive_engine.clone(),
+            engine: self.engine.clone(),
         })
     }
 
@@ -785,9 +786,11 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         leave: leave_rx,
         next_id: AtomicU64::new(0),
         media,
-        receive_engine: match args.receive {
-            Receive::Shared => Some(ReceiveEngine::start().context("starting the receive engine")?),
-            Receive::PerBot => None,
+        engine: match args.engine {
+            EngineMode::Shared => {
+                Some(SharedEngine::start().context("starting the shared engine")?)
+            }
+            EngineMode::PerBot => None,
         },
         args,
     });
@@ -935,10 +938,10 @@ async fn run(args: Args) -> anyhow::Result<bool> {
                 bots.steady_cpu_percent = Some((cpu * 100.0).round() / 100.0);
                 bots.cpu_ratio_to_server = (srv.cpu_percent > 0.0)
                     .then(|| (cpu / srv.cpu_percent * 100.0).round() / 100.0);
-                if let (Some(r0), Some(r1)) = (a.1.receive_cpu_seconds, b.1.receive_cpu_seconds) {
+                if let (Some(r0), Some(r1)) = (a.1.engine_cpu_seconds, b.1.engine_cpu_seconds) {
                     let cpu = (r1 - r0) * 100.0 / window;
-                    bots.steady_receive_cpu_percent = Some((cpu * 100.0).round() / 100.0);
-                    bots.receive_cpu_ratio_to_server = (srv.cpu_percent > 0.0)
+                    bots.steady_engine_cpu_percent = Some((cpu * 100.0).round() / 100.0);
+                    bots.engine_cpu_ratio_to_server = (srv.cpu_percent > 0.0)
                         .then(|| (cpu / srv.cpu_percent * 100.0).round() / 100.0);
                 }
             }
@@ -1050,8 +1053,8 @@ fn bots_report(probes: &Probes, bots: u64) -> report::BotsReport {
         cpu_percent_per_bot: (bots > 0).then(|| (cpu / bots as f64 * 1000.0).round() / 1000.0),
         steady_cpu_percent: None,
         cpu_ratio_to_server: None,
-        steady_receive_cpu_percent: None,
-        receive_cpu_ratio_to_server: None,
+        steady_engine_cpu_percent: None,
+        engine_cpu_ratio_to_server: None,
     }
 }
 

@@ -88,14 +88,14 @@ pub struct SelfSample {
     pub cpu_seconds: f64,
     /// `VmRSS` from `/proc/self/status`.
     pub rss_bytes: f64,
-    /// CPU seconds of the receive engine's thread (`chorus-rx`), where there is one.
-    pub receive_cpu_seconds: Option<f64>,
+    /// CPU seconds of the shared engine's thread (`chorus-engine`), where there is one.
+    pub engine_cpu_seconds: Option<f64>,
 }
 
 /// Reads `/proc/self`; zeros where unavailable (non-Linux).
 pub fn self_sample() -> SelfSample {
     let mut s = proc_sample("self").unwrap_or_default();
-    s.receive_cpu_seconds = thread_cpu_seconds(chorus_client::RECEIVE_ENGINE_THREAD);
+    s.engine_cpu_seconds = thread_cpu_seconds(chorus_client::ENGINE_THREAD);
     s
 }
 
@@ -134,7 +134,7 @@ pub fn proc_sample(pid: &str) -> Option<SelfSample> {
     Some(SelfSample {
         cpu_seconds,
         rss_bytes,
-        receive_cpu_seconds: None,
+        engine_cpu_seconds: None,
     })
 }
 

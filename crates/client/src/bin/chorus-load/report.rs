@@ -188,13 +188,14 @@ pub struct BotsReport {
     /// costs the load generator.
     #[serde(default)]
     pub cpu_ratio_to_server: Option<f64>,
-    /// Of [`steady_cpu_percent`](Self::steady_cpu_percent), what the shared receive engine's
-    /// thread spent: every subscriber connection's receiving (`--receive shared`).
+    /// Of [`steady_cpu_percent`](Self::steady_cpu_percent), what the shared engine's thread
+    /// spent: every connection on it, receiving and (looped media) publishing
+    /// (`--engine shared`).
     #[serde(default)]
-    pub steady_receive_cpu_percent: Option<f64>,
-    /// The receive engine's steady-state CPU over the server's.
+    pub steady_engine_cpu_percent: Option<f64>,
+    /// The shared engine's steady-state CPU over the server's.
     #[serde(default)]
-    pub receive_cpu_ratio_to_server: Option<f64>,
+    pub engine_cpu_ratio_to_server: Option<f64>,
 }
 
 /// One point of the timeline (every second).
@@ -636,10 +637,10 @@ pub fn table(report: &Report) -> String {
         report.bots.rss_mb_max,
         report.bots.bots
     );
-    if let Some(cpu) = report.bots.steady_receive_cpu_percent {
+    if let Some(cpu) = report.bots.steady_engine_cpu_percent {
         s += &format!(
-            "bots' receiving (shared engine thread): {cpu:.1}% of a core in the steady window ({} x the server's)\n",
-            opt(report.bots.receive_cpu_ratio_to_server, "")
+            "bots' shared engine thread: {cpu:.1}% of a core in the steady window ({} x the server's)\n",
+            opt(report.bots.engine_cpu_ratio_to_server, "")
         );
     }
     for l in &report.overall.layers_out {

@@ -1,13 +1,16 @@
-//! [`ReceiveEngine`]: many clients' subscriber connections driven by one thread.
+//! [`SharedEngine`]: many clients' connections driven by one thread.
 //!
-//! A connection of the async `webrtc` crate pays, for every received packet, a socket wake-up,
-//! a task switch and its driver's queues: a receiving bot cost more CPU than the server spent
-//! forwarding to it. Here one thread waits on every connection's socket at once (epoll, through
-//! `mio`), reads each ready socket's queue with one `recvmmsg` (`quinn-udp`), and hands each
-//! datagram to its connection's [`Receiver`](super::receiver::Receiver), a receive-only
-//! endpoint built from webrtc-rs's STUN, DTLS and SRTP parts — the same shape as the server's
-//! engine. The accounting of received packets ([`ReceivedTrackStats`](crate::ReceivedTrackStats))
-//! is the client's own, shared with the async path.
+//! A connection of the async `webrtc` crate pays, for every packet, a socket wake-up, a task
+//! switch and its driver's queues: a bot cost more CPU than the server spent on it. Here one
+//! thread waits on every connection's socket at once (epoll, through `mio`), reads each ready
+//! socket's queue with one `recvmmsg` (`quinn-udp`), and hands each datagram to its
+//! connection's endpoint, sans-IO, built from webrtc-rs's STUN, DTLS and SRTP parts — the same
+//! shape as the server's engine: a [`Receiver`](super::receiver::Receiver) for a subscriber
+//! connection (or WHEP player), a [`Publisher`](super::publisher::Publisher) for a publisher
+//! connection (or WHIP publisher) of looped media, whose frames the thread paces by the
+//! endpoints' timers. The accounting of received packets
+//! ([`ReceivedTrackStats`](crate::ReceivedTrackStats)) and sent frames is the client's own,
+//! shared with the async path.
 //!
 //! The server tells participants apart by address, so every connection needs one of its own.
 //! Toward a loopback server, connections share one socket bound to the wildcard address and each
@@ -51,22 +54,22 @@ const LOOPBACK_RECV_BUFFER: usize = 16 << 20;
 /// since arrival times come from the kernel's receive timestamps.
 const MIN_PASS: Duration = Duration::from_millis(1);
 
-/// The name of a receive engine's thread (to find its CPU time in `/proc`).
-pub const RECEIVE_ENGINE_THREAD: &str = "chorus-rx";
+/// The name of a shared engine's thread (to find its CPU time in `/proc`).
+pub const ENGINE_THREAD: &str = "chorus-engine";
 
-/// A handle to a receive engine thread; clones share it. The thread ends when the last handle
+/// A handle to a shared engine thread; clones share it. The thread ends when the last handle
 /// (and with it every connection on it) is gone.
 ///
-/// Give it to [`ClientOptions::receive_engine`](super::ClientOptions::receive_engine) to run a
-/// client's subscriber connection here instead of on a connection of its own.
+/// Give it to [`ClientOptions::engine`](super::ClientOptions::engine) to run a
+/// client's connections here instead of on async connections of their own.
 #[derive(Clone)]
-pub struct ReceiveEngine {
+pub struct SharedEngine {
     inner: Arc<Inner>,
 }
 
-impl std::fmt::Debug for ReceiveEngine {
+impl std::fmt::Debug for SharedEngine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ReceiveEngine").finish_non_exhaustive()
+        f.debug_struct("SharedEngine").finish_non_exhaustive()
     }
 }
 
@@ -121,9 +124,9 @@ enum Command {
     },
 }
 
-impl ReceiveEngine {
+impl SharedEngine {
     /// Starts the engine's thread.
-    pub fn start() -> io::Result<ReceiveEngine> {
+    pub fn start() -> io::Result<SharedEngine> {
         let poll = Poll::new()?;
         let waker = Waker::new(poll.registry(), WAKE)?;
         let (commands, rx) = std::sync::mpsc::channel();
@@ -141,9 +144,9 @@ impl ReceiveEngine {
             metas: [RecvMeta::default(); BATCH_SIZE],
         };
         std::thread::Builder::new()
-            .name(RECEIVE_ENGINE_THREAD.into())
+            .name(ENGINE_THREAD.into())
             .spawn(move || engine.run())?;
-        Ok(ReceiveEngine {
+        Ok(SharedEngine {
             inner: Arc::new(Inner { commands, waker }),
         })
     }
@@ -203,10 +206,10 @@ impl ReceiveEngine {
     }
 }
 
-/// One connection on a [`ReceiveEngine`]; dropping it closes the connection.
+/// One connection on a [`SharedEngine`]; dropping it closes the connection.
 pub(super) struct EngineConn {
     id: u64,
-    engine: ReceiveEngine,
+    engine: SharedEngine,
 }
 
 impl EngineConn {
@@ -294,7 +297,7 @@ impl Engine {
                 .map(|(at, _)| at.saturating_duration_since(Instant::now()));
             if let Err(e) = self.poll.poll(&mut events, timeout) {
                 if e.kind() != io::ErrorKind::Interrupted {
-                    tracing::error!(error = %e, "receive engine cannot wait for sockets");
+                    tracing::error!(error = %e, "shared engine cannot wait for sockets");
                     return;
                 }
             }

@@ -155,6 +155,10 @@ pub struct ClientOptions {
     /// source is pre-encoded (a clip, silence, cheap mode), since live encoders run on the
     /// async path. Host candidates only; the data channel is never opened.
     pub engine: Option<SharedEngine>,
+    /// Deliver server messages to [`Client::next_event`] (the default). A client that never
+    /// reads them (the load bots) turns this off: unread messages would queue without limit,
+    /// a renegotiation offer for every change in the room.
+    pub events: bool,
 }
 
 impl ClientOptions {
@@ -186,6 +190,7 @@ impl Default for ClientOptions {
             udp_addr: None,
             join_timeout: Duration::from_secs(10),
             engine: None,
+            events: true,
         }
     }
 }
@@ -793,7 +798,7 @@ impl Client {
                 shared: Arc::clone(&shared),
                 publisher: Arc::clone(&publisher),
                 subscriber: Arc::clone(&subscriber),
-                events: events_tx,
+                events: opts.events.then_some(events_tx),
                 pending_media: pending,
                 pending_publisher: Vec::new(),
                 pending_subscriber: Vec::new(),
@@ -860,7 +865,8 @@ impl Client {
     /// and pongs (the client handles those). SDP offers and answers are delivered after the
     /// client has applied them. `None` once the signaling connection is closed and drained.
     ///
-    /// Messages queue without limit until read.
+    /// Messages queue without limit until read; a client that never reads them turns
+    /// [`ClientOptions::events`] off, and then this returns `None` at once.
     pub async fn next_event(&mut self) -> Option<ServerMessage> {
         self.events.recv().await
     }
@@ -1441,7 +1447,8 @@ struct SignalingContext {
     shared: Arc<Shared>,
     publisher: Arc<PublisherConn>,
     subscriber: Arc<SubscriberConn>,
-    events: mpsc::UnboundedSender<ServerMessage>,
+    /// Where server messages go; `None` when [`ClientOptions::events`] is off.
+    events: Option<mpsc::UnboundedSender<ServerMessage>>,
     pending_media: Option<PendingMedia>,
     /// Remote candidates that arrived before the connection's remote description.
     pending_publisher: Vec<RTCIceCandidateInit>,
@@ -1472,11 +1479,14 @@ async fn read_signaling(
         if let Err(e) = ctx.handle(&msg).await {
             tracing::warn!(error = %e, "handling a server message failed");
         }
-        if !matches!(
-            msg,
-            ServerMessage::Candidate { .. } | ServerMessage::Pong { .. }
+        if let (Some(events), false) = (
+            &ctx.events,
+            matches!(
+                msg,
+                ServerMessage::Candidate { .. } | ServerMessage::Pong { .. }
+            ),
         ) {
-            let _ = ctx.events.send(msg);
+            let _ = events.send(msg);
         }
     }
 }

@@ -150,6 +150,40 @@ async fn three_participants(engine: Option<SharedEngine>) {
     srv.shutdown(Duration::from_secs(2)).await;
 }
 
+/// A client that does not take events (the load bots) still joins, publishes and receives, and
+/// queues nothing: `next_event` ends at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_without_events_queues_none() {
+    let srv = common::server().await;
+    let room = common::room();
+    let url = format!("ws://{}/ws", srv.http_addr);
+    let mut quiet = Client::join(ClientOptions {
+        events: false,
+        ..ClientOptions::new(url.clone(), common::token(&room, "quiet"))
+    })
+    .await
+    .expect("join");
+    let other = Client::join(ClientOptions::new(url, common::token(&room, "other")))
+        .await
+        .expect("join");
+    let publishers = [other.participant_id().to_owned()];
+    let ids: Vec<&str> = publishers.iter().map(String::as_str).collect();
+    quiet
+        .wait_until(T, |c| receives_all(c, &ids, 50))
+        .await
+        .expect("media without events");
+    quiet.wait_connected(T).await.expect("connected");
+    assert!(quiet.next_event().await.is_none());
+    assert_eq!(
+        quiet.participants().len(),
+        1,
+        "room state is kept all the same"
+    );
+    quiet.leave().await;
+    other.leave().await;
+    srv.shutdown(Duration::from_secs(2)).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn manual_subscription_and_mute_are_per_track() {
     let srv = common::server().await;

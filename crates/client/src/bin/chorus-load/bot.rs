@@ -290,6 +290,8 @@ pub async fn run(
         // Listeners join with the microphone off, as in a large call.
         audio_muted: spec.muted,
         engine: spec.engine.clone(),
+        // Bots watch states and counters, never the event stream: nothing may queue there.
+        events: false,
         ..ClientOptions::new(spec.ws_url.clone(), spec.token.clone())
     };
     let join_sent = Instant::now();

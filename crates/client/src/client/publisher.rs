@@ -426,6 +426,12 @@ impl Publisher {
                     track.accepted = true;
                     track.payload_type = section.payload_type.unwrap_or(track.payload_type);
                     track.extensions = section.extensions;
+                    tracing::debug!(
+                        mid,
+                        payload_type = track.payload_type,
+                        extensions = ?track.extensions,
+                        "publisher section answered"
+                    );
                 }
                 None => track.accepted = false,
             }

@@ -54,10 +54,14 @@ async fn fanout_1x3(receive: &str) {
         "rooms = 1\npublishers = 1\nsubscribers = 3\nduration = \"4s\"\nramp_up = 20.0\n",
     )
     .expect("write scenario");
+    let mut cmd = load();
+    if receive == "shared" {
+        // The scenario as a flag, the form the load tool's docs show.
+        cmd.arg("--scenario");
+    }
     let out = tokio::time::timeout(
         Duration::from_secs(60),
-        load()
-            .arg(&scenario)
+        cmd.arg(&scenario)
             .args(["--url", &srv.base_url()])
             .arg("--results-dir")
             .arg(&dir)

@@ -47,7 +47,15 @@ const EXIT_THRESHOLD: i32 = 2;
 #[command(version, about)]
 struct Args {
     /// Scenario: a TOML file, or the name of one in `loadtest/scenarios/` (e.g. `fanout-1x50`).
-    scenario: String,
+    #[arg(
+        required_unless_present = "scenario_flag",
+        conflicts_with = "scenario_flag"
+    )]
+    scenario: Option<String>,
+    /// The scenario given as a flag (`--scenario loadtest/scenarios/fanout-1x50.toml`), the same
+    /// as the positional argument.
+    #[arg(long = "scenario", value_name = "SCENARIO")]
+    scenario_flag: Option<String>,
     /// Server base URL (signaling is `<url>/ws`; with `--protocol whip-whep`, `<url>/whip/<room>`
     /// and `<url>/whep/<room>`).
     #[arg(long, env = "CHORUS_LOAD_URL", default_value = "http://127.0.0.1:7880")]
@@ -184,11 +192,16 @@ enum EngineMode {
 
 impl Args {
     fn scenario(&self) -> anyhow::Result<Scenario> {
-        let direct = PathBuf::from(&self.scenario);
-        let path = if direct.exists() || self.scenario.ends_with(".toml") {
+        let name = self
+            .scenario
+            .as_deref()
+            .or(self.scenario_flag.as_deref())
+            .context("no scenario given")?;
+        let direct = PathBuf::from(name);
+        let path = if direct.exists() || name.ends_with(".toml") {
             direct
         } else {
-            PathBuf::from(format!("loadtest/scenarios/{}.toml", self.scenario))
+            PathBuf::from(format!("loadtest/scenarios/{name}.toml"))
         };
         let mut s = Scenario::load(&path)?;
         let mut overridden = Vec::new();

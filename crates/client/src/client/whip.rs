@@ -1,10 +1,12 @@
 //! WHIP ([RFC 9725](https://www.rfc-editor.org/rfc/rfc9725)) publishing and WHEP playback: one
 //! HTTP exchange per session, without trickle ICE.
 //!
-//! A [`WhipSession`] owns one peer connection. [`WhipSession::publish`] sends the same media a
-//! WebSocket [`Client`](super::Client) publishes (same tracks, same senders, same capture
-//! stamps); [`WhipSession::play`] receives with `recvonly` audio and video transceivers and
-//! accounts every packet in the same [`ReceivedTrackStats`] as a WebSocket subscriber. The
+//! A [`WhipSession`] owns one connection: an async peer connection, or, with
+//! [`ClientOptions::engine`], a lean endpoint on the shared engine (publishing needs
+//! pre-encoded media for that). [`WhipSession::publish`] sends the same media a WebSocket
+//! [`Client`](super::Client) publishes (same tracks, same capture stamps);
+//! [`WhipSession::play`] receives audio and video `recvonly` and accounts every packet in the
+//! same [`ReceivedTrackStats`] as a WebSocket subscriber. The
 //! offer is sent once ICE gathering is complete, `POST`ed as `application/sdp` with the token
 //! as a bearer token; the `201 Created` answer carries the SDP answer and the session's
 //! `Location`, which [`WhipSession::leave`] `DELETE`s.
@@ -72,8 +74,8 @@ pub struct WhipSession {
     local_tracks: Vec<Arc<LocalTrack>>,
 }
 
-/// The session's peer connection: an async one of its own, or (WHEP with
-/// [`ClientOptions::engine`]) one on a shared [`SharedEngine`](super::SharedEngine).
+/// The session's connection: an async one of its own, or (with [`ClientOptions::engine`]) one
+/// on a shared [`SharedEngine`](super::SharedEngine).
 enum Conn {
     Own(Arc<dyn PeerConnection>),
     Engine(EngineConn),
@@ -105,7 +107,7 @@ impl WhipSession {
     ///
     /// `opts.url` is the endpoint (`http://host:port/whip/<room>`), `opts.token` a token with
     /// the publish grant for that room. The media options (`publish_audio`, `publish_video`,
-    /// `video_source`, `video_clip`, `audio_source`, `udp_addr`) mean what they mean for
+    /// `video_source`, `video_clip`, `audio_source`, `udp_addr`, `engine`) mean what they mean for
     /// [`Client::join`](super::Client::join); `join_timeout` limits the HTTP exchange. Returns
     /// once the answer is applied; media flows as soon as the connection is up.
     pub async fn publish(opts: ClientOptions) -> Result<Self, ClientError> {

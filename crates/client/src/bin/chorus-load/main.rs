@@ -162,11 +162,11 @@ struct Args {
     max_loss: Option<f64>,
     /// Fail (exit 2) when the p95 join time (to first video frame, else first audio packet)
     /// exceeds this many milliseconds.
-    #[arg(long)]
+    #[arg(long, alias = "max-join-p95")]
     max_join_p95_ms: Option<f64>,
     /// Fail (exit 2) when the p95 capture-to-receive latency (video, else audio) exceeds this
     /// many milliseconds.
-    #[arg(long)]
+    #[arg(long, alias = "max-latency-p95")]
     max_latency_p95_ms: Option<f64>,
     /// No live progress line.
     #[arg(long)]

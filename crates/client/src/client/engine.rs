@@ -37,7 +37,7 @@ use tokio::sync::oneshot;
 
 use super::publisher::{self, PublishTrack};
 use super::receiver;
-use super::transport::Identity;
+use super::transport::{Identity, Transport};
 use super::{Arrival, ClientError, Shared};
 use crate::impair::Impairment;
 /// The waker's token; connections with sockets of their own use their id.
@@ -434,7 +434,9 @@ impl Engine {
                 }
                 Command::Candidate { id, init } => {
                     if let Some(conn) = self.conns.get_mut(&id) {
-                        conn.endpoint.add_candidate(now, &init.candidate);
+                        conn.endpoint
+                            .transport()
+                            .add_candidate(now, &init.candidate);
                     }
                     self.mark_dirty(id);
                 }
@@ -452,7 +454,7 @@ impl Engine {
                             }
                         }
                         // The DTLS close_notify (the socket lives until `conn` is dropped).
-                        conn.endpoint.close(now);
+                        conn.endpoint.transport().close(now);
                         conn.flush(self.loopback.as_ref());
                     }
                 }
@@ -675,24 +677,11 @@ impl Endpoint {
         }
     }
 
-    fn add_candidate(&mut self, now: Instant, candidate: &str) {
+    /// ICE, DTLS and SRTP: candidates, closing and failing are the transport's alone.
+    fn transport(&mut self) -> &mut Transport {
         match self {
-            Endpoint::Receive(rx) => rx.add_candidate(now, candidate),
-            Endpoint::Publish(tx) => tx.add_candidate(now, candidate),
-        }
-    }
-
-    fn close(&mut self, now: Instant) {
-        match self {
-            Endpoint::Receive(rx) => rx.close(now),
-            Endpoint::Publish(tx) => tx.close(now),
-        }
-    }
-
-    fn fail(&mut self) {
-        match self {
-            Endpoint::Receive(rx) => rx.fail(),
-            Endpoint::Publish(tx) => tx.fail(),
+            Endpoint::Receive(rx) => &mut rx.transport,
+            Endpoint::Publish(tx) => &mut tx.transport,
         }
     }
 }
@@ -727,7 +716,7 @@ impl Conn {
         if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(endpoint))).is_err() {
             tracing::error!(local = %self.local, "engine connection panicked on {what}; failing it");
             self.failed = true;
-            self.endpoint.fail();
+            self.endpoint.transport().fail();
         }
     }
 

@@ -288,7 +288,7 @@ struct Track {
 
 /// One publisher connection's endpoint.
 pub(super) struct Publisher {
-    transport: Transport,
+    pub(super) transport: Transport,
     tracks: Vec<Track>,
     cname: String,
     /// Transport-wide sequence number of the next packet.
@@ -439,21 +439,6 @@ impl Publisher {
         self.transport.set_remote(now, remote)?;
         self.answered = true;
         Ok(())
-    }
-
-    /// Adds a trickled server candidate.
-    pub(super) fn add_candidate(&mut self, now: Instant, candidate: &str) {
-        self.transport.add_candidate(now, candidate);
-    }
-
-    /// Closes the connection (DTLS close_notify).
-    pub(super) fn close(&mut self, now: Instant) {
-        self.transport.close(now);
-    }
-
-    /// Reports the connection failed and sends nothing more.
-    pub(super) fn fail(&mut self) {
-        self.transport.fail();
     }
 
     /// Handles one datagram from `from`.

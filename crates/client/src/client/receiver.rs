@@ -255,7 +255,7 @@ struct Held {
 
 /// One subscriber connection's endpoint.
 pub(super) struct Receiver {
-    transport: Transport,
+    pub(super) transport: Transport,
     shared: Arc<Shared>,
     impairment: Impairment,
     /// Our RTCP sender SSRC.
@@ -333,21 +333,6 @@ impl Receiver {
             .retain(|ssrc, _| parsed.streams.iter().any(|s| s.ssrc == *ssrc));
         self.offered = parsed.streams.iter().map(|s| (s.ssrc, s.clone())).collect();
         Ok(())
-    }
-
-    /// Adds a trickled server candidate (`candidate:...` attribute value).
-    pub(super) fn add_candidate(&mut self, now: Instant, candidate: &str) {
-        self.transport.add_candidate(now, candidate);
-    }
-
-    /// Closes the connection: a DTLS close_notify, if one was established.
-    pub(super) fn close(&mut self, now: Instant) {
-        self.transport.close(now);
-    }
-
-    /// Reports the connection failed and sends nothing more.
-    pub(super) fn fail(&mut self) {
-        self.transport.fail();
     }
 
     /// Handles one datagram from `from`, received at `arrival`.

@@ -37,8 +37,8 @@ use rtc::srtp::protection_profile::ProtectionProfile;
 use rtc::stun::attributes::ATTR_USERNAME;
 use rtc::stun::fingerprint::FINGERPRINT;
 use rtc::stun::integrity::MessageIntegrity;
-use rtc::stun::message::TransactionId;
 use rtc::stun::message::{Message, BINDING_REQUEST, BINDING_SUCCESS, CLASS_SUCCESS_RESPONSE};
+use rtc::stun::message::{Setter, TransactionId};
 use rtc::stun::textattrs::Username;
 use rtc::stun::xoraddr::XorMappedAddress;
 
@@ -380,25 +380,40 @@ impl Transport {
             tracing::debug!(%from, "STUN request with a bad integrity check");
             return;
         }
-        let mut response = Message::new();
-        let built = response.build(&[
-            Box::new(request.clone()),
-            Box::new(BINDING_SUCCESS),
-            Box::new(XorMappedAddress {
-                ip: from.ip(),
-                port: from.port(),
-            }),
-            Box::new(MessageIntegrity::new_short_term_integrity_with_provider(
-                self.pwd.clone(),
-                self.identity.crypto.crypto(),
-            )),
-            Box::new(FINGERPRINT),
-        ]);
+        let key = self.pwd.clone();
+        self.send_stun(
+            from,
+            &[
+                Box::new(request.clone()),
+                Box::new(BINDING_SUCCESS),
+                Box::new(XorMappedAddress {
+                    ip: from.ip(),
+                    port: from.port(),
+                }),
+            ],
+            key,
+        );
+    }
+
+    /// Queues a STUN message of `attributes` toward `to`, signed with `key` (short-term
+    /// message integrity) and fingerprinted.
+    fn send_stun(&mut self, to: SocketAddr, attributes: &[Box<dyn Setter>], key: String) {
+        let mut message = Message::new();
+        let built = message
+            .build(attributes)
+            .and_then(|()| {
+                MessageIntegrity::new_short_term_integrity_with_provider(
+                    key,
+                    self.identity.crypto.crypto(),
+                )
+                .add_to(&mut message)
+            })
+            .and_then(|()| FINGERPRINT.add_to(&mut message));
         match built {
             Ok(()) => self
                 .transmits
-                .push_back((from, Bytes::copy_from_slice(&response.raw))),
-            Err(e) => tracing::debug!(error = %e, "STUN response"),
+                .push_back((to, Bytes::copy_from_slice(&message.raw))),
+            Err(e) => tracing::debug!(error = %e, "STUN message"),
         }
     }
 
@@ -590,27 +605,20 @@ impl Transport {
             None => self.candidates.clone(),
         };
         for target in targets {
-            let mut message = Message::new();
-            let built = message.build(&[
-                Box::new(BINDING_REQUEST),
-                Box::new(TransactionId::new()),
-                Box::new(Username::new(ATTR_USERNAME, username.clone())),
-                Box::new(AttrControlling(self.tie_breaker)),
-                // Host candidate priority (type preference 126, one component).
-                Box::new(PriorityAttr((126 << 24) | (65535 << 8) | 255)),
-                Box::new(UseCandidateAttr),
-                Box::new(MessageIntegrity::new_short_term_integrity_with_provider(
-                    pwd.clone(),
-                    self.identity.crypto.crypto(),
-                )),
-                Box::new(FINGERPRINT),
-            ]);
-            match built {
-                Ok(()) => self
-                    .transmits
-                    .push_back((target, Bytes::copy_from_slice(&message.raw))),
-                Err(e) => tracing::debug!(error = %e, "STUN request"),
-            }
+            let tie_breaker = self.tie_breaker;
+            self.send_stun(
+                target,
+                &[
+                    Box::new(BINDING_REQUEST),
+                    Box::new(TransactionId::new()),
+                    Box::new(Username::new(ATTR_USERNAME, username.clone())),
+                    Box::new(AttrControlling(tie_breaker)),
+                    // Host candidate priority (type preference 126, one component).
+                    Box::new(PriorityAttr((126 << 24) | (65535 << 8) | 255)),
+                    Box::new(UseCandidateAttr),
+                ],
+                pwd.clone(),
+            );
         }
         let interval = if self.selected.is_some() {
             CONSENT_INTERVAL

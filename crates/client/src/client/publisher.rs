@@ -44,6 +44,8 @@ const HISTORY: usize = 512;
 /// While muted, audio sends one silence frame per this many frame times (see
 /// [`crate::media::OPUS_SILENCE_FRAME`]).
 const DTX_EVERY: u32 = 20;
+/// Bytes of header extension values allocated at a time.
+const ARENA: usize = 4096;
 /// A paused or stalled loop never bursts more than this much media to catch up.
 const MAX_LAG: Duration = Duration::from_secs(1);
 
@@ -297,6 +299,10 @@ pub(super) struct Publisher {
     answered: bool,
     /// Reused for building each packet before encryption.
     plain: BytesMut,
+    /// Reused for each packet's header extensions.
+    extensions: Vec<Extension>,
+    /// Header extension values are cut from here (refilled every [`ARENA`] bytes).
+    arena: BytesMut,
 }
 
 impl Publisher {
@@ -333,6 +339,8 @@ impl Publisher {
             next_report: None,
             answered: false,
             plain: BytesMut::with_capacity(1500),
+            extensions: Vec::with_capacity(8),
+            arena: BytesMut::new(),
         }
     }
 
@@ -660,36 +668,45 @@ impl Publisher {
         let track = &mut self.tracks[t];
         let ids = track.extensions;
         let layer = &mut track.layers[l];
-        let mut extensions = Vec::with_capacity(6);
-        let mut add = |id: u8, payload: Bytes| {
+        // The extension list and the values' bytes are reused: nothing allocated per packet.
+        let mut extensions = std::mem::take(&mut self.extensions);
+        extensions.clear();
+        let arena = &mut self.arena;
+        let mut add = |id: u8, value: &[u8]| {
             if id != 0 {
-                extensions.push(Extension { id, payload });
+                if arena.capacity() - arena.len() < value.len() {
+                    *arena = BytesMut::with_capacity(ARENA);
+                }
+                arena.extend_from_slice(value);
+                extensions.push(Extension {
+                    id,
+                    payload: arena.split().freeze(),
+                });
             }
         };
-        add(ids.mid, track.mid.clone());
+        add(ids.mid, &track.mid);
         if !layer.rid.is_empty() {
-            add(ids.rid, layer.rid.clone());
+            add(ids.rid, &layer.rid);
         }
         if ids.transport_cc != 0 {
-            add(
-                ids.transport_cc,
-                Bytes::copy_from_slice(&self.transport_sequence.to_be_bytes()),
-            );
+            add(ids.transport_cc, &self.transport_sequence.to_be_bytes());
             self.transport_sequence = self.transport_sequence.wrapping_add(1);
         }
         if ids.abs_send_time != 0 {
             let stamp = crate::capture_clock::abs_send_time(wall).to_be_bytes();
-            add(ids.abs_send_time, Bytes::copy_from_slice(&stamp[1..]));
+            add(ids.abs_send_time, &stamp[1..]);
         }
         if ids.abs_capture_time != 0 {
             // The capture stamp subscribers measure latency from (see `capture_clock`).
-            let stamp = crate::capture_clock::ntp(wall).to_be_bytes();
-            add(ids.abs_capture_time, Bytes::copy_from_slice(&stamp));
+            add(
+                ids.abs_capture_time,
+                &crate::capture_clock::ntp(wall).to_be_bytes(),
+            );
         }
         if let (true, Some(level)) = (ids.audio_level != 0, level) {
             let level = level.min(127);
             let voice = if level < 127 { 0x80 } else { 0 };
-            add(ids.audio_level, Bytes::copy_from_slice(&[voice | level]));
+            add(ids.audio_level, &[voice | level]);
         }
         let header = Header {
             version: 2,
@@ -734,6 +751,7 @@ impl Publisher {
             *slot = Some((header.sequence_number, datagram.clone()));
         }
         self.transport.send(datagram);
+        self.extensions = header.extensions;
     }
 
     /// A sender report per sending encoding.

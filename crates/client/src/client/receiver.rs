@@ -382,15 +382,36 @@ impl Receiver {
         let Some(srtp) = self.transport.srtp.as_mut() else {
             return;
         };
-        let Ok(plain) = srtp.remote.decrypt_rtp(data) else {
+        // The header is parsed once, here, and not again after decryption.
+        let mut rest = data;
+        let Ok(header) = rtc::rtp::header::Header::unmarshal(&mut rest) else {
             return;
         };
-        // From `Bytes`, the payload is a slice of the decrypted buffer, not a copy.
-        let mut buf = plain.freeze();
-        let Ok(packet) = rtc::rtp::Packet::unmarshal(&mut buf) else {
+        let ssrc = header.ssrc;
+        if !self.streams.contains_key(&ssrc) && !self.offered.contains_key(&ssrc) {
+            // A stream the offer did not announce costs no decryption.
+            return;
+        }
+        let Ok(plain) = srtp.remote.decrypt_rtp_with_header(data, &header) else {
             return;
         };
-        let ssrc = packet.header.ssrc;
+        // The payload is a slice of the decrypted buffer, not a copy.
+        let plain = plain.freeze();
+        let Some(mut payload) = plain
+            .get(data.len() - rest.len()..)
+            .map(|p| plain.slice_ref(p))
+        else {
+            return;
+        };
+        if header.padding {
+            // RFC 3550 5.1: the last octet counts the padding, itself included.
+            let pad = payload.last().map_or(0, |&p| usize::from(p));
+            if pad == 0 || pad > payload.len() {
+                return;
+            }
+            payload.truncate(payload.len() - pad);
+        }
+        let packet = rtc::rtp::Packet { header, payload };
         let stream = match self.streams.entry(ssrc) {
             Entry::Occupied(e) => e.into_mut(),
             Entry::Vacant(e) => {
@@ -807,9 +828,10 @@ fn build_answer(offer: &str, ours: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::super::transport::tests::{check_response, dtls_client};
+    use super::super::transport::tests::{check_response, dtls_client, peer_srtp};
     use super::*;
     use rtc::peer_connection::state::RTCPeerConnectionState;
+    use rtc::shared::marshal::Marshal;
 
     #[test]
     fn gaps_are_nacked_after_a_reordering_delay_and_repairs_stop_them() {
@@ -1083,6 +1105,41 @@ a=sctp-port:5000\r\n";
         assert_eq!(
             rx.offered.get(&42).map(|s| s.track_id.as_str()),
             Some("mic")
+        );
+
+        // Media from the server: the announced stream is accounted (padding stripped), one
+        // the answer never named is dropped undecrypted.
+        let mut server_srtp = peer_srtp(&client, local, &theirs).expect("the server's keys");
+        let mut packet = |ssrc: u32, seq: u16, padding: bool| {
+            // With `padding`, marshalling pads the 3-byte payload to a multiple of 4.
+            let payload = vec![0xF8, 0xFF, 0xFE];
+            let plain = rtc::rtp::Packet {
+                header: rtc::rtp::header::Header {
+                    version: 2,
+                    padding,
+                    payload_type: 111,
+                    sequence_number: seq,
+                    timestamp: u32::from(seq) * 960,
+                    ssrc,
+                    ..Default::default()
+                },
+                payload: payload.into(),
+            }
+            .marshal()
+            .expect("marshal");
+            server_srtp.local.encrypt_rtp(&plain).expect("encrypt")
+        };
+        for (ssrc, seq, padding) in [(42, 1, false), (42, 2, true), (99, 1, false)] {
+            let datagram = packet(ssrc, seq, padding);
+            rx.handle_read(t0, server, &datagram, arrival);
+        }
+        assert_eq!(rx.streams.keys().copied().collect::<Vec<_>>(), vec![42]);
+        let received = rx.shared.received();
+        assert_eq!(received.len(), 1);
+        assert_eq!(received[0].packets(), 2);
+        assert_eq!(
+            received[0].bytes, 6,
+            "two 3-byte Opus frames, padding stripped"
         );
     }
 

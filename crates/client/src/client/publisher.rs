@@ -296,7 +296,6 @@ pub(super) struct Publisher {
     /// Transport-wide sequence number of the next packet.
     transport_sequence: u16,
     next_report: Option<Instant>,
-    answered: bool,
     /// Reused for building each packet before encryption.
     plain: BytesMut,
     /// Reused for each packet's header extensions.
@@ -337,7 +336,6 @@ impl Publisher {
             cname: super::transport::random_token(16),
             transport_sequence: rand::random(),
             next_report: None,
-            answered: false,
             plain: BytesMut::with_capacity(1500),
             extensions: Vec::with_capacity(8),
             arena: BytesMut::new(),
@@ -445,7 +443,6 @@ impl Publisher {
             }
         }
         self.transport.set_remote(now, remote)?;
-        self.answered = true;
         Ok(())
     }
 

@@ -56,6 +56,8 @@ async fn fanout_1x3(receive: &str) {
     .expect("write scenario");
     let mut cmd = load();
     if receive == "shared" {
+        // Two engine threads, the bots dealt between them round robin.
+        cmd.args(["--engines", "2"]);
         // The scenario as a flag, the form the load tool's docs show.
         cmd.arg("--scenario");
     }

@@ -181,6 +181,10 @@ struct Args {
     /// own (as `chorus_client::Client` does by default). `--receive` is the old name.
     #[arg(long, alias = "receive", value_enum, default_value_t = EngineMode::Shared)]
     engine: EngineMode,
+    /// With `--engine shared`: engine threads to spread the bots over (round robin), for loads
+    /// one core cannot drive (the report's engine CPU is their sum, so up to N x 100 %).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=256))]
+    engines: u16,
 }
 
 /// See [`Args::engine`].
@@ -559,8 +563,8 @@ struct Ctx {
     leave: watch::Receiver<bool>,
     next_id: AtomicU64,
     media: MediaPlan,
-    /// The shared engine (`--engine shared`).
-    engine: Option<SharedEngine>,
+    /// The shared engines (`--engine shared`, `--engines`); none with `--engine per-bot`.
+    engines: Vec<SharedEngine>,
 }
 
 impl Ctx {
@@ -622,7 +626,8 @@ impl Ctx {
                 loss_percent: self.scenario.impairment.loss_percent,
                 jitter: Duration::from_millis(u64::from(self.scenario.impairment.jitter_ms)),
             },
-            engine: self.engine.clone(),
+            engine: (!self.engines.is_empty())
+                .then(|| self.engines[n as usize % self.engines.len()].clone()),
         })
     }
 
@@ -799,11 +804,11 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         leave: leave_rx,
         next_id: AtomicU64::new(0),
         media,
-        engine: match args.engine {
-            EngineMode::Shared => {
-                Some(SharedEngine::start().context("starting the shared engine")?)
-            }
-            EngineMode::PerBot => None,
+        engines: match args.engine {
+            EngineMode::Shared => (0..args.engines)
+                .map(|_| SharedEngine::start().context("starting a shared engine"))
+                .collect::<anyhow::Result<_>>()?,
+            EngineMode::PerBot => Vec::new(),
         },
         args,
     });

@@ -1,7 +1,9 @@
 //! VP9 and AV1 from IVF files (as a load bot publishes them with `--video-file`): a Rust
 //! publisher loops the file, a Rust subscriber receives every frame at the file's rate with
 //! no loss, and only the files' real keyframes are marked as keyframes on the wire (VP9's P
-//! bit, AV1's N bit), so the server starts the subscriber on a keyframe.
+//! bit, AV1's N bit), so the server starts the subscriber on a keyframe. Each codec runs twice:
+//! on the clients' own async connections and on a shared engine (the load bots' lean
+//! publisher and receiver).
 
 mod common;
 
@@ -9,11 +11,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chorus_client::ivf::IvfClip;
-use chorus_client::{Client, ClientOptions, TrackKind, VideoSource};
+use chorus_client::{Client, ClientOptions, SharedEngine, TrackKind, VideoSource};
 
 const T: Duration = Duration::from_secs(20);
 
-async fn publish_file(file: &[u8], mime: &str) {
+async fn publish_file(file: &[u8], mime: &str, engine: Option<SharedEngine>) {
     let srv = common::server().await;
     let room = common::room();
     let url = format!("ws://{}/ws", srv.http_addr);
@@ -21,10 +23,12 @@ async fn publish_file(file: &[u8], mime: &str) {
     let mut opts = ClientOptions::new(url.clone(), common::token(&room, "pub"));
     opts.publish_audio = false;
     opts.video_source = Some(VideoSource::Clip(clip));
+    opts.engine = engine.clone();
     let publisher = Client::join(opts).await.expect("join publisher");
     let mut opts = ClientOptions::new(url.clone(), common::token(&room, "sub"));
     opts.publish_audio = false;
     opts.publish_video = false;
+    opts.engine = engine;
     let subscriber = Client::join(opts).await.expect("join subscriber");
 
     // Two seconds of frames after the first keyframe.
@@ -59,6 +63,17 @@ async fn a_vp9_file_reaches_the_subscriber() {
     publish_file(
         include_bytes!("../../client/tests/data/vp9_160x120_30fps.ivf"),
         "video/VP9",
+        None,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vp9_file_from_the_shared_engine_reaches_the_subscriber() {
+    publish_file(
+        include_bytes!("../../client/tests/data/vp9_160x120_30fps.ivf"),
+        "video/VP9",
+        Some(SharedEngine::start().expect("engine starts")),
     )
     .await;
 }
@@ -68,6 +83,17 @@ async fn an_av1_file_reaches_the_subscriber() {
     publish_file(
         include_bytes!("../../client/tests/data/av1_160x120_30fps.ivf"),
         "video/AV1",
+        None,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_av1_file_from_the_shared_engine_reaches_the_subscriber() {
+    publish_file(
+        include_bytes!("../../client/tests/data/av1_160x120_30fps.ivf"),
+        "video/AV1",
+        Some(SharedEngine::start().expect("engine starts")),
     )
     .await;
 }

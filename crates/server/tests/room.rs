@@ -275,16 +275,28 @@ async fn manual_subscription_and_mute_are_per_track() {
 /// 400 ms) reach nobody; after unmuting, media resumes with continuous sequence numbers.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_muted_track_is_not_forwarded_and_resumes_without_a_gap() {
+    mute_and_resume(None).await;
+}
+
+/// The same with the speaker's DTX and resumption coming from the engine's lean publisher.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_muted_track_from_the_shared_engine_resumes_without_a_gap() {
+    mute_and_resume(Some(SharedEngine::start().expect("engine starts"))).await;
+}
+
+async fn mute_and_resume(engine: Option<SharedEngine>) {
     let srv = common::server().await;
     let base = srv.base_url();
     let room = common::room();
     let url = format!("ws://{}/ws", srv.http_addr);
     let mut opts = ClientOptions::new(url.clone(), common::token(&room, "speaker"));
     opts.publish_video = false;
+    opts.engine = engine.clone();
     let speaker = Client::join(opts).await.expect("join");
     let mut opts = ClientOptions::new(url.clone(), common::token(&room, "listener"));
     opts.publish_audio = false;
     opts.publish_video = false;
+    opts.engine = engine;
     let mut listener = Client::join(opts).await.expect("join");
     let audio_packets = |c: &Client| -> u64 {
         c.received()

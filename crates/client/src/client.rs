@@ -487,7 +487,7 @@ impl Arrival {
 /// decode check); shared by the async connection and the [`SharedEngine`].
 struct TrackReader {
     entry: Arc<Mutex<ReceivedTrackStats>>,
-    decode: Option<crate::decode::DecodeCheck>,
+    decode: Option<crate::decode::TrackDecoder>,
 }
 
 impl TrackReader {
@@ -504,10 +504,12 @@ impl TrackReader {
             stats.set_mime_type(mime);
         }
         tracing::debug!(participant = %stats.participant_id, track = %stats.track_id, ?kind, "remote track");
-        let decode = (shared.decode_sample > 0 && kind == TrackKind::Video)
-            .then(|| crate::decode::DecodeCheck::new(shared.decode_sample));
-        stats.keep_frames = decode.is_some();
+        let decode_wanted = shared.decode_sample > 0 && kind == TrackKind::Video;
+        stats.keep_frames = decode_wanted;
         let entry = Arc::new(Mutex::new(stats));
+        let decode = decode_wanted
+            .then(|| crate::decode::TrackDecoder::new(shared.decode_sample, Arc::clone(&entry)))
+            .flatten();
         lock(&shared.received).push(Arc::clone(&entry));
         TrackReader { entry, decode }
     }
@@ -528,10 +530,9 @@ impl TrackReader {
             let frame = e.on_rtp(meta, &p.payload, now);
             (frame, e.format == crate::stats::VideoFormat::Vp8)
         };
-        // The decode check is VP8 (libvpx's VP8 decoder) only.
-        if let (Some(frame), Some(check), true) = (frame, self.decode.as_mut(), vp8) {
-            let outcome = check.on_frame(&frame);
-            lock(&self.entry).decode.add(outcome);
+        // The decode check is VP8 (libvpx's VP8 decoder) only, on a decode thread.
+        if let (Some(frame), Some(decoder), true) = (frame, self.decode.as_ref(), vp8) {
+            decoder.submit(frame);
         }
     }
 }

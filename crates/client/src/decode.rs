@@ -6,8 +6,102 @@
 //! never completed inside a sampled group (a sequence gap between consecutive complete frames)
 //! abandons the group as skipped rather than feeding the decoder a broken reference chain.
 
-use crate::stats::{AssembledFrame, DecodeStats};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use crate::stats::{AssembledFrame, DecodeStats, ReceivedTrackStats};
 use crate::vpx::Vp8Decoder;
+
+/// Frames queued per decode thread; a frame that finds the queue full is not decoded (its
+/// group of pictures then counts as skipped).
+const QUEUE: usize = 256;
+/// The name of the decode threads.
+pub const DECODE_THREAD: &str = "chorus-decode";
+
+/// One frame for a track's decode check.
+struct Job {
+    check: Arc<Mutex<DecodeCheck>>,
+    stats: Arc<Mutex<ReceivedTrackStats>>,
+    frame: AssembledFrame,
+}
+
+/// The process's decode threads (started on first use): libvpx runs there, never on the
+/// thread that receives (the shared engine, a runtime worker), so decoding delays no packet.
+struct Pool {
+    workers: Vec<SyncSender<Job>>,
+    next: AtomicUsize,
+}
+
+fn pool() -> Option<&'static Pool> {
+    static POOL: OnceLock<Option<Pool>> = OnceLock::new();
+    POOL.get_or_init(|| {
+        let threads = std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1));
+        let workers: Vec<SyncSender<Job>> = (0..threads)
+            .filter_map(|_| {
+                let (tx, rx) = sync_channel(QUEUE);
+                std::thread::Builder::new()
+                    .name(DECODE_THREAD.into())
+                    .spawn(move || decode_jobs(rx))
+                    .map_err(|e| tracing::warn!(error = %e, "cannot start a decode thread"))
+                    .ok()
+                    .map(|_| tx)
+            })
+            .collect();
+        (!workers.is_empty()).then(|| Pool {
+            workers,
+            next: AtomicUsize::new(0),
+        })
+    })
+    .as_ref()
+}
+
+fn decode_jobs(jobs: Receiver<Job>) {
+    while let Ok(job) = jobs.recv() {
+        let outcome = match job.check.lock() {
+            Ok(mut check) => check.on_frame(&job.frame),
+            Err(_) => continue,
+        };
+        if let Ok(mut stats) = job.stats.lock() {
+            stats.decode.add(outcome);
+        }
+    }
+}
+
+/// A track's decode check on a decode thread: frames are handed over in order (one thread per
+/// track) and the outcome lands in the track's [`ReceivedTrackStats::decode`].
+pub(crate) struct TrackDecoder {
+    check: Arc<Mutex<DecodeCheck>>,
+    stats: Arc<Mutex<ReceivedTrackStats>>,
+    worker: SyncSender<Job>,
+}
+
+impl TrackDecoder {
+    /// Decodes every `every`th group of pictures of the track accounted in `stats`; `None`
+    /// when no decode thread could be started.
+    pub(crate) fn new(every: u32, stats: Arc<Mutex<ReceivedTrackStats>>) -> Option<Self> {
+        let pool = pool()?;
+        let i = pool.next.fetch_add(1, Ordering::Relaxed) % pool.workers.len();
+        Some(Self {
+            check: Arc::new(Mutex::new(DecodeCheck::new(every))),
+            stats,
+            worker: pool.workers[i].clone(),
+        })
+    }
+
+    /// Queues a complete frame; a frame the decode thread has no room for is dropped (the
+    /// check then skips its group of pictures).
+    pub(crate) fn submit(&self, frame: AssembledFrame) {
+        let job = Job {
+            check: Arc::clone(&self.check),
+            stats: Arc::clone(&self.stats),
+            frame,
+        };
+        if let Err(TrySendError::Full(_)) = self.worker.try_send(job) {
+            tracing::debug!("decode queue full; frame not decoded");
+        }
+    }
+}
 
 /// Per-track decode state.
 #[derive(Debug)]
@@ -129,6 +223,37 @@ mod tests {
         assert_eq!((a.attempted, a.decoded, a.errors), (12, 12, 0));
         assert_eq!((a.width, a.height), (64, 48));
         assert_eq!((h.attempted, h.decoded, h.errors), (6, 6, 0));
+    }
+
+    #[test]
+    fn frames_decode_in_order_on_a_decode_thread() {
+        let stats = Arc::new(Mutex::new(ReceivedTrackStats::new(
+            "p".into(),
+            "t".into(),
+            chorus_signal::protocol::TrackKind::Video,
+        )));
+        let decoder = TrackDecoder::new(1, Arc::clone(&stats)).expect("a decode thread");
+        for f in frames() {
+            decoder.submit(f);
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let decoded = loop {
+            let d = stats.lock().expect("stats").decode;
+            if d.attempted == 12 || std::time::Instant::now() > deadline {
+                break d;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        // Any reordering would break the reference chain: skips or errors.
+        assert_eq!(
+            (
+                decoded.attempted,
+                decoded.decoded,
+                decoded.errors,
+                decoded.skipped
+            ),
+            (12, 12, 0, 0)
+        );
     }
 
     #[test]

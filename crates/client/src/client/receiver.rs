@@ -440,14 +440,7 @@ impl Receiver {
     }
 
     fn on_rtcp(&mut self, now: Instant, data: &[u8]) {
-        let Some(srtp) = self.transport.srtp.as_mut() else {
-            return;
-        };
-        let Ok(plain) = srtp.remote.decrypt_rtcp(data) else {
-            return;
-        };
-        let mut buf = &plain[..];
-        let Ok(packets) = rtc::rtcp::packet::unmarshal(&mut buf) else {
+        let Some(packets) = self.transport.read_rtcp(data) else {
             return;
         };
         for packet in packets {

@@ -564,6 +564,16 @@ impl Transport {
         }
     }
 
+    /// Decrypts and parses a compound RTCP packet from the server; `None` for anything that
+    /// does not authenticate or parse (or before the handshake).
+    pub(super) fn read_rtcp(
+        &mut self,
+        data: &[u8],
+    ) -> Option<Vec<Box<dyn rtc::rtcp::packet::Packet>>> {
+        let plain = self.srtp.as_mut()?.remote.decrypt_rtcp(data).ok()?;
+        rtc::rtcp::packet::unmarshal(&mut &plain[..]).ok()
+    }
+
     /// Encrypts and queues a compound RTCP packet.
     pub(super) fn send_rtcp(&mut self, packets: &[Box<dyn rtc::rtcp::packet::Packet>]) {
         let Some(srtp) = self.srtp.as_mut() else {
@@ -754,30 +764,12 @@ pub(super) mod tests {
         response.raw
     }
 
-    /// The server's side as DTLS client, presenting `identity`'s certificate.
-    pub(in crate::client) fn dtls_client(
+    /// The server's DTLS configuration in either role, presenting `identity`'s certificate.
+    fn server_side_config(
         identity: &Identity,
-        now: Instant,
-        server: SocketAddr,
-        local: SocketAddr,
-    ) -> DtlsEndpoint {
-        let config = ConfigBuilder::default()
-            .with_crypto_provider(Arc::clone(&identity.crypto))
-            .with_certificates(vec![identity.certificate.clone()])
-            .with_srtp_protection_profiles(SRTP_PROFILES.to_vec())
-            .with_insecure_skip_verify(true)
-            .with_extended_master_secret(ExtendedMasterSecretType::Require)
-            .build(true, Some(local))
-            .expect("client config");
-        let mut client = DtlsEndpoint::new(server, TransportProtocol::UDP, None);
-        client
-            .connect(now, local, Arc::new(config), None)
-            .expect("connect");
-        client
-    }
-
-    /// The server's side as DTLS server, presenting `identity`'s certificate.
-    pub(in crate::client) fn dtls_server(identity: &Identity, server: SocketAddr) -> DtlsEndpoint {
+        client: bool,
+        peer: Option<SocketAddr>,
+    ) -> Arc<rtc::dtls::config::HandshakeConfig> {
         let config = ConfigBuilder::default()
             .with_crypto_provider(Arc::clone(&identity.crypto))
             .with_certificates(vec![identity.certificate.clone()])
@@ -785,9 +777,28 @@ pub(super) mod tests {
             .with_insecure_skip_verify(true)
             .with_extended_master_secret(ExtendedMasterSecretType::Require)
             .with_client_auth(ClientAuthType::RequireAnyClientCert)
-            .build(false, None)
-            .expect("server config");
-        DtlsEndpoint::new(server, TransportProtocol::UDP, Some(Arc::new(config)))
+            .build(client, peer)
+            .expect("DTLS config");
+        Arc::new(config)
+    }
+
+    /// The server's side as DTLS client.
+    pub(in crate::client) fn dtls_client(
+        identity: &Identity,
+        now: Instant,
+        server: SocketAddr,
+        local: SocketAddr,
+    ) -> DtlsEndpoint {
+        let config = server_side_config(identity, true, Some(local));
+        let mut client = DtlsEndpoint::new(server, TransportProtocol::UDP, None);
+        client.connect(now, local, config, None).expect("connect");
+        client
+    }
+
+    /// The server's side as DTLS server.
+    pub(in crate::client) fn dtls_server(identity: &Identity, server: SocketAddr) -> DtlsEndpoint {
+        let config = server_side_config(identity, false, None);
+        DtlsEndpoint::new(server, TransportProtocol::UDP, Some(config))
     }
 
     /// The peer's SRTP contexts (decrypting what the endpoint sends) from its side of a

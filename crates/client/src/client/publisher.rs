@@ -505,30 +505,22 @@ impl Publisher {
 
     /// Sends again what a NACK asks for and the history still holds.
     fn retransmit(&mut self, nack: &TransportLayerNack) {
-        let Some(layer) = self
-            .tracks
+        let Publisher {
+            tracks, transport, ..
+        } = self;
+        let Some(layer) = tracks
             .iter()
             .flat_map(|t| &t.layers)
             .find(|l| l.ssrc == nack.media_ssrc)
         else {
             return;
         };
-        if layer.history.is_empty() {
-            return;
-        }
-        let mut resend = Vec::new();
-        for pair in &nack.nacks {
-            for seq in *pair {
-                if let Some(Some((sent, datagram))) = layer.history.get(usize::from(seq) % HISTORY)
-                {
-                    if *sent == seq {
-                        resend.push(datagram.clone());
-                    }
+        for seq in nack.nacks.iter().flat_map(|pair| *pair) {
+            if let Some(Some((sent, datagram))) = layer.history.get(usize::from(seq) % HISTORY) {
+                if *sent == seq {
+                    transport.send(datagram.clone());
                 }
             }
-        }
-        for datagram in resend {
-            self.transport.send(datagram);
         }
     }
 

@@ -40,6 +40,7 @@ use super::receiver;
 use super::transport::{Identity, Transport};
 use super::{Arrival, ClientError, Shared};
 use crate::impair::Impairment;
+
 /// The waker's token; connections with sockets of their own use their id.
 const WAKE: Token = Token(usize::MAX);
 /// The shared loopback socket's token.
@@ -51,7 +52,8 @@ const LOOPBACK_RECV_BUFFER: usize = 16 << 20;
 /// The shortest time between two passes over the ready sockets. Waking for every datagram
 /// (the server sends a subscriber's packets one by one) costs a context switch each, the
 /// largest cost after the stack itself; gathering for up to 1 ms costs nothing in accuracy,
-/// since arrival times come from the kernel's receive timestamps.
+/// since arrival times come from the kernel's receive timestamps. A publisher's frame leaves
+/// up to that late (its RTP timestamp stays exact, its capture stamp is when it leaves).
 const MIN_PASS: Duration = Duration::from_millis(1);
 
 /// The name of a shared engine's thread (to find its CPU time in `/proc`).

@@ -458,20 +458,21 @@ impl Publisher {
         }
     }
 
-    /// Starts every encoding's loop once the connection is up (earlier packets would be lost).
+    /// Starts every encoding's loop once the connection is up (earlier packets would be lost);
+    /// once only: the first sender report is scheduled with it.
     fn start_media(&mut self, now: Instant) {
+        if self.next_report.is_some() {
+            return;
+        }
         for layer in self
             .tracks
             .iter_mut()
             .filter(|t| t.accepted)
             .flat_map(|t| &mut t.layers)
-            .filter(|l| l.due.is_none())
         {
             layer.due = Some(now);
         }
-        if self.next_report.is_none() {
-            self.next_report = Some(now + REPORT_INTERVAL);
-        }
+        self.next_report = Some(now + REPORT_INTERVAL);
     }
 
     fn on_rtcp(&mut self, data: &[u8]) {
@@ -853,7 +854,7 @@ fn lag_floor(now: Instant) -> Instant {
 
 #[cfg(test)]
 mod tests {
-    use super::super::transport::tests::{check_response, dtls_server, peer_srtp};
+    use super::super::transport::tests::{check_response, dtls_server, peer_srtp, Fixture};
     use super::super::transport::Srtp;
     use super::*;
     use rtc::peer_connection::state::RTCPeerConnectionState;
@@ -887,13 +888,15 @@ mod tests {
         /// A publisher of silence and a two-layer VP8 simulcast track, answered and connected
         /// to an in-process DTLS server.
         fn connected() -> Harness {
-            let (out, _rx) = tokio::sync::mpsc::unbounded_channel();
-            let shared = Shared::new(out, Default::default(), 0);
-            let ours = Arc::new(Identity::generate().expect("certificate"));
-            let theirs = Identity::generate().expect("certificate");
-            let t0 = Instant::now();
-            let local: SocketAddr = "127.1.0.1:5000".parse().expect("addr");
-            let server: SocketAddr = "127.0.0.1:7882".parse().expect("addr");
+            let Fixture {
+                shared,
+                ours,
+                theirs,
+                t0,
+                local,
+                server,
+                _signaling,
+            } = Fixture::new();
             let clip = Arc::new(
                 IvfClip::parse(crate::media::DEFAULT_VP8_CLIP).expect("the built-in clip"),
             );

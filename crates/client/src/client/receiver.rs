@@ -15,7 +15,6 @@
 //! and the data channel section (the server never opens it toward an endpoint that does not
 //! speak SCTP; bots do not chat).
 
-use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -65,6 +64,49 @@ struct OfferedStream {
 struct Stream {
     reader: TrackReader,
     feedback: Feedback,
+}
+
+impl Stream {
+    fn on_packet(
+        &mut self,
+        packet: &rtc::rtp::Packet,
+        shared: &Shared,
+        arrival: Arrival,
+        epoch: Instant,
+    ) {
+        self.feedback.on_rtp(
+            packet.header.sequence_number,
+            packet.header.timestamp,
+            arrival.at,
+            epoch,
+        );
+        self.reader.on_packet(packet, shared, arrival);
+    }
+}
+
+/// Decrypts an SRTP packet whose `header` (`header_len` bytes) is already parsed; the payload is
+/// a slice of the decrypted buffer, without padding. `None` if it does not authenticate.
+fn open_rtp(
+    srtp: &mut super::transport::Srtp,
+    data: &[u8],
+    header: rtc::rtp::header::Header,
+    header_len: usize,
+) -> Option<rtc::rtp::Packet> {
+    let plain = srtp
+        .remote
+        .decrypt_rtp_with_header(data, &header)
+        .ok()?
+        .freeze();
+    let mut payload = plain.slice_ref(plain.get(header_len..)?);
+    if header.padding {
+        // RFC 3550 5.1: the last octet counts the padding, itself included.
+        let pad = usize::from(*payload.last()?);
+        if pad == 0 || pad > payload.len() {
+            return None;
+        }
+        payload.truncate(payload.len() - pad);
+    }
+    Some(rtc::rtp::Packet { header, payload })
 }
 
 /// What receiver reports and NACKs of one stream need (RFC 3550 6.4.1, RFC 4585 6.2.1).
@@ -387,56 +429,34 @@ impl Receiver {
         let Ok(header) = rtc::rtp::header::Header::unmarshal(&mut rest) else {
             return;
         };
+        let header_len = data.len() - rest.len();
         let ssrc = header.ssrc;
-        if !self.streams.contains_key(&ssrc) && !self.offered.contains_key(&ssrc) {
-            // A stream the offer did not announce costs no decryption.
+        // One map lookup for a stream already receiving.
+        if let Some(stream) = self.streams.get_mut(&ssrc) {
+            if let Some(packet) = open_rtp(srtp, data, header, header_len) {
+                stream.on_packet(&packet, &self.shared, arrival, self.epoch);
+            }
             return;
         }
-        let Ok(plain) = srtp.remote.decrypt_rtp_with_header(data, &header) else {
+        // A track's first packet; a stream the offer did not announce costs no decryption.
+        let Some(offered) = self.offered.get(&ssrc) else {
             return;
         };
-        // The payload is a slice of the decrypted buffer, not a copy.
-        let plain = plain.freeze();
-        let Some(mut payload) = plain
-            .get(data.len() - rest.len()..)
-            .map(|p| plain.slice_ref(p))
-        else {
+        let Some(packet) = open_rtp(srtp, data, header, header_len) else {
             return;
         };
-        if header.padding {
-            // RFC 3550 5.1: the last octet counts the padding, itself included.
-            let pad = payload.last().map_or(0, |&p| usize::from(p));
-            if pad == 0 || pad > payload.len() {
-                return;
-            }
-            payload.truncate(payload.len() - pad);
-        }
-        let packet = rtc::rtp::Packet { header, payload };
-        let stream = match self.streams.entry(ssrc) {
-            Entry::Occupied(e) => e.into_mut(),
-            Entry::Vacant(e) => {
-                // A track's first packet.
-                let Some(offered) = self.offered.get(&ssrc) else {
-                    return;
-                };
-                let reader = TrackReader::new(
-                    &self.shared,
-                    offered.stream_id.clone(),
-                    offered.track_id.clone(),
-                    offered.kind,
-                    offered.mime.clone(),
-                );
-                let feedback = Feedback::new(offered.clock_rate, offered.nack, offered.pli);
-                e.insert(Stream { reader, feedback })
-            }
-        };
-        stream.feedback.on_rtp(
-            packet.header.sequence_number,
-            packet.header.timestamp,
-            arrival.at,
-            self.epoch,
+        let reader = TrackReader::new(
+            &self.shared,
+            offered.stream_id.clone(),
+            offered.track_id.clone(),
+            offered.kind,
+            offered.mime.clone(),
         );
-        stream.reader.on_packet(&packet, &self.shared, arrival);
+        let feedback = Feedback::new(offered.clock_rate, offered.nack, offered.pli);
+        self.streams
+            .entry(ssrc)
+            .or_insert(Stream { reader, feedback })
+            .on_packet(&packet, &self.shared, arrival, self.epoch);
     }
 
     fn on_rtcp(&mut self, now: Instant, data: &[u8]) {
@@ -821,7 +841,7 @@ fn build_answer(offer: &str, ours: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::super::transport::tests::{check_response, dtls_client, peer_srtp};
+    use super::super::transport::tests::{check_response, dtls_client, peer_srtp, Fixture};
     use super::*;
     use rtc::peer_connection::state::RTCPeerConnectionState;
     use rtc::shared::marshal::Marshal;
@@ -970,13 +990,16 @@ a=sctp-port:5000\r\n";
 
     #[test]
     fn garbage_datagrams_harm_nothing() {
-        let (out, _rx) = tokio::sync::mpsc::unbounded_channel();
-        let shared = Shared::new(out, Default::default(), 0);
-        let identity = Arc::new(Identity::generate().expect("certificate"));
-        let t0 = Instant::now();
-        let local: SocketAddr = "127.1.0.1:5000".parse().expect("addr");
-        let server: SocketAddr = "127.0.0.1:7882".parse().expect("addr");
-        let mut rx = Receiver::new(t0, local, shared, identity, Impairment::default());
+        let Fixture {
+            shared,
+            ours,
+            theirs: _,
+            t0,
+            local,
+            server,
+            _signaling,
+        } = Fixture::new();
+        let mut rx = Receiver::new(t0, local, shared, ours, Impairment::default());
         let answer = rx.answer(t0, OFFER).expect("answer");
         assert!(answer.contains(&format!("a=ice-ufrag:{}", rx.ufrag())));
         rx.handle_timeout(t0);
@@ -1052,13 +1075,15 @@ a=sctp-port:5000\r\n";
 
     #[test]
     fn an_offer_answered_active_makes_us_the_dtls_server() {
-        let (out, _rx) = tokio::sync::mpsc::unbounded_channel();
-        let shared = Shared::new(out, Default::default(), 0);
-        let ours = Arc::new(Identity::generate().expect("certificate"));
-        let theirs = Identity::generate().expect("certificate");
-        let t0 = Instant::now();
-        let local: SocketAddr = "127.1.0.1:5000".parse().expect("addr");
-        let server: SocketAddr = "127.0.0.1:7882".parse().expect("addr");
+        let Fixture {
+            shared,
+            ours,
+            theirs,
+            t0,
+            local,
+            server,
+            _signaling,
+        } = Fixture::new();
         let mut rx = Receiver::new(t0, local, shared, ours, Impairment::default());
         let offer = rx.offer();
         for wanted in [
@@ -1138,14 +1163,16 @@ a=sctp-port:5000\r\n";
 
     #[test]
     fn a_dtls_client_with_another_certificate_is_refused() {
-        let (out, _rx) = tokio::sync::mpsc::unbounded_channel();
-        let shared = Shared::new(out, Default::default(), 0);
-        let ours = Arc::new(Identity::generate().expect("certificate"));
-        let named = Identity::generate().expect("certificate");
+        let Fixture {
+            shared,
+            ours,
+            theirs: named,
+            t0,
+            local,
+            server,
+            _signaling,
+        } = Fixture::new();
         let impostor = Identity::generate().expect("certificate");
-        let t0 = Instant::now();
-        let local: SocketAddr = "127.1.0.1:5000".parse().expect("addr");
-        let server: SocketAddr = "127.0.0.1:7882".parse().expect("addr");
         let mut rx = Receiver::new(t0, local, shared, ours, Impairment::default());
         let answer = format!(
             "v=0\r\na=fingerprint:sha-256 {}\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\n\

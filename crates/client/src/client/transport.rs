@@ -764,6 +764,34 @@ pub(super) mod tests {
         response.raw
     }
 
+    /// What every endpoint test starts from: a client's shared state (and its signaling queue,
+    /// kept open), our certificate and the server's, the clock's origin, our address (a
+    /// loopback one as the engine hands out) and the server's.
+    pub(in crate::client) struct Fixture {
+        pub shared: Arc<Shared>,
+        pub ours: Arc<Identity>,
+        pub theirs: Identity,
+        pub t0: Instant,
+        pub local: SocketAddr,
+        pub server: SocketAddr,
+        pub _signaling: tokio::sync::mpsc::UnboundedReceiver<super::super::Outgoing>,
+    }
+
+    impl Fixture {
+        pub(in crate::client) fn new() -> Fixture {
+            let (out, signaling) = tokio::sync::mpsc::unbounded_channel();
+            Fixture {
+                shared: Shared::new(out, Default::default(), 0),
+                ours: Arc::new(Identity::generate().expect("certificate")),
+                theirs: Identity::generate().expect("certificate"),
+                t0: Instant::now(),
+                local: "127.1.0.1:5000".parse().expect("addr"),
+                server: "127.0.0.1:7882".parse().expect("addr"),
+                _signaling: signaling,
+            }
+        }
+    }
+
     /// The server's DTLS configuration in either role, presenting `identity`'s certificate.
     fn server_side_config(
         identity: &Identity,

@@ -48,12 +48,14 @@ fn forward(c: &mut Criterion) {
                     iters,
                     &mut net,
                     |net| {
+                        net.advance(Duration::from_micros(100));
                         net.send_video(false, 1200);
                         net.publisher_datagrams()
                     },
-                    |net, datagrams, start| {
+                    |net, datagrams, _| {
+                        let now = net.now;
                         for d in datagrams.iter().flatten() {
-                            net.core.handle_datagram(start, d, from);
+                            net.core.handle_datagram(now, d, from);
                             net.core.take_transmits(&mut transmits);
                         }
                     },
@@ -79,21 +81,24 @@ fn receive(c: &mut Criterion) {
                 iters,
                 &mut net,
                 |net| {
+                    net.advance(Duration::from_micros(100));
                     net.send_video(false, 1200);
+                    let now = net.now;
                     let mut out = Vec::new();
                     for d in net.publisher_datagrams() {
-                        net.core.handle_datagram(Instant::now(), &d, from);
+                        net.core.handle_datagram(now, &d, from);
                         net.core.take_transmits(&mut transmits);
                         out.extend(transmits.drain(..).map(|(_, d)| d));
                     }
                     out
                 },
-                |net, datagrams, start| {
+                |net, datagrams, _| {
+                    let now = net.now;
                     let core_addr = net.core_addr;
                     let sub = &mut net.subscribers[0].0;
                     for d in datagrams.into_iter().flatten() {
                         let _ = sub.pc.handle_read(rtc::shared::TaggedBytesMut {
-                            now: start,
+                            now,
                             transport: rtc::shared::TransportContext {
                                 local_addr: sub.addr,
                                 peer_addr: core_addr,

@@ -9,7 +9,8 @@ use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use tracing::{debug, info};
 
-use crate::core::{Command, Core};
+use crate::command::Command;
+use crate::core::Core;
 use crate::{MediaConfig, Metrics, SfuError};
 
 /// Largest datagram read from the socket.
@@ -92,7 +93,7 @@ impl Engine {
                     }
                 }
                 command = commands.recv() => match command {
-                    Some(command) => self.core.handle_command(command),
+                    Some(command) => self.core.handle_command(Instant::now(), command),
                     None => break,
                 },
                 _ = tokio::time::sleep_until(deadline.into()) => {

@@ -26,26 +26,39 @@
 //! [`SfuError`] returned to the caller.
 
 pub mod codec;
+mod command;
 pub mod config;
 pub mod core;
+mod data;
+mod downtrack;
 pub mod engine;
 pub mod feedback;
+pub mod forwarder;
 pub mod keyframe;
 pub mod metrics;
 pub mod munger;
+mod negotiate;
 pub mod peer;
+mod room;
+pub mod router;
 pub mod session;
 pub mod simulcast;
 pub mod stun;
+mod subscribe;
+mod track;
+pub mod types;
 pub mod vp8;
 
+pub use command::Joined;
 pub use config::MediaConfig;
+pub use data::DATA_CHANNEL_LABEL;
 pub use metrics::Metrics;
-pub use session::{
-    CandidateInit, JoinRequest, Origin, ParticipantDesc, PeerRole, Permissions, RoomEvent, Session,
-    SessionHandle, Sfu, TrackDesc, TrackKind,
-};
+pub use session::{Session, SessionHandle, Sfu};
 pub use simulcast::Quality;
+pub use types::{
+    CandidateInit, EngineStats, JoinRequest, Origin, ParticipantDesc, PeerRole, Permissions,
+    RoomEvent, TrackDesc, TrackKind,
+};
 
 /// Errors the media plane returns to its callers.
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]

@@ -27,8 +27,18 @@ use rtc::sdp::extmap::{
     SDES_RTP_STREAM_ID_URI,
 };
 
+use std::collections::HashMap;
+
+use bytes::BytesMut;
+use rand::distr::{Alphanumeric, SampleString};
+use rtc::data_channel::RTCDataChannelId;
+use rtc::sansio::Protocol;
+use tracing::debug;
+
+use crate::core::{Core, ParticipantKey, PeerKey, TrackKey};
 use crate::feedback::{FeedbackTap, FEEDBACK_TAP_SLOT};
 use crate::metrics::Metrics;
+use crate::types::PeerRole;
 use crate::SfuError;
 
 fn video_feedback() -> Vec<RTCPFeedback> {
@@ -216,4 +226,97 @@ pub fn add_local_candidates(
         added.push(init);
     }
     Ok(added)
+}
+
+/// One sans-IO peer connection and what the engine knows about it.
+pub(crate) struct Peer {
+    pub(crate) pc: RTCPeerConnection,
+    pub(crate) participant: ParticipantKey,
+    pub(crate) role: PeerRole,
+    pub(crate) ufrag: String,
+    pub(crate) connected: bool,
+    pub(crate) candidates_added: bool,
+    /// Publisher: how many tracks the client's offer announced.
+    pub(crate) expected_inbound: usize,
+    /// Publisher: the rtc track id of each inbound track -> published track.
+    pub(crate) inbound: HashMap<String, TrackKey>,
+    /// Subscriber: the local track id of each downtrack -> published track.
+    pub(crate) outbound: HashMap<String, TrackKey>,
+    /// Subscriber: an offer is out and its answer has not come back.
+    pub(crate) awaiting_answer: bool,
+    /// Subscriber: something changed while an offer was out.
+    pub(crate) renegotiate: bool,
+    /// Subscriber: when the last offer went out.
+    pub(crate) last_offer: Option<Instant>,
+    /// Subscriber: a change is waiting for the offer window to pass (see `offer_interval`).
+    pub(crate) offer_due: Option<Instant>,
+    /// STUN checks that arrived before the remote description (a client starts checking as
+    /// soon as it has answered, racing its answer over the WebSocket); replayed once it is
+    /// applied instead of being rejected and retried by the client much later.
+    pub(crate) early_checks: Vec<(SocketAddr, BytesMut)>,
+    /// Whether the remote description (so the client's ICE credentials) is known.
+    pub(crate) remote_known: bool,
+    /// Subscriber: the server's `chorus` data channel, once open.
+    pub(crate) data_channel: Option<RTCDataChannelId>,
+    /// Timer entry in the engine's timer set.
+    pub(crate) timer: Option<Instant>,
+    pub(crate) dirty: bool,
+}
+
+impl Core {
+    /// A new peer connection of `participant`, routed by its ICE ufrag.
+    pub(crate) fn new_peer(
+        &mut self,
+        now: Instant,
+        participant: ParticipantKey,
+        role: PeerRole,
+    ) -> Result<PeerKey, SfuError> {
+        let ufrag = Alphanumeric.sample_string(&mut rand::rng(), 16);
+        let pwd = Alphanumeric.sample_string(&mut rand::rng(), 32);
+        let pc = build_peer_connection(&ufrag, &pwd, &self.metrics, now)?;
+        let key = self.key();
+        self.router.add_peer(&ufrag, key);
+        self.peers.insert(
+            key,
+            Peer {
+                pc,
+                participant,
+                role,
+                ufrag,
+                connected: false,
+                candidates_added: false,
+                expected_inbound: 0,
+                inbound: HashMap::new(),
+                outbound: HashMap::new(),
+                awaiting_answer: false,
+                renegotiate: false,
+                last_offer: None,
+                offer_due: None,
+                data_channel: None,
+                early_checks: Vec::new(),
+                remote_known: false,
+                timer: None,
+                dirty: false,
+            },
+        );
+        Ok(key)
+    }
+
+    /// Closes and forgets a peer connection.
+    pub(crate) fn remove_peer(&mut self, key: PeerKey) {
+        let Some(mut peer) = self.peers.remove(&key) else {
+            return;
+        };
+        if let Err(e) = peer.pc.close() {
+            debug!("close: {e}");
+        }
+        // Flush what close() queued (DTLS close_notify) so the client learns promptly.
+        while let Some(out) = peer.pc.poll_write() {
+            self.outbox.push((out.transport.peer_addr, out.message));
+        }
+        self.router.remove_peer(&peer.ufrag, key);
+        if let Some(t) = peer.timer {
+            self.timers.remove(&(t, key));
+        }
+    }
 }

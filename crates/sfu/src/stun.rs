@@ -62,27 +62,29 @@ pub fn local_ufrag(datagram: &[u8]) -> Option<&str> {
     None
 }
 
+/// A STUN binding request carrying `attrs` (type, value), for tests.
+#[cfg(test)]
+pub(crate) fn binding_request(attrs: &[(u16, &[u8])]) -> Vec<u8> {
+    let mut body = Vec::new();
+    for (typ, value) in attrs {
+        body.extend_from_slice(&typ.to_be_bytes());
+        body.extend_from_slice(&(value.len() as u16).to_be_bytes());
+        body.extend_from_slice(value);
+        while body.len() % 4 != 0 {
+            body.push(0);
+        }
+    }
+    let mut msg = vec![0x00, 0x01];
+    msg.extend_from_slice(&(body.len() as u16).to_be_bytes());
+    msg.extend_from_slice(&MAGIC_COOKIE.to_be_bytes());
+    msg.extend_from_slice(&[7u8; 12]);
+    msg.extend_from_slice(&body);
+    msg
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn binding_request(attrs: &[(u16, &[u8])]) -> Vec<u8> {
-        let mut body = Vec::new();
-        for (typ, value) in attrs {
-            body.extend_from_slice(&typ.to_be_bytes());
-            body.extend_from_slice(&(value.len() as u16).to_be_bytes());
-            body.extend_from_slice(value);
-            while body.len() % 4 != 0 {
-                body.push(0);
-            }
-        }
-        let mut msg = vec![0x00, 0x01];
-        msg.extend_from_slice(&(body.len() as u16).to_be_bytes());
-        msg.extend_from_slice(&MAGIC_COOKIE.to_be_bytes());
-        msg.extend_from_slice(&[7u8; 12]);
-        msg.extend_from_slice(&body);
-        msg
-    }
 
     #[test]
     fn finds_the_local_ufrag_after_other_attributes() {

@@ -64,8 +64,8 @@ fn garbage_from_connected_peers_harms_nothing() {
                 datagram[1] = 200 + datagram[1] % 7;
             }
         }
-        net.core
-            .handle_datagram(std::time::Instant::now(), &datagram, from);
+        let now = net.now;
+        net.core.handle_datagram(now, &datagram, from);
     }
     // The call goes on: media still reaches every subscriber without gaps.
     let before: Vec<u64> = net
@@ -97,12 +97,12 @@ fn ntp_to_unix_secs(ntp: u64) -> f64 {
 #[test]
 fn downtrack_sender_reports_map_wallclock_to_the_rewritten_timestamps() {
     let mut net = harness::Net::new(2);
-    // Media at a real 30 fps pace for a little over a second, so sender reports go out.
-    let start = std::time::Instant::now();
-    while start.elapsed() < Duration::from_millis(2500) {
+    // Media at a 30 fps pace for 2.5 s of virtual time, so sender reports go out.
+    let start = net.now;
+    while net.now < start + Duration::from_millis(2500) {
         net.send_video(false, 800);
         net.pump();
-        std::thread::sleep(Duration::from_millis(33));
+        net.advance(Duration::from_millis(33));
     }
     for (c, _, _) in &net.subscribers {
         let reports: Vec<_> = c

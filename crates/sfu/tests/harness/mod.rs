@@ -1,6 +1,11 @@
 //! An in-process network for the sans-IO [`Core`]: client peer connections (also sans-IO `rtc`)
 //! exchange datagrams with the core through memory, so whole calls run without sockets.
 //! Shared by the integration tests and the forwarding benchmark.
+//!
+//! Time is virtual: [`Net::now`] is the only clock, handed to the core and to every client
+//! connection, and [`Net::run_until`] advances it instead of sleeping, so seconds of call time
+//! run in milliseconds. Datagrams can be lost on the way ([`Net::set_loss`]), chosen by a
+//! seeded generator: a run is the same every time.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use std::net::SocketAddr;
@@ -42,6 +47,8 @@ pub struct ClientPeer {
     pub rtp_received: u64,
     pub last_seq: Option<u16>,
     pub seq_gaps: u64,
+    /// Every distinct sequence number received (retransmissions land here once).
+    pub seqs: std::collections::HashSet<u16>,
     /// The last RTP packet received.
     pub last_rtp: Option<LastRtp>,
     /// Sender reports received: the report, the last RTP packet before it, and when.
@@ -93,7 +100,7 @@ impl rtc::interceptor::Interceptor for SenderReportTap {
 }
 
 impl ClientPeer {
-    fn new(addr: SocketAddr) -> ClientPeer {
+    fn new(addr: SocketAddr, now: Instant) -> ClientPeer {
         let mut me = MediaEngine::default();
         for (c, kind) in supported_codecs() {
             me.register_codec(c, kind).unwrap();
@@ -108,7 +115,7 @@ impl ClientPeer {
             .with_configuration(RTCConfigurationBuilder::new().build())
             .with_media_engine(me)
             .with_interceptor_registry(registry)
-            .build(Instant::now())
+            .build(now)
             .unwrap();
         chorus_sfu::peer::add_local_candidates(&mut pc, &[addr]).unwrap();
         ClientPeer {
@@ -118,6 +125,7 @@ impl ClientPeer {
             rtp_received: 0,
             last_seq: None,
             seq_gaps: 0,
+            seqs: std::collections::HashSet::new(),
             last_rtp: None,
             sender_reports: Vec::new(),
         }
@@ -134,7 +142,45 @@ pub struct Net {
     pub subscribers: Vec<(ClientPeer, u64, mpsc::Receiver<RoomEvent>)>,
     pub seq: u16,
     pub timestamp: u32,
+    /// The virtual clock.
+    pub now: Instant,
+    /// Datagrams lost on the way, both directions.
+    pub link: Link,
     transmits: Vec<(SocketAddr, BytesMut)>,
+}
+
+/// Seeded random loss on the virtual network.
+#[derive(Debug, Clone)]
+pub struct Link {
+    /// Probability, in millionths, that a datagram is lost.
+    loss_ppm: u32,
+    /// xorshift64 state.
+    state: u64,
+    /// Datagrams lost so far.
+    pub lost: u64,
+}
+
+impl Link {
+    fn lossless() -> Link {
+        Link {
+            loss_ppm: 0,
+            state: 1,
+            lost: 0,
+        }
+    }
+
+    /// Whether the next datagram is lost.
+    fn drops(&mut self) -> bool {
+        if self.loss_ppm == 0 {
+            return false;
+        }
+        self.state ^= self.state << 13;
+        self.state ^= self.state >> 7;
+        self.state ^= self.state << 17;
+        let lost = (self.state % 1_000_000) < u64::from(self.loss_ppm);
+        self.lost += u64::from(lost);
+        lost
+    }
 }
 
 fn request(identity: &str, publish: bool, subscribe: bool) -> JoinRequest {
@@ -174,7 +220,7 @@ impl Net {
         let mut core = Core::new(config, Metrics::unregistered(), core_addr);
         let now = Instant::now();
         let joined = core.join(now, request("pub", true, false)).unwrap();
-        let mut publisher = ClientPeer::new("127.0.0.1:20000".parse().unwrap());
+        let mut publisher = ClientPeer::new("127.0.0.1:20000".parse().unwrap(), now);
         let track = MediaStreamTrack::new(
             "pub-stream".into(),
             "pub-video".into(),
@@ -200,7 +246,7 @@ impl Net {
             .pc
             .set_remote_description(now, RTCSessionDescription::answer(answer).unwrap())
             .unwrap();
-        core.drain();
+        core.drain(now);
         let mut net = Net {
             core,
             core_addr,
@@ -210,6 +256,8 @@ impl Net {
             subscribers: Vec::new(),
             seq: 1000,
             timestamp: 90_000,
+            now,
+            link: Link::lossless(),
             transmits: Vec::new(),
         };
         net.run_until(Duration::from_secs(10), |n| n.publisher.connected);
@@ -220,12 +268,12 @@ impl Net {
             let addr: SocketAddr = format!("127.0.0.1:{}", 30000 + i).parse().unwrap();
             let joined = net
                 .core
-                .join(Instant::now(), request(&format!("sub{i}"), false, true))
+                .join(net.now, request(&format!("sub{i}"), false, true))
                 .unwrap();
             net.subscribers
-                .push((ClientPeer::new(addr), joined.key, joined.events));
+                .push((ClientPeer::new(addr, net.now), joined.key, joined.events));
         }
-        net.core.drain();
+        net.core.drain(net.now);
         net.answer_offers();
         net.run_until(Duration::from_secs(10), |n| {
             n.subscribers.iter().all(|(c, _, _)| c.connected)
@@ -240,7 +288,7 @@ impl Net {
 
     /// Answers every subscriber offer waiting in the subscribers' event queues.
     pub fn answer_offers(&mut self) {
-        let now = Instant::now();
+        let now = self.now;
         for (client, key, events) in &mut self.subscribers {
             while let Ok(ev) = events.try_recv() {
                 if let RoomEvent::SubscriberOffer(sdp) = ev {
@@ -257,7 +305,22 @@ impl Net {
                 }
             }
         }
-        self.core.drain();
+        self.core.drain(now);
+    }
+
+    /// Loses each datagram with probability `loss` (0..=1) from now on, chosen by a generator
+    /// seeded with `seed`.
+    pub fn set_loss(&mut self, seed: u64, loss: f64) {
+        self.link = Link {
+            loss_ppm: (loss.clamp(0.0, 1.0) * 1e6) as u32,
+            state: seed.max(1),
+            lost: 0,
+        };
+    }
+
+    /// Moves the virtual clock forward.
+    pub fn advance(&mut self, by: Duration) {
+        self.now += by;
     }
 
     /// Has the publisher write one video packet of `len` bytes.
@@ -277,7 +340,7 @@ impl Net {
             payload: vp8_payload(len, keyframe),
         };
         let mut sender = self.publisher.pc.rtp_sender(self.video_sender).unwrap();
-        sender.write_rtp(Instant::now(), packet).unwrap();
+        sender.write_rtp(self.now, packet).unwrap();
     }
 
     /// The publisher's outgoing datagrams (SRTP), taken off its peer connection.
@@ -302,7 +365,7 @@ impl Net {
     /// Moves datagrams both ways and runs due timers until nothing is left to do.
     pub fn pump(&mut self) {
         for _ in 0..100 {
-            let now = Instant::now();
+            let now = self.now;
             let mut moved = false;
             let mut to_core = Vec::new();
             for c in std::iter::once(&mut self.publisher)
@@ -327,6 +390,7 @@ impl Net {
                     if let RTCMessage::RtpPacket(_, p) = m.message {
                         c.last_rtp = Some((p.header.ssrc, p.header.timestamp, now));
                         c.rtp_received += 1;
+                        c.seqs.insert(p.header.sequence_number);
                         if let Some(last) = c.last_seq {
                             if p.header.sequence_number != last.wrapping_add(1) {
                                 c.seq_gaps += 1;
@@ -342,6 +406,9 @@ impl Net {
             }
             for (from, data) in to_core {
                 moved = true;
+                if self.link.drops() {
+                    continue;
+                }
                 self.core.handle_datagram(now, &data, from);
             }
             if self.core.poll_timeout().is_some_and(|t| t <= now) {
@@ -351,6 +418,9 @@ impl Net {
             self.core.take_transmits(&mut transmits);
             for (to, data) in transmits.drain(..) {
                 moved = true;
+                if self.link.drops() {
+                    continue;
+                }
                 let core_addr = self.core_addr;
                 if let Some(c) = self.client_mut(to) {
                     let _ = c.pc.handle_read(TaggedBytesMut {
@@ -372,17 +442,18 @@ impl Net {
         }
     }
 
-    /// Pumps (sleeping a little between rounds so timers come due) until `done` or `limit`.
+    /// Pumps, advancing the virtual clock 2 ms a round so timers come due, until `done` or
+    /// `limit` of virtual time.
     pub fn run_until(&mut self, limit: Duration, done: impl Fn(&Net) -> bool) {
-        let deadline = Instant::now() + limit;
+        let deadline = self.now + limit;
         while !done(self) {
             assert!(
-                Instant::now() < deadline,
+                self.now < deadline,
                 "virtual network did not settle in {limit:?}"
             );
             self.pump();
             self.answer_offers();
-            std::thread::sleep(Duration::from_millis(2));
+            self.advance(Duration::from_millis(2));
         }
     }
 }

@@ -1,0 +1,316 @@
+//! Offers and answers: the publisher connection answers the client's offers, the subscriber
+//! connection offers (again on every change, coalesced and spaced out) and applies the
+//! client's answers, a WHEP player's offer is answered in one exchange, and trickled
+//! candidates are applied.
+
+use std::time::{Duration, Instant};
+
+use rtc::peer_connection::sdp::RTCSessionDescription;
+use rtc::peer_connection::transport::RTCIceCandidateInit;
+use rtc::peer_connection::RTCPeerConnection;
+use tracing::{debug, warn};
+
+use crate::core::{Core, ParticipantKey, TrackKey};
+use crate::peer::add_local_candidates;
+use crate::types::{CandidateInit, Origin, PeerRole, RoomEvent};
+use crate::SfuError;
+
+impl Core {
+    /// See [`crate::SessionHandle`].
+    pub fn publisher_offer(
+        &mut self,
+        now: Instant,
+        participant: ParticipantKey,
+        sdp: String,
+    ) -> Result<String, SfuError> {
+        let key = self.peer_of(participant, PeerRole::Publisher)?;
+        let advertised = self.advertised.clone();
+        let peer = self.peers.get_mut(&key).ok_or(SfuError::Gone)?;
+        let offer =
+            RTCSessionDescription::offer(sdp).map_err(|e| SfuError::InvalidSdp(e.to_string()))?;
+        peer.pc
+            .set_remote_description(now, offer)
+            .map_err(|e| SfuError::InvalidSdp(e.to_string()))?;
+        peer.remote_known = true;
+        let early = std::mem::take(&mut peer.early_checks);
+        peer.expected_inbound = peer
+            .pc
+            .get_transceivers()
+            .collect::<Vec<_>>()
+            .into_iter()
+            .filter(|t| {
+                peer.pc
+                    .rtp_transceiver(*t)
+                    .is_some_and(|t| t.direction().has_recv())
+            })
+            .count();
+        let mut trickle = Vec::new();
+        if !peer.candidates_added {
+            trickle = add_local_candidates(&mut peer.pc, &advertised)?;
+            peer.candidates_added = true;
+        }
+        let sdp = local_answer(&mut peer.pc, now)?;
+        let ufrag = peer.ufrag.clone();
+        self.mark_dirty(key);
+        self.trickle(participant, PeerRole::Publisher, &sdp, &ufrag, trickle);
+        for (from, data) in early {
+            self.read_into_peer(now, key, from, data);
+        }
+        Ok(sdp)
+    }
+
+    /// Sends our candidates as trickle messages too (they are already in the SDP), tagged with
+    /// the first media section of `sdp`.
+    pub(crate) fn trickle(
+        &mut self,
+        participant: ParticipantKey,
+        role: PeerRole,
+        sdp: &str,
+        ufrag: &str,
+        candidates: Vec<RTCIceCandidateInit>,
+    ) {
+        let mid = sdp
+            .lines()
+            .find_map(|l| l.strip_prefix("a=mid:"))
+            .map(|m| m.trim().to_owned());
+        for c in candidates {
+            let candidate = CandidateInit {
+                candidate: c.candidate,
+                sdp_mid: mid.clone(),
+                sdp_mline_index: Some(0),
+                username_fragment: Some(ufrag.to_owned()),
+            };
+            self.send_event(participant, RoomEvent::Candidate { role, candidate });
+        }
+    }
+
+    /// See [`crate::SessionHandle`].
+    pub fn subscriber_answer(
+        &mut self,
+        now: Instant,
+        participant: ParticipantKey,
+        sdp: String,
+    ) -> Result<(), SfuError> {
+        let key = self.peer_of(participant, PeerRole::Subscriber)?;
+        let peer = self.peers.get_mut(&key).ok_or(SfuError::Gone)?;
+        if !peer.awaiting_answer {
+            return Err(SfuError::InvalidState("no subscriber offer is outstanding"));
+        }
+        let answer =
+            RTCSessionDescription::answer(sdp).map_err(|e| SfuError::InvalidSdp(e.to_string()))?;
+        peer.pc
+            .set_remote_description(now, answer)
+            .map_err(|e| SfuError::InvalidSdp(e.to_string()))?;
+        debug!(sdp = %peer.pc.remote_description().map(|d| d.sdp.as_str()).unwrap_or(""), "subscriber answer");
+        peer.awaiting_answer = false;
+        peer.remote_known = true;
+        let early = std::mem::take(&mut peer.early_checks);
+        let again = std::mem::take(&mut peer.renegotiate);
+        let outbound: Vec<TrackKey> = peer.outbound.values().copied().collect();
+        for tk in outbound {
+            if let Some(t) = self.tracks.get_mut(&tk) {
+                // Every answer may renumber payload types or extension ids on this leg:
+                // resolve each downtrack's mapping again on its next packet.
+                for dt in t.downtracks.iter_mut().filter(|d| d.peer == key) {
+                    dt.negotiated = true;
+                    dt.params = None;
+                }
+            }
+        }
+        for (from, data) in early {
+            self.read_into_peer(now, key, from, data);
+        }
+        self.mark_dirty(key);
+        if again {
+            self.negotiate(now, participant);
+        }
+        Ok(())
+    }
+
+    /// WHEP: answers a player's offer, subscribing it to one publisher's tracks.
+    pub(crate) fn playback_offer(
+        &mut self,
+        now: Instant,
+        participant: ParticipantKey,
+        sdp: String,
+        identity: Option<String>,
+    ) -> Result<String, SfuError> {
+        let key = self.peer_of(participant, PeerRole::Subscriber)?;
+        let room = self
+            .participants
+            .get(&participant)
+            .ok_or(SfuError::Gone)?
+            .room
+            .clone();
+        let tracks = self
+            .rooms
+            .get(&room)
+            .map(|r| r.tracks.clone())
+            .unwrap_or_default();
+        let publisher = match &identity {
+            Some(identity) => self
+                .participants
+                .iter()
+                .find(|(_, p)| p.room == room && &p.identity == identity && !p.published.is_empty())
+                .map(|(k, _)| *k)
+                .ok_or_else(|| SfuError::NotFound(format!("no publisher {identity:?} in room")))?,
+            None => tracks
+                .iter()
+                .rev()
+                .filter_map(|tk| self.tracks.get(tk))
+                .map(|t| t.publisher)
+                .find(|p| *p != participant)
+                .ok_or_else(|| SfuError::NotFound("no publisher in room".into()))?,
+        };
+        let (published, expected) = self
+            .participants
+            .get(&publisher)
+            .and_then(|p| {
+                Some((
+                    p.published.len(),
+                    self.peers.get(&p.publisher?)?.expected_inbound,
+                ))
+            })
+            .unwrap_or((0, 0));
+        if published < expected {
+            return Err(SfuError::NotReady(format!(
+                "publisher has {published} of its {expected} tracks flowing"
+            )));
+        }
+        let offer =
+            RTCSessionDescription::offer(sdp).map_err(|e| SfuError::InvalidSdp(e.to_string()))?;
+        {
+            let peer = self.peers.get_mut(&key).ok_or(SfuError::Gone)?;
+            peer.pc
+                .set_remote_description(now, offer)
+                .map_err(|e| SfuError::InvalidSdp(e.to_string()))?;
+            // The player checks only after our answer, so nothing can be waiting here.
+            peer.remote_known = true;
+        }
+        let published = self
+            .participants
+            .get(&publisher)
+            .map(|p| p.published.clone());
+        for tk in published.unwrap_or_default() {
+            self.add_downtrack(participant, tk);
+        }
+        let advertised = self.advertised.clone();
+        let peer = self.peers.get_mut(&key).ok_or(SfuError::Gone)?;
+        add_local_candidates(&mut peer.pc, &advertised)?;
+        peer.candidates_added = true;
+        let sdp = local_answer(&mut peer.pc, now)?;
+        for t in self.tracks.values_mut() {
+            for dt in t.downtracks.iter_mut().filter(|d| d.peer == key) {
+                dt.negotiated = true;
+            }
+        }
+        self.mark_dirty(key);
+        Ok(sdp)
+    }
+
+    /// Applies a trickled client candidate.
+    pub(crate) fn add_candidate(
+        &mut self,
+        participant: ParticipantKey,
+        role: PeerRole,
+        candidate: CandidateInit,
+    ) -> Result<(), SfuError> {
+        let key = self.peer_of(participant, role)?;
+        let peer = self.peers.get_mut(&key).ok_or(SfuError::Gone)?;
+        if candidate.candidate.is_empty() {
+            return Ok(()); // end of candidates
+        }
+        let init = RTCIceCandidateInit {
+            candidate: candidate.candidate,
+            sdp_mid: candidate.sdp_mid,
+            sdp_mline_index: candidate.sdp_mline_index,
+            username_fragment: candidate.username_fragment,
+            url: None,
+        };
+        // ICE-lite does not need remote candidates to connect (checks come to us), so a
+        // candidate the stack cannot use is reported but harmless.
+        peer.pc
+            .add_remote_candidate(init)
+            .map_err(|e| SfuError::InvalidSdp(e.to_string()))
+    }
+
+    /// Sends a new subscriber offer, or notes that one is due once the outstanding one is
+    /// answered.
+    pub(crate) fn negotiate(&mut self, now: Instant, participant: ParticipantKey) {
+        let Some(p) = self.participants.get(&participant) else {
+            return;
+        };
+        if p.request.origin != Origin::WebSocket {
+            return; // WHEP cannot renegotiate
+        }
+        let Some(key) = p.subscriber else { return };
+        let advertised = self.advertised.clone();
+        let Some(peer) = self.peers.get_mut(&key) else {
+            return;
+        };
+        if peer.awaiting_answer {
+            peer.renegotiate = true;
+            return;
+        }
+        // Every offer carries every track, so offers cost O(tracks) and a busy room would
+        // cost O(n²) per join: space them out in proportion to their size, coalescing the
+        // changes that arrive meanwhile.
+        let interval = offer_interval(peer.outbound.len());
+        if let Some(last) = peer.last_offer {
+            if now < last + interval {
+                if peer.offer_due.is_none() {
+                    peer.offer_due = Some(last + interval);
+                    self.mark_dirty(key); // re-arms the peer's timer
+                }
+                return;
+            }
+        }
+        peer.offer_due = None;
+        peer.last_offer = Some(now);
+        let mut trickle = Vec::new();
+        let result = (|| -> Result<String, SfuError> {
+            if !peer.candidates_added {
+                trickle = add_local_candidates(&mut peer.pc, &advertised)?;
+                peer.candidates_added = true;
+            }
+            let offer = peer.pc.create_offer(None).map_err(SfuError::rtc)?;
+            apply_local(&mut peer.pc, now, offer)
+        })();
+        match result {
+            Ok(sdp) => {
+                debug!(%sdp, "subscriber offer");
+                peer.awaiting_answer = true;
+                let ufrag = peer.ufrag.clone();
+                self.mark_dirty(key);
+                self.send_event(participant, RoomEvent::SubscriberOffer(sdp.clone()));
+                self.trickle(participant, PeerRole::Subscriber, &sdp, &ufrag, trickle);
+            }
+            Err(e) => warn!("subscriber offer failed: {e}"),
+        }
+    }
+}
+
+/// Least time between two subscriber offers for a connection sending `tracks` tracks: 20 ms
+/// plus 10 ms per track, at most three seconds.
+fn offer_interval(tracks: usize) -> Duration {
+    Duration::from_millis((20 + 10 * tracks as u64).min(3000))
+}
+
+/// Creates an answer, applies it locally and returns its SDP.
+fn local_answer(pc: &mut RTCPeerConnection, now: Instant) -> Result<String, SfuError> {
+    let answer = pc.create_answer(None).map_err(SfuError::rtc)?;
+    apply_local(pc, now, answer)
+}
+
+/// Applies a local description and returns the SDP as applied (with our candidates).
+fn apply_local(
+    pc: &mut RTCPeerConnection,
+    now: Instant,
+    description: RTCSessionDescription,
+) -> Result<String, SfuError> {
+    pc.set_local_description(now, description)
+        .map_err(SfuError::rtc)?;
+    pc.local_description().map(|d| d.sdp).ok_or(SfuError::Rtc(
+        "no local description after setting it".into(),
+    ))
+}

@@ -38,20 +38,20 @@
 //! # }
 //! ```
 
-mod av1;
-mod bits;
 pub mod capture_clock;
 mod client;
 pub mod decode;
 pub mod generate;
 mod impair;
-pub mod ivf;
 mod keyframe;
 pub mod media;
 pub mod ogg;
 pub mod stats;
 mod vp9;
 pub mod vpx;
+
+/// The IVF container reader (moved to [`chorus_rtp::ivf`]; re-exported at its old path).
+pub use chorus_rtp::ivf;
 
 pub use client::engine::ENGINE_THREAD;
 pub use client::whip::{WhipKind, WhipSession};

@@ -5,10 +5,12 @@
 //! receiver or an SFU deciding where a subscriber may start. This interceptor reads each
 //! frame's uncompressed header (VP9 §6.2) and, for inter frames, sets P and adds the one
 //! P_DIFF the flexible mode then requires (1: the previous picture). It runs application-side
-//! of the NACK responder, so retransmissions carry the same descriptor.
+//! of the NACK responder, so retransmissions carry the same descriptor. The descriptor rewrite
+//! itself is [`chorus_rtp::vp9::mark_inter`].
 
-use crate::ivf::is_vp9_keyframe;
-use bytes::{BufMut, BytesMut};
+use chorus_rtp::vp9::is_keyframe as is_vp9_keyframe;
+/// The descriptor fix itself (publisher.rs uses it at this path too).
+pub(crate) use chorus_rtp::vp9::mark_inter;
 use rtc::interceptor::{Interceptor, Packet, StreamInfo, TaggedPacket};
 use rtc::peer_connection::configuration::media_engine::MIME_TYPE_VP9;
 use rtc::sansio::Protocol;
@@ -18,9 +20,7 @@ use std::time::Instant;
 /// Application-most: outgoing packets are fixed before any default interceptor keeps them.
 pub(crate) const SLOT: usize = 20_000;
 
-/// The descriptor the payloader writes: I (picture id present) and F (flexible mode).
-const I_F: u8 = 0x90;
-const P: u8 = 0x40;
+/// B: the packet begins a frame.
 const B: u8 = 0x08;
 
 #[derive(Default)]
@@ -29,21 +29,6 @@ pub(crate) struct Vp9InterFrames {
     streams: HashMap<u32, bool>,
     read_queue: VecDeque<TaggedPacket>,
     write_queue: VecDeque<TaggedPacket>,
-}
-
-/// Sets P and appends P_DIFF=1 to the 3-byte descriptor `I=1 F=1 M=1` of an inter frame's
-/// packet; returns `None` for a descriptor of another shape.
-pub(crate) fn mark_inter(payload: &[u8]) -> Option<BytesMut> {
-    let (&b0, rest) = payload.split_first()?;
-    if b0 & I_F != I_F || b0 & P != 0 || rest.first()? & 0x80 == 0 || rest.len() < 2 {
-        return None;
-    }
-    let mut out = BytesMut::with_capacity(payload.len() + 1);
-    out.put_u8(b0 | P);
-    out.put_slice(&rest[..2]);
-    out.put_u8(1 << 1); // P_DIFF = 1, N = 0: the previous picture
-    out.put_slice(&rest[2..]);
-    Some(out)
 }
 
 impl Protocol<TaggedPacket, TaggedPacket, ()> for Vp9InterFrames {
@@ -97,24 +82,4 @@ impl Interceptor for Vp9InterFrames {
     }
     fn bind_remote_stream(&mut self, _info: &StreamInfo) {}
     fn unbind_remote_stream(&mut self, _info: &StreamInfo) {}
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn inter_frames_get_p_and_one_p_diff() {
-        // I=1 F=1 B=1, 15-bit picture id 0x0102, then an inter frame header byte.
-        let p = [0x98, 0x81, 0x02, 0x86, 0xaa];
-        assert_eq!(
-            &mark_inter(&p).expect("rewritten")[..],
-            &[0xd8, 0x81, 0x02, 0x02, 0x86, 0xaa]
-        );
-        // Already marked, or not the payloader's shape: left alone.
-        assert!(mark_inter(&[0xd8, 0x81, 0x02, 0x02]).is_none());
-        assert!(mark_inter(&[0x08, 0x86]).is_none());
-        assert!(mark_inter(&[0x98, 0x01, 0x86]).is_none());
-        assert!(mark_inter(&[]).is_none());
-    }
 }

@@ -1,4 +1,5 @@
-//! A minimal reader for IVF files, the container `vpxenc` writes VP8/VP9 frames into.
+//! A minimal reader for IVF files, the container `vpxenc` and ffmpeg write VP8/VP9/AV1 frames
+//! into.
 //!
 //! Layout (all little endian): a 32-byte file header — `DKIF`, version (u16), header length
 //! (u16), codec FourCC, width (u16), height (u16), timebase denominator (u32), timebase
@@ -7,6 +8,10 @@
 
 use bytes::Bytes;
 use std::io::{self, Read};
+
+pub use crate::av1::is_keyframe as is_av1_keyframe;
+pub use crate::vp8::is_keyframe as is_vp8_keyframe;
+pub use crate::vp9::{is_keyframe as is_vp9_keyframe, keyframe_size as vp9_keyframe_size};
 
 /// Size of the IVF file header in bytes.
 pub const IVF_FILE_HEADER_LEN: usize = 32;
@@ -114,11 +119,6 @@ impl IvfFrame {
     }
 }
 
-/// Whether an encoded VP8 frame is a keyframe (RFC 6386 §9.1: the P bit of the frame tag).
-pub fn is_vp8_keyframe(frame: &[u8]) -> bool {
-    frame.first().is_some_and(|b| b & 0x01 == 0)
-}
-
 /// The video codecs an IVF file may hold that the client can send.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum IvfCodec {
@@ -149,65 +149,6 @@ impl IvfCodec {
             Self::Av1 => is_av1_keyframe(frame),
         }
     }
-}
-
-/// Whether a VP9 frame is a keyframe: the uncompressed header (VP9 spec §6.2) starts with
-/// frame_marker (2 bits, `10`), the profile (2 bits, plus a reserved bit for profile 3),
-/// show_existing_frame and frame_type (0 = KEY_FRAME).
-pub fn is_vp9_keyframe(frame: &[u8]) -> bool {
-    let Some(&b) = frame.first() else {
-        return false;
-    };
-    if b >> 6 != 0b10 {
-        return false;
-    }
-    let profile = ((b >> 5) & 1) | (((b >> 4) & 1) << 1);
-    let shift = if profile == 3 { 2 } else { 3 };
-    let show_existing = (b >> shift) & 1;
-    let frame_type = (b >> (shift - 1)) & 1;
-    show_existing == 0 && frame_type == 0
-}
-
-/// The frame size a VP9 keyframe's uncompressed header declares (VP9 spec §6.2: after the
-/// sync code, the color config, then `frame_width_minus_1` and `frame_height_minus_1`).
-pub fn vp9_keyframe_size(frame: &[u8]) -> Option<(u16, u16)> {
-    let mut bits = crate::bits::BitReader::new(frame);
-    if bits.read(2)? != 0b10 {
-        return None;
-    }
-    let profile = bits.read(1)? | bits.read(1)? << 1;
-    if profile == 3 {
-        bits.read(1)?;
-    }
-    // show_existing_frame, frame_type (0 = key), show_frame, error_resilient_mode.
-    if bits.read(1)? != 0 || bits.read(1)? != 0 {
-        return None;
-    }
-    bits.read(2)?;
-    if bits.read(24)? != 0x49_83_42 {
-        return None;
-    }
-    if profile >= 2 {
-        bits.read(1)?; // ten_or_twelve_bit
-    }
-    let color_space = bits.read(3)?;
-    if color_space != 7 {
-        bits.read(1)?; // color_range
-        if profile == 1 || profile == 3 {
-            bits.read(3)?; // subsampling_x, subsampling_y, reserved
-        }
-    } else if profile == 1 || profile == 3 {
-        bits.read(1)?;
-    }
-    let w = bits.read(16)? + 1;
-    let h = bits.read(16)? + 1;
-    Some((u16::try_from(w).ok()?, u16::try_from(h).ok()?))
-}
-
-/// Whether an AV1 temporal unit (low-overhead OBU stream, as IVF holds it) starts a new coded
-/// video sequence: it carries a sequence header OBU, which encoders emit with each keyframe.
-pub fn is_av1_keyframe(unit: &[u8]) -> bool {
-    crate::av1::obus(unit).any(|o| o.obu_type == crate::av1::OBU_SEQUENCE_HEADER)
 }
 
 /// Streams frames out of an IVF source.
@@ -355,7 +296,7 @@ fn read_exact_or<R: Read>(reader: &mut R, buf: &mut [u8], eof: IvfError) -> Resu
 mod tests {
     use super::*;
 
-    const FIXTURE: &[u8] = include_bytes!("../tests/data/vp8_160x120_30fps.ivf");
+    const FIXTURE: &[u8] = include_bytes!("../../client/tests/data/vp8_160x120_30fps.ivf");
 
     fn header_bytes(frame_count: u32) -> Vec<u8> {
         let mut h = Vec::new();
@@ -407,12 +348,12 @@ mod tests {
     fn vp9_and_av1_fixtures_have_their_keyframes_found() {
         for (data, fourcc, codec) in [
             (
-                &include_bytes!("../tests/data/vp9_160x120_30fps.ivf")[..],
+                &include_bytes!("../../client/tests/data/vp9_160x120_30fps.ivf")[..],
                 b"VP90",
                 IvfCodec::Vp9,
             ),
             (
-                &include_bytes!("../tests/data/av1_160x120_30fps.ivf")[..],
+                &include_bytes!("../../client/tests/data/av1_160x120_30fps.ivf")[..],
                 b"AV01",
                 IvfCodec::Av1,
             ),
@@ -424,14 +365,7 @@ mod tests {
             // ffmpeg -g 30: a keyframe every second.
             assert_eq!(clip.keyframe_indices(), vec![0, 30, 60], "{fourcc:?}");
         }
-        let vp9 = IvfClip::parse(include_bytes!("../tests/data/vp9_160x120_30fps.ivf"))
-            .expect("fixture parses");
-        assert_eq!(vp9_keyframe_size(&vp9.frames[0].data), Some((160, 120)));
-        assert_eq!(vp9_keyframe_size(&vp9.frames[1].data), None);
-        assert!(!is_vp9_keyframe(&[]));
-        assert!(!is_vp9_keyframe(&[0x86])); // frame_type 1: inter
-        assert!(!is_av1_keyframe(&[0x12, 0x00]));
-        assert!(!is_av1_keyframe(&[0x12, 0x05, 0x00])); // size beyond the end
+        // Frame-level keyframe and size checks: the `vp9` and `av1` module tests.
     }
 
     #[test]

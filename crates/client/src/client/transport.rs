@@ -42,6 +42,7 @@ use rtc::stun::message::{Setter, TransactionId};
 use rtc::stun::textattrs::Username;
 use rtc::stun::xoraddr::XorMappedAddress;
 
+use super::sdp::{self, Ours, Remote};
 use super::{ClientError, Shared};
 
 /// SRTP profiles offered, AEAD GCM first (a third of CM-HMAC's CPU), as browsers do.
@@ -96,64 +97,6 @@ fn sha256_fingerprint(crypto: &dyn RTCCryptoProvider, der: &[u8]) -> Result<Stri
         .map(|b| format!("{b:02x}"))
         .collect::<Vec<_>>()
         .join(":"))
-}
-
-/// What the server's description says about its side.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub(super) struct Remote {
-    pub(super) ufrag: String,
-    pub(super) pwd: String,
-    pub(super) fingerprint: String,
-    /// Its candidates (UDP host candidates in practice).
-    pub(super) candidates: Vec<SocketAddr>,
-}
-
-impl Remote {
-    /// Reads the ICE credentials, the sha-256 fingerprint and the candidates of a description.
-    pub(super) fn parse(sdp: &str) -> Result<Remote, ClientError> {
-        let mut remote = Remote::default();
-        for line in sdp.lines().map(str::trim_end) {
-            let Some(a) = line.strip_prefix("a=") else {
-                continue;
-            };
-            if let Some(v) = a.strip_prefix("ice-ufrag:") {
-                if remote.ufrag.is_empty() {
-                    remote.ufrag = v.trim().to_owned();
-                }
-            } else if let Some(v) = a.strip_prefix("ice-pwd:") {
-                if remote.pwd.is_empty() {
-                    remote.pwd = v.trim().to_owned();
-                }
-            } else if let Some(v) = a.strip_prefix("fingerprint:") {
-                if let (true, Some(("sha-256", fp))) =
-                    (remote.fingerprint.is_empty(), v.trim().split_once(' '))
-                {
-                    remote.fingerprint = fp.trim().to_owned();
-                }
-            } else if a.starts_with("candidate:") {
-                if let Some(addr) = parse_candidate(a) {
-                    remote.candidates.push(addr);
-                }
-            }
-        }
-        if remote.ufrag.is_empty() || remote.pwd.is_empty() {
-            return Err(ClientError::Protocol(
-                "description without ICE credentials".into(),
-            ));
-        }
-        if remote.fingerprint.is_empty() {
-            return Err(ClientError::Protocol(
-                "description without a sha-256 fingerprint".into(),
-            ));
-        }
-        Ok(remote)
-    }
-
-    /// Whether `other` keeps the ICE and DTLS parameters (restarts are not supported).
-    fn same_session(&self, other: &Remote) -> bool {
-        (&self.ufrag, &self.pwd, &self.fingerprint)
-            == (&other.ufrag, &other.pwd, &other.fingerprint)
-    }
 }
 
 /// What a datagram was, once [`Transport::handle_read`] has seen it.
@@ -243,15 +186,13 @@ impl Transport {
         &self.ufrag
     }
 
-    /// The `a=` lines of our side of a media section: ICE credentials, fingerprint and the
-    /// DTLS role (`actpass` in an offer, `active` in an answer).
-    pub(super) fn description_lines(&self, setup: &str) -> String {
-        format!(
-            "a=ice-ufrag:{}\r\na=ice-pwd:{}\r\na=fingerprint:sha-256 {}\r\na=setup:{setup}\r\n",
-            self.ufrag,
-            self.pwd,
-            self.identity.fingerprint.to_uppercase()
-        )
+    /// Our side of a media section: ICE credentials and fingerprint.
+    pub(super) fn ours(&self) -> Ours {
+        Ours {
+            ufrag: self.ufrag.clone(),
+            pwd: self.pwd.clone(),
+            fingerprint: self.identity.fingerprint.to_uppercase(),
+        }
     }
 
     /// Applies the server's side of a description (offer, or answer to our offer).
@@ -275,13 +216,13 @@ impl Transport {
 
     /// Takes the DTLS role the server's answer leaves us: `a=setup:active` there makes the
     /// server the client.
-    pub(super) fn apply_answer_role(&mut self, answer: &str) {
-        self.dtls_client = !answer.lines().any(|l| l.trim_end() == "a=setup:active");
+    pub(super) fn apply_answer_role(&mut self, answer: &rtc::sdp::SessionDescription) {
+        self.dtls_client = !sdp::setup_active(answer);
     }
 
     /// Adds a trickled server candidate (`candidate:...` attribute value).
     pub(super) fn add_candidate(&mut self, now: Instant, candidate: &str) {
-        if let Some(addr) = parse_candidate(candidate) {
+        if let Some(addr) = sdp::parse_candidate(candidate) {
             self.add_candidate_addr(addr);
             if self.selected.is_none() && self.remote.is_some() {
                 self.next_check = Some(now);
@@ -708,33 +649,6 @@ pub(super) fn random_token(len: usize) -> String {
         .collect()
 }
 
-/// A description's lines split into the session section and one section per `m=` line.
-pub(super) fn sections(sdp: &str) -> Vec<Vec<&str>> {
-    let mut out: Vec<Vec<&str>> = vec![Vec::new()];
-    for line in sdp.lines().map(str::trim_end).filter(|l| !l.is_empty()) {
-        if line.starts_with("m=") {
-            out.push(Vec::new());
-        }
-        if let Some(section) = out.last_mut() {
-            section.push(line);
-        }
-    }
-    out
-}
-
-/// A UDP candidate's address (`candidate:... udp <prio> <ip> <port> typ ...`).
-pub(super) fn parse_candidate(candidate: &str) -> Option<SocketAddr> {
-    let value = candidate.strip_prefix("a=").unwrap_or(candidate);
-    let value = value.strip_prefix("candidate:")?;
-    let fields: Vec<&str> = value.split_whitespace().collect();
-    if fields.len() < 6 || !fields[2].eq_ignore_ascii_case("udp") {
-        return None;
-    }
-    let ip: std::net::IpAddr = fields[4].parse().ok()?;
-    let port: u16 = fields[5].parse().ok()?;
-    Some(SocketAddr::new(ip, port))
-}
-
 #[cfg(test)]
 pub(super) mod tests {
     use super::*;
@@ -838,22 +752,5 @@ pub(super) mod tests {
     ) -> Option<Srtp> {
         let state = endpoint.get_connection_state(peer)?;
         srtp_contexts(state, identity.crypto.as_ref()).ok()
-    }
-
-    #[test]
-    fn remote_parameters_come_from_any_section() {
-        let remote = Remote::parse(
-            "v=0\r\na=fingerprint:sha-256 AA:BB\r\nm=audio 9 X 111\r\na=ice-ufrag:u\r\n\
-             a=ice-pwd:p\r\na=candidate:1 1 udp 2130706431 127.0.0.1 7882 typ host\r\n\
-             a=candidate:2 1 tcp 2130706431 127.0.0.1 7882 typ host\r\n",
-        )
-        .expect("remote");
-        assert_eq!((remote.ufrag.as_str(), remote.pwd.as_str()), ("u", "p"));
-        assert_eq!(remote.fingerprint, "AA:BB");
-        assert_eq!(
-            remote.candidates,
-            vec!["127.0.0.1:7882".parse::<SocketAddr>().expect("addr")]
-        );
-        assert!(Remote::parse("v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\n").is_err());
     }
 }

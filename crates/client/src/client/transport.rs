@@ -18,22 +18,12 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use chorus_signal::protocol::Target;
-use rtc::crypto::{HashAlgorithm, RTCCryptoProvider};
-use rtc::dtls::config::{
-    ClientAuthType, ConfigBuilder, ExtendedMasterSecretType, VerifyPeerCertificateFn,
-};
-use rtc::dtls::crypto::Certificate;
 use rtc::dtls::endpoint::{Endpoint as DtlsEndpoint, EndpointEvent};
-use rtc::dtls::extension::extension_use_srtp::SrtpProtectionProfile;
 use rtc::ice::attributes::control::AttrControlling;
 use rtc::ice::attributes::priority::PriorityAttr;
 use rtc::ice::attributes::use_candidate::UseCandidateAttr;
 use rtc::peer_connection::state::RTCPeerConnectionState;
 use rtc::shared::TransportProtocol;
-use rtc::srtp::config::Config as SrtpConfig;
-use rtc::srtp::context::Context as SrtpContext;
-use rtc::srtp::option::{srtcp_replay_protection, srtp_replay_protection};
-use rtc::srtp::protection_profile::ProtectionProfile;
 use rtc::stun::attributes::ATTR_USERNAME;
 use rtc::stun::fingerprint::FINGERPRINT;
 use rtc::stun::integrity::MessageIntegrity;
@@ -44,60 +34,17 @@ use rtc::stun::xoraddr::XorMappedAddress;
 
 use super::sdp::{self, Ours, Remote};
 use super::{ClientError, Shared};
+use dtls::srtp_contexts;
+pub(super) use dtls::{Identity, Srtp};
 
-/// SRTP profiles offered, AEAD GCM first (a third of CM-HMAC's CPU), as browsers do.
-pub(super) const SRTP_PROFILES: [SrtpProtectionProfile; 3] = [
-    SrtpProtectionProfile::Srtp_Aead_Aes_128_Gcm,
-    SrtpProtectionProfile::Srtp_Aead_Aes_256_Gcm,
-    SrtpProtectionProfile::Srtp_Aes128_Cm_Hmac_Sha1_80,
-];
+mod dtls;
+
 /// Connectivity checks until one succeeds.
 const CHECK_INTERVAL: Duration = Duration::from_millis(50);
 /// Consent checks once connected (RFC 7675 asks for 4-6 s on average).
 const CONSENT_INTERVAL: Duration = Duration::from_secs(2);
 /// No answer to any check for this long: the connection has failed.
 pub(super) const CONSENT_TIMEOUT: Duration = Duration::from_secs(15);
-
-/// The certificate every endpoint of an engine presents, and its SDP fingerprint (like a
-/// browser profile's, one for all its connections).
-pub(super) struct Identity {
-    pub(super) crypto: Arc<dyn RTCCryptoProvider>,
-    pub(super) certificate: Certificate,
-    pub(super) fingerprint: String,
-}
-
-impl Identity {
-    /// Generates a self-signed certificate.
-    pub(super) fn generate() -> Result<Identity, ClientError> {
-        let crypto = rtc::crypto::default_provider()
-            .map_err(|e| ClientError::Protocol(format!("crypto provider: {e}")))?;
-        let certificate =
-            Certificate::generate_self_signed(vec!["chorus-bot".to_owned()], crypto.crypto())
-                .map_err(|e| ClientError::Protocol(format!("certificate: {e}")))?;
-        let der = certificate
-            .certificate
-            .first()
-            .ok_or_else(|| ClientError::Protocol("certificate without a chain".into()))?;
-        let fingerprint = sha256_fingerprint(crypto.as_ref(), der.as_ref())?;
-        Ok(Identity {
-            crypto,
-            certificate,
-            fingerprint,
-        })
-    }
-}
-
-fn sha256_fingerprint(crypto: &dyn RTCCryptoProvider, der: &[u8]) -> Result<String, ClientError> {
-    let hashed = crypto
-        .crypto()
-        .hash(HashAlgorithm::Sha256, der)
-        .map_err(|e| ClientError::Protocol(format!("fingerprint: {e}")))?;
-    Ok(hashed
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":"))
-}
 
 /// What a datagram was, once [`Transport::handle_read`] has seen it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -108,14 +55,6 @@ pub(super) enum Demuxed {
     Rtcp,
     /// STUN or DTLS, handled; or nothing we know.
     Handled,
-}
-
-/// The SRTP contexts of a connected transport.
-pub(super) struct Srtp {
-    /// Decrypts what the server sends.
-    pub(super) remote: SrtpContext,
-    /// Encrypts what we send.
-    pub(super) local: SrtpContext,
 }
 
 /// One connection's ICE, DTLS and SRTP state, and the datagrams it has to send.
@@ -365,29 +304,12 @@ impl Transport {
         let Some(remote) = &self.remote else {
             return;
         };
-        let expected = remote.fingerprint.to_lowercase();
-        let crypto = Arc::clone(&self.identity.crypto);
-        let verify: VerifyPeerCertificateFn = Arc::new(move |certs, _| {
-            let der = certs
-                .first()
-                .ok_or(rtc::shared::error::Error::ErrNonCertificate)?;
-            let got = sha256_fingerprint(crypto.as_ref(), der)
-                .map_err(|e| rtc::shared::error::Error::Other(e.to_string()))?;
-            if got == expected {
-                Ok(())
-            } else {
-                Err(rtc::shared::error::Error::ErrNoMatchingCertificateFingerprint)
-            }
-        });
-        let config = ConfigBuilder::default()
-            .with_crypto_provider(Arc::clone(&self.identity.crypto))
-            .with_certificates(vec![self.identity.certificate.clone()])
-            .with_srtp_protection_profiles(SRTP_PROFILES.to_vec())
-            .with_insecure_skip_verify(true)
-            .with_verify_peer_certificate(Some(verify))
-            .with_extended_master_secret(ExtendedMasterSecretType::Require)
-            .with_client_auth(ClientAuthType::RequireAnyClientCert)
-            .build(self.dtls_client, Some(server));
+        let config = dtls::handshake_config(
+            &self.identity,
+            &remote.fingerprint,
+            self.dtls_client,
+            server,
+        );
         let result = config.and_then(|config| {
             if self.dtls_client {
                 self.dtls.connect(now, server, Arc::new(config), None)
@@ -592,55 +514,6 @@ impl Transport {
     }
 }
 
-/// The receive (server -> us) and send SRTP contexts from a completed DTLS handshake.
-fn srtp_contexts(
-    state: &rtc::dtls::state::State,
-    crypto: &dyn RTCCryptoProvider,
-) -> Result<Srtp, ClientError> {
-    let err = |e: rtc::shared::error::Error| ClientError::Protocol(format!("SRTP: {e}"));
-    let profile = match state.srtp_protection_profile() {
-        SrtpProtectionProfile::Srtp_Aead_Aes_128_Gcm => ProtectionProfile::AeadAes128Gcm,
-        SrtpProtectionProfile::Srtp_Aead_Aes_256_Gcm => ProtectionProfile::AeadAes256Gcm,
-        SrtpProtectionProfile::Srtp_Aes128_Cm_Hmac_Sha1_80 => {
-            ProtectionProfile::Aes128CmHmacSha1_80
-        }
-        other => return Err(ClientError::Protocol(format!("SRTP profile {other:?}"))),
-    };
-    let mut config = SrtpConfig {
-        profile,
-        ..Default::default()
-    };
-    let material = state
-        .export_keying_material(
-            rtc::srtp::config::LABEL_EXTRACTOR_DTLS_SRTP,
-            &[],
-            config.keying_material_len(),
-        )
-        .map_err(err)?;
-    config
-        .set_session_keys_from_keying_material(material.as_ref(), state.is_client())
-        .map_err(err)?;
-    let remote = SrtpContext::new(
-        &config.keys.remote_master_key,
-        &config.keys.remote_master_salt,
-        profile,
-        Some(srtp_replay_protection(64)),
-        Some(srtcp_replay_protection(64)),
-        crypto.crypto(),
-    )
-    .map_err(err)?;
-    let local = SrtpContext::new(
-        &config.keys.local_master_key,
-        &config.keys.local_master_salt,
-        profile,
-        None,
-        None,
-        crypto.crypto(),
-    )
-    .map_err(err)?;
-    Ok(Srtp { remote, local })
-}
-
 /// A random token of ICE characters.
 pub(super) fn random_token(len: usize) -> String {
     const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
@@ -651,7 +524,9 @@ pub(super) fn random_token(len: usize) -> String {
 
 #[cfg(test)]
 pub(super) mod tests {
+    use super::dtls::SRTP_PROFILES;
     use super::*;
+    use rtc::dtls::config::{ClientAuthType, ConfigBuilder, ExtendedMasterSecretType};
 
     /// A STUN success response to a check, signed with the server's password.
     pub(in crate::client) fn check_response(

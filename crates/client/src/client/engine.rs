@@ -10,7 +10,8 @@
 //! connection (or WHIP publisher) of looped media, whose frames the thread paces by the
 //! endpoints' timers. The accounting of received packets
 //! ([`ReceivedTrackStats`](crate::ReceivedTrackStats)) and sent frames is the client's own,
-//! shared with the async path.
+//! shared with the async path; connection states are the transports' events, handed over to
+//! the client by this thread. Sockets and batched reads are [`socket`]'s.
 //!
 //! The server tells participants apart by address, so every connection needs one of its own.
 //! Toward a loopback server, connections share one socket bound to the wildcard address and each
@@ -27,7 +28,7 @@ use std::sync::mpsc::{Receiver, Sender, TryRecvError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use chorus_signal::protocol::IceCandidate;
+use chorus_signal::protocol::{IceCandidate, Target};
 use mio::{Events, Interest, Poll, Token, Waker};
 use quinn_udp::{RecvMeta, Transmit, BATCH_SIZE};
 use rtc::peer_connection::transport::{
@@ -37,7 +38,7 @@ use tokio::sync::oneshot;
 
 use super::publisher::{self, PublishTrack};
 use super::receiver;
-use super::transport::{Identity, Transport};
+use super::transport::{Event, Identity, Transport};
 use super::{Arrival, ClientError, Shared};
 use crate::impair::Impairment;
 use socket::{loopback_ip, Socket, LOOPBACK_RECV_BUFFER, RECV_BUF};
@@ -536,14 +537,15 @@ impl Engine {
                 Endpoint::Receive(rx)
             }
             // The offer carries the candidate.
-            Role::Publish(tracks) => Endpoint::Publish(publisher::Publisher::new(
-                now, local, shared, identity, tracks,
-            )),
+            Role::Publish(tracks) => {
+                Endpoint::Publish(publisher::Publisher::new(now, local, identity, tracks))
+            }
         };
         self.conns.insert(
             id,
             Conn {
                 endpoint,
+                shared,
                 own,
                 local,
                 deadline: None,
@@ -631,6 +633,8 @@ impl Endpoint {
 /// One connection.
 struct Conn {
     endpoint: Endpoint,
+    /// The client's state its events are handed over to.
+    shared: Arc<Shared>,
     /// The connection's own socket; `None` on the shared loopback socket.
     own: Option<Socket>,
     /// The connection's address (its host candidate).
@@ -660,9 +664,25 @@ impl Conn {
             self.failed = true;
             self.endpoint.transport().fail();
         }
+        self.hand_over_events();
+    }
+
+    /// Hands the endpoint's events over to the client: connection states into its watch.
+    fn hand_over_events(&mut self) {
+        while let Some(event) = self.endpoint.transport().poll_event() {
+            match event {
+                Event::State(Target::Publisher, state) => {
+                    self.shared.states.send_modify(|s| s.publisher = state)
+                }
+                Event::State(Target::Subscriber, state) => {
+                    self.shared.states.send_modify(|s| s.subscriber = state)
+                }
+            }
+        }
     }
 
     fn flush(&mut self, loopback: Option<&Socket>) {
+        self.hand_over_events();
         let Some(socket) = self.own.as_ref().or(loopback) else {
             return;
         };
@@ -720,6 +740,7 @@ mod tests {
                 identity,
                 Impairment::default(),
             )),
+            shared: Arc::clone(&shared),
             own: None,
             local,
             deadline: None,

@@ -13,7 +13,8 @@
 //! reports. ICE, DTLS and SRTP are the [`Transport`]'s.
 //!
 //! The offer is a browser's: one `sendonly` section per track with its `msid`, simulcast as
-//! `a=rid`/`a=simulcast` (RFC 8853) or a plain SSRC, our host candidate and no trickle.
+//! `a=rid`/`a=simulcast` (RFC 8853) or a plain SSRC, our host candidate and no trickle
+//! (`description`). What is sent, and each encoding's pacing and history, is `tracks`'.
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -29,7 +30,7 @@ use rtc::shared::marshal::{Marshal, MarshalSize};
 
 use super::sdp::{self, Remote};
 use super::transport::{Demuxed, Identity, Transport};
-use super::{ClientError, Shared};
+use super::ClientError;
 use tracks::{Codec, ExtensionIds, Layer, Track, HISTORY};
 pub(crate) use tracks::{LoopSource, PublishLayer, PublishTrack};
 
@@ -69,7 +70,6 @@ impl Publisher {
     pub(super) fn new(
         now: Instant,
         local: SocketAddr,
-        shared: Arc<Shared>,
         identity: Arc<Identity>,
         tracks: Vec<PublishTrack>,
     ) -> Publisher {
@@ -92,7 +92,7 @@ impl Publisher {
             })
             .collect();
         Publisher {
-            transport: Transport::new(now, local, Target::Publisher, shared, identity),
+            transport: Transport::new(now, local, Target::Publisher, identity),
             tracks,
             cname: super::transport::random_token(16),
             transport_sequence: rand::random(),

@@ -13,7 +13,8 @@
 //!
 //! The answer accepts every offered codec and the header extensions the client measures with,
 //! and the data channel section (the server never opens it toward an endpoint that does not
-//! speak SCTP; bots do not chat).
+//! speak SCTP; bots do not chat); the SDP is `description`'s, each stream's reports, NACKs and
+//! PLIs `feedback`'s.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -123,13 +124,7 @@ impl Receiver {
         impairment: Impairment,
     ) -> Receiver {
         Receiver {
-            transport: Transport::new(
-                now,
-                local,
-                Target::Subscriber,
-                Arc::clone(&shared),
-                identity,
-            ),
+            transport: Transport::new(now, local, Target::Subscriber, identity),
             shared,
             impairment,
             ssrc: rand::random(),

@@ -33,7 +33,7 @@ use rtc::stun::textattrs::Username;
 use rtc::stun::xoraddr::XorMappedAddress;
 
 use super::sdp::{self, Ours, Remote};
-use super::{ClientError, Shared};
+use super::ClientError;
 use dtls::srtp_contexts;
 pub(super) use dtls::{Identity, Srtp};
 
@@ -57,12 +57,19 @@ pub(super) enum Demuxed {
     Handled,
 }
 
+/// What a connection reports to its client: the endpoints write nothing into the client's
+/// state; the engine hands their events over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Event {
+    /// The connection (the client's publisher or subscriber one) changed state.
+    State(Target, RTCPeerConnectionState),
+}
+
 /// One connection's ICE, DTLS and SRTP state, and the datagrams it has to send.
 pub(super) struct Transport {
     pub(super) local: SocketAddr,
     /// Which of the client's connections this is (for its state).
     target: Target,
-    shared: Arc<Shared>,
     pub(super) identity: Arc<Identity>,
     /// Our ICE credentials.
     ufrag: String,
@@ -86,6 +93,8 @@ pub(super) struct Transport {
     connected_at: Option<Instant>,
     transmits: VecDeque<(SocketAddr, Bytes)>,
     pub(super) state: RTCPeerConnectionState,
+    /// What the client is to be told, oldest first.
+    events: VecDeque<Event>,
 }
 
 impl Transport {
@@ -93,13 +102,11 @@ impl Transport {
         now: Instant,
         local: SocketAddr,
         target: Target,
-        shared: Arc<Shared>,
         identity: Arc<Identity>,
     ) -> Transport {
         Transport {
             local,
             target,
-            shared,
             identity,
             ufrag: random_token(16),
             pwd: random_token(32),
@@ -117,6 +124,7 @@ impl Transport {
             connected_at: None,
             transmits: VecDeque::new(),
             state: RTCPeerConnectionState::New,
+            events: VecDeque::new(),
         }
     }
 
@@ -415,6 +423,11 @@ impl Transport {
         [self.next_check, dtls].into_iter().flatten().min()
     }
 
+    /// The next event for the client (the engine hands it over).
+    pub(super) fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
     /// The next datagram to send, and where.
     pub(super) fn poll_transmit(&mut self) -> Option<(SocketAddr, Bytes)> {
         self.transmits.pop_front()
@@ -507,10 +520,7 @@ impl Transport {
         }
         self.state = state;
         tracing::debug!(target = ?self.target, %state, "peer connection state");
-        match self.target {
-            Target::Publisher => self.shared.states.send_modify(|s| s.publisher = state),
-            Target::Subscriber => self.shared.states.send_modify(|s| s.subscriber = state),
-        }
+        self.events.push_back(Event::State(self.target, state));
     }
 }
 
@@ -524,6 +534,7 @@ pub(super) fn random_token(len: usize) -> String {
 
 #[cfg(test)]
 pub(super) mod tests {
+    use super::super::Shared;
     use super::dtls::SRTP_PROFILES;
     use super::*;
     use rtc::dtls::config::{ClientAuthType, ConfigBuilder, ExtendedMasterSecretType};
@@ -627,5 +638,36 @@ pub(super) mod tests {
     ) -> Option<Srtp> {
         let state = endpoint.get_connection_state(peer)?;
         srtp_contexts(state, identity.crypto.as_ref()).ok()
+    }
+
+    #[test]
+    fn state_changes_are_events_for_the_engine_to_hand_over() {
+        let f = Fixture::new();
+        let mut t = Transport::new(f.t0, f.local, Target::Publisher, f.ours);
+        assert_eq!(t.poll_event(), None);
+        t.fail();
+        t.close(f.t0);
+        // Closed after failing; once closed, nothing changes any more.
+        t.fail();
+        assert_eq!(
+            t.poll_event(),
+            Some(Event::State(
+                Target::Publisher,
+                RTCPeerConnectionState::Failed
+            ))
+        );
+        assert_eq!(
+            t.poll_event(),
+            Some(Event::State(
+                Target::Publisher,
+                RTCPeerConnectionState::Closed
+            ))
+        );
+        assert_eq!(t.poll_event(), None);
+        // Nothing was written into the client's state.
+        assert_eq!(
+            f.shared.states.borrow().publisher,
+            RTCPeerConnectionState::New
+        );
     }
 }

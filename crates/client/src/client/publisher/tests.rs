@@ -41,7 +41,7 @@ impl Harness {
     /// to an in-process DTLS server.
     fn connected() -> Harness {
         let Fixture {
-            shared,
+            shared: _,
             ours,
             theirs,
             t0,
@@ -80,7 +80,7 @@ impl Harness {
                     .collect(),
             },
         ];
-        let mut p = Publisher::new(t0, local, shared, ours, tracks);
+        let mut p = Publisher::new(t0, local, ours, tracks);
         let answer = format!(
             "v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\na=ice-lite\r\n\
              a=fingerprint:sha-256 {fp}\r\na=group:BUNDLE 0 1\r\n\

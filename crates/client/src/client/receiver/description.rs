@@ -9,7 +9,7 @@ use rtc::sdp::direction::Direction;
 use rtc::sdp::SessionDescription;
 
 use super::super::sdp::{self, Codec, Ours, Remote, RtpSection, Setup};
-use super::ClientError;
+use super::super::ClientError;
 
 /// A track the server announced it sends, by its (first) SSRC.
 #[derive(Debug, Clone, PartialEq)]

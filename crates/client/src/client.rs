@@ -3,6 +3,7 @@
 pub mod engine;
 mod publisher;
 mod receiver;
+mod sdp;
 mod transport;
 pub mod whip;
 

@@ -10,7 +10,8 @@
 //! connection (or WHIP publisher) of looped media, whose frames the thread paces by the
 //! endpoints' timers. The accounting of received packets
 //! ([`ReceivedTrackStats`](crate::ReceivedTrackStats)) and sent frames is the client's own,
-//! shared with the async path.
+//! shared with the async path; connection states are the transports' events, handed over to
+//! the client by this thread. Sockets and batched reads are [`socket`]'s.
 //!
 //! The server tells participants apart by address, so every connection needs one of its own.
 //! Toward a loopback server, connections share one socket bound to the wildcard address and each
@@ -21,15 +22,15 @@
 //! bots reach directly (loopback, a LAN, a public address).
 
 use std::collections::{BTreeSet, HashMap};
-use std::io::{self, IoSliceMut};
+use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::mpsc::{Receiver, Sender, TryRecvError};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
-use chorus_signal::protocol::IceCandidate;
+use chorus_signal::protocol::{IceCandidate, Target};
 use mio::{Events, Interest, Poll, Token, Waker};
-use quinn_udp::{RecvMeta, Transmit, UdpSocketState, BATCH_SIZE};
+use quinn_udp::{RecvMeta, Transmit, BATCH_SIZE};
 use rtc::peer_connection::transport::{
     CandidateConfig, CandidateHostConfig, RTCIceCandidate, RTCIceCandidateInit,
 };
@@ -37,18 +38,17 @@ use tokio::sync::oneshot;
 
 use super::publisher::{self, PublishTrack};
 use super::receiver;
-use super::transport::{Identity, Transport};
+use super::transport::{Event, Identity, Transport};
 use super::{Arrival, ClientError, Shared};
 use crate::impair::Impairment;
+use socket::{loopback_ip, Socket, LOOPBACK_RECV_BUFFER, RECV_BUF};
+
+mod socket;
 
 /// The waker's token; connections with sockets of their own use their id.
 const WAKE: Token = Token(usize::MAX);
 /// The shared loopback socket's token.
 const LOOPBACK: Token = Token(usize::MAX - 1);
-/// Receive buffer per batch slot: a UDP GRO read may coalesce several datagrams.
-const RECV_BUF: usize = 64 * 1024;
-/// The shared loopback socket's receive buffer (capped by `net.core.rmem_max`).
-const LOOPBACK_RECV_BUFFER: usize = 16 << 20;
 /// The shortest time between two passes over the ready sockets. Waking for every datagram
 /// (the server sends a subscriber's packets one by one) costs a context switch each, the
 /// largest cost after the stack itself; gathering for up to 1 ms costs nothing in accuracy,
@@ -537,14 +537,15 @@ impl Engine {
                 Endpoint::Receive(rx)
             }
             // The offer carries the candidate.
-            Role::Publish(tracks) => Endpoint::Publish(publisher::Publisher::new(
-                now, local, shared, identity, tracks,
-            )),
+            Role::Publish(tracks) => {
+                Endpoint::Publish(publisher::Publisher::new(now, local, identity, tracks))
+            }
         };
         self.conns.insert(
             id,
             Conn {
                 endpoint,
+                shared,
                 own,
                 local,
                 deadline: None,
@@ -578,65 +579,6 @@ impl Engine {
                 conn.deadline = Some(at.max(now));
             } else {
                 conn.deadline = None;
-            }
-        }
-    }
-}
-
-/// A non-blocking UDP socket with batched reads.
-struct Socket {
-    io: mio::net::UdpSocket,
-    state: UdpSocketState,
-    port: u16,
-}
-
-impl Socket {
-    fn bind(addr: SocketAddr) -> Result<Socket, ClientError> {
-        let socket = std::net::UdpSocket::bind(addr).map_err(ClientError::Io)?;
-        socket.set_nonblocking(true).map_err(ClientError::Io)?;
-        let state = UdpSocketState::new((&socket).into()).map_err(ClientError::Io)?;
-        let port = socket.local_addr().map_err(ClientError::Io)?.port();
-        Ok(Socket {
-            io: mio::net::UdpSocket::from_std(socket),
-            state,
-            port,
-        })
-    }
-
-    /// Reads until the socket's queue is empty, handing over every datagram.
-    fn read(
-        &self,
-        bufs: &mut [[u8; RECV_BUF]],
-        metas: &mut [RecvMeta; BATCH_SIZE],
-        now: Instant,
-        mut on_datagram: impl FnMut(&RecvMeta, &[u8], Arrival),
-    ) {
-        loop {
-            let mut slots = bufs.iter_mut();
-            let mut iovs: [IoSliceMut<'_>; BATCH_SIZE] = std::array::from_fn(|_| {
-                IoSliceMut::new(slots.next().map_or(&mut [][..], |b| &mut b[..]))
-            });
-            let n = match self.state.recv((&self.io).into(), &mut iovs, metas) {
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    // e.g. ICMP port unreachable reported on the socket: not fatal.
-                    tracing::debug!(error = %e, "subscriber socket read");
-                    return;
-                }
-            };
-            let wall = SystemTime::now();
-            for (buf, meta) in iovs.iter().zip(metas.iter()).take(n) {
-                let arrival = arrival(meta.timestamp, now, wall);
-                let stride = meta.stride.max(1);
-                for datagram in buf[..meta.len.min(buf.len())].chunks(stride) {
-                    on_datagram(meta, datagram, arrival);
-                }
-            }
-            // A short batch emptied the queue; a datagram arriving later wakes us again.
-            if n < BATCH_SIZE {
-                return;
             }
         }
     }
@@ -691,6 +633,8 @@ impl Endpoint {
 /// One connection.
 struct Conn {
     endpoint: Endpoint,
+    /// The client's state its events are handed over to.
+    shared: Arc<Shared>,
     /// The connection's own socket; `None` on the shared loopback socket.
     own: Option<Socket>,
     /// The connection's address (its host candidate).
@@ -720,9 +664,25 @@ impl Conn {
             self.failed = true;
             self.endpoint.transport().fail();
         }
+        self.hand_over_events();
+    }
+
+    /// Hands the endpoint's events over to the client: connection states into its watch.
+    fn hand_over_events(&mut self) {
+        while let Some(event) = self.endpoint.transport().poll_event() {
+            match event {
+                Event::State(Target::Publisher, state) => {
+                    self.shared.states.send_modify(|s| s.publisher = state)
+                }
+                Event::State(Target::Subscriber, state) => {
+                    self.shared.states.send_modify(|s| s.subscriber = state)
+                }
+            }
+        }
     }
 
     fn flush(&mut self, loopback: Option<&Socket>) {
+        self.hand_over_events();
         let Some(socket) = self.own.as_ref().or(loopback) else {
             return;
         };
@@ -740,30 +700,6 @@ impl Conn {
                 tracing::trace!(error = %e, "subscriber socket write");
             }
         }
-    }
-}
-
-/// The `n`th loopback address handed out: 127.1.0.1 upward, skipping .0 and .255 in the last
-/// byte (about 16 million addresses, all of them local on Linux); `None` past the last.
-fn loopback_ip(n: u32) -> Option<Ipv4Addr> {
-    let last = 1 + (n % 254) as u8;
-    let rest = n / 254;
-    let second = u8::try_from(1 + rest / 256).ok()?;
-    Some(Ipv4Addr::new(127, second, (rest % 256) as u8, last))
-}
-
-/// When a datagram arrived: the kernel's receive timestamp (`SO_TIMESTAMPNS`) mapped onto both
-/// clocks, else the time of the read.
-fn arrival(stamp: Option<Duration>, now: Instant, wall: SystemTime) -> Arrival {
-    let Some(stamp) = stamp else {
-        return Arrival { at: now, wall };
-    };
-    let stamped = SystemTime::UNIX_EPOCH + stamp;
-    // A stamp from the future (clock step) counts as now.
-    let age = wall.duration_since(stamped).unwrap_or(Duration::ZERO);
-    Arrival {
-        at: now.checked_sub(age).unwrap_or(now),
-        wall: wall - age,
     }
 }
 
@@ -790,21 +726,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn loopback_addresses_are_distinct_and_skip_broadcast_bytes() {
-        assert_eq!(loopback_ip(0), Some(Ipv4Addr::new(127, 1, 0, 1)));
-        assert_eq!(loopback_ip(253), Some(Ipv4Addr::new(127, 1, 0, 254)));
-        assert_eq!(loopback_ip(254), Some(Ipv4Addr::new(127, 1, 1, 1)));
-        assert_eq!(loopback_ip(254 * 256), Some(Ipv4Addr::new(127, 2, 0, 1)));
-        assert_eq!(
-            loopback_ip(254 * 256 * 255 - 1),
-            Some(Ipv4Addr::new(127, 255, 255, 254))
-        );
-        assert_eq!(loopback_ip(254 * 256 * 255), None);
-        let ips: std::collections::HashSet<_> = (0..100_000).filter_map(loopback_ip).collect();
-        assert_eq!(ips.len(), 100_000);
-    }
-
-    #[test]
     fn a_panicking_connection_fails_alone() {
         let (out, _rx) = tokio::sync::mpsc::unbounded_channel();
         let shared = Shared::new(out, Default::default(), 0);
@@ -819,6 +740,7 @@ mod tests {
                 identity,
                 Impairment::default(),
             )),
+            shared: Arc::clone(&shared),
             own: None,
             local,
             deadline: None,
@@ -834,25 +756,5 @@ mod tests {
         let mut called = false;
         conn.contain("a test", |_| called = true);
         assert!(!called, "a failed connection gets nothing more");
-    }
-
-    #[test]
-    fn arrival_comes_from_the_kernel_stamp() {
-        let now = Instant::now();
-        let wall = SystemTime::now();
-        let since_epoch = wall
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .expect("after 1970");
-        let a = arrival(Some(since_epoch - Duration::from_millis(3)), now, wall);
-        assert_eq!(now - a.at, Duration::from_millis(3));
-        assert_eq!(
-            wall.duration_since(a.wall).ok(),
-            Some(Duration::from_millis(3))
-        );
-        // No stamp, or one from the future: the read time.
-        let a = arrival(None, now, wall);
-        assert_eq!((a.at, a.wall), (now, wall));
-        let future = Some(since_epoch + Duration::from_secs(1));
-        assert_eq!(arrival(future, now, wall).at, now);
     }
 }

@@ -18,22 +18,12 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use chorus_signal::protocol::Target;
-use rtc::crypto::{HashAlgorithm, RTCCryptoProvider};
-use rtc::dtls::config::{
-    ClientAuthType, ConfigBuilder, ExtendedMasterSecretType, VerifyPeerCertificateFn,
-};
-use rtc::dtls::crypto::Certificate;
 use rtc::dtls::endpoint::{Endpoint as DtlsEndpoint, EndpointEvent};
-use rtc::dtls::extension::extension_use_srtp::SrtpProtectionProfile;
 use rtc::ice::attributes::control::AttrControlling;
 use rtc::ice::attributes::priority::PriorityAttr;
 use rtc::ice::attributes::use_candidate::UseCandidateAttr;
 use rtc::peer_connection::state::RTCPeerConnectionState;
 use rtc::shared::TransportProtocol;
-use rtc::srtp::config::Config as SrtpConfig;
-use rtc::srtp::context::Context as SrtpContext;
-use rtc::srtp::option::{srtcp_replay_protection, srtp_replay_protection};
-use rtc::srtp::protection_profile::ProtectionProfile;
 use rtc::stun::attributes::ATTR_USERNAME;
 use rtc::stun::fingerprint::FINGERPRINT;
 use rtc::stun::integrity::MessageIntegrity;
@@ -42,119 +32,19 @@ use rtc::stun::message::{Setter, TransactionId};
 use rtc::stun::textattrs::Username;
 use rtc::stun::xoraddr::XorMappedAddress;
 
-use super::{ClientError, Shared};
+use super::sdp::{self, Ours, Remote};
+use super::ClientError;
+use dtls::srtp_contexts;
+pub(super) use dtls::{Identity, Srtp};
 
-/// SRTP profiles offered, AEAD GCM first (a third of CM-HMAC's CPU), as browsers do.
-pub(super) const SRTP_PROFILES: [SrtpProtectionProfile; 3] = [
-    SrtpProtectionProfile::Srtp_Aead_Aes_128_Gcm,
-    SrtpProtectionProfile::Srtp_Aead_Aes_256_Gcm,
-    SrtpProtectionProfile::Srtp_Aes128_Cm_Hmac_Sha1_80,
-];
+mod dtls;
+
 /// Connectivity checks until one succeeds.
 const CHECK_INTERVAL: Duration = Duration::from_millis(50);
 /// Consent checks once connected (RFC 7675 asks for 4-6 s on average).
 const CONSENT_INTERVAL: Duration = Duration::from_secs(2);
 /// No answer to any check for this long: the connection has failed.
 pub(super) const CONSENT_TIMEOUT: Duration = Duration::from_secs(15);
-
-/// The certificate every endpoint of an engine presents, and its SDP fingerprint (like a
-/// browser profile's, one for all its connections).
-pub(super) struct Identity {
-    pub(super) crypto: Arc<dyn RTCCryptoProvider>,
-    pub(super) certificate: Certificate,
-    pub(super) fingerprint: String,
-}
-
-impl Identity {
-    /// Generates a self-signed certificate.
-    pub(super) fn generate() -> Result<Identity, ClientError> {
-        let crypto = rtc::crypto::default_provider()
-            .map_err(|e| ClientError::Protocol(format!("crypto provider: {e}")))?;
-        let certificate =
-            Certificate::generate_self_signed(vec!["chorus-bot".to_owned()], crypto.crypto())
-                .map_err(|e| ClientError::Protocol(format!("certificate: {e}")))?;
-        let der = certificate
-            .certificate
-            .first()
-            .ok_or_else(|| ClientError::Protocol("certificate without a chain".into()))?;
-        let fingerprint = sha256_fingerprint(crypto.as_ref(), der.as_ref())?;
-        Ok(Identity {
-            crypto,
-            certificate,
-            fingerprint,
-        })
-    }
-}
-
-fn sha256_fingerprint(crypto: &dyn RTCCryptoProvider, der: &[u8]) -> Result<String, ClientError> {
-    let hashed = crypto
-        .crypto()
-        .hash(HashAlgorithm::Sha256, der)
-        .map_err(|e| ClientError::Protocol(format!("fingerprint: {e}")))?;
-    Ok(hashed
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":"))
-}
-
-/// What the server's description says about its side.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub(super) struct Remote {
-    pub(super) ufrag: String,
-    pub(super) pwd: String,
-    pub(super) fingerprint: String,
-    /// Its candidates (UDP host candidates in practice).
-    pub(super) candidates: Vec<SocketAddr>,
-}
-
-impl Remote {
-    /// Reads the ICE credentials, the sha-256 fingerprint and the candidates of a description.
-    pub(super) fn parse(sdp: &str) -> Result<Remote, ClientError> {
-        let mut remote = Remote::default();
-        for line in sdp.lines().map(str::trim_end) {
-            let Some(a) = line.strip_prefix("a=") else {
-                continue;
-            };
-            if let Some(v) = a.strip_prefix("ice-ufrag:") {
-                if remote.ufrag.is_empty() {
-                    remote.ufrag = v.trim().to_owned();
-                }
-            } else if let Some(v) = a.strip_prefix("ice-pwd:") {
-                if remote.pwd.is_empty() {
-                    remote.pwd = v.trim().to_owned();
-                }
-            } else if let Some(v) = a.strip_prefix("fingerprint:") {
-                if let (true, Some(("sha-256", fp))) =
-                    (remote.fingerprint.is_empty(), v.trim().split_once(' '))
-                {
-                    remote.fingerprint = fp.trim().to_owned();
-                }
-            } else if a.starts_with("candidate:") {
-                if let Some(addr) = parse_candidate(a) {
-                    remote.candidates.push(addr);
-                }
-            }
-        }
-        if remote.ufrag.is_empty() || remote.pwd.is_empty() {
-            return Err(ClientError::Protocol(
-                "description without ICE credentials".into(),
-            ));
-        }
-        if remote.fingerprint.is_empty() {
-            return Err(ClientError::Protocol(
-                "description without a sha-256 fingerprint".into(),
-            ));
-        }
-        Ok(remote)
-    }
-
-    /// Whether `other` keeps the ICE and DTLS parameters (restarts are not supported).
-    fn same_session(&self, other: &Remote) -> bool {
-        (&self.ufrag, &self.pwd, &self.fingerprint)
-            == (&other.ufrag, &other.pwd, &other.fingerprint)
-    }
-}
 
 /// What a datagram was, once [`Transport::handle_read`] has seen it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -167,12 +57,12 @@ pub(super) enum Demuxed {
     Handled,
 }
 
-/// The SRTP contexts of a connected transport.
-pub(super) struct Srtp {
-    /// Decrypts what the server sends.
-    pub(super) remote: SrtpContext,
-    /// Encrypts what we send.
-    pub(super) local: SrtpContext,
+/// What a connection reports to its client: the endpoints write nothing into the client's
+/// state; the engine hands their events over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Event {
+    /// The connection (the client's publisher or subscriber one) changed state.
+    State(Target, RTCPeerConnectionState),
 }
 
 /// One connection's ICE, DTLS and SRTP state, and the datagrams it has to send.
@@ -180,7 +70,6 @@ pub(super) struct Transport {
     pub(super) local: SocketAddr,
     /// Which of the client's connections this is (for its state).
     target: Target,
-    shared: Arc<Shared>,
     pub(super) identity: Arc<Identity>,
     /// Our ICE credentials.
     ufrag: String,
@@ -204,6 +93,8 @@ pub(super) struct Transport {
     connected_at: Option<Instant>,
     transmits: VecDeque<(SocketAddr, Bytes)>,
     pub(super) state: RTCPeerConnectionState,
+    /// What the client is to be told, oldest first.
+    events: VecDeque<Event>,
 }
 
 impl Transport {
@@ -211,13 +102,11 @@ impl Transport {
         now: Instant,
         local: SocketAddr,
         target: Target,
-        shared: Arc<Shared>,
         identity: Arc<Identity>,
     ) -> Transport {
         Transport {
             local,
             target,
-            shared,
             identity,
             ufrag: random_token(16),
             pwd: random_token(32),
@@ -235,6 +124,7 @@ impl Transport {
             connected_at: None,
             transmits: VecDeque::new(),
             state: RTCPeerConnectionState::New,
+            events: VecDeque::new(),
         }
     }
 
@@ -243,15 +133,13 @@ impl Transport {
         &self.ufrag
     }
 
-    /// The `a=` lines of our side of a media section: ICE credentials, fingerprint and the
-    /// DTLS role (`actpass` in an offer, `active` in an answer).
-    pub(super) fn description_lines(&self, setup: &str) -> String {
-        format!(
-            "a=ice-ufrag:{}\r\na=ice-pwd:{}\r\na=fingerprint:sha-256 {}\r\na=setup:{setup}\r\n",
-            self.ufrag,
-            self.pwd,
-            self.identity.fingerprint.to_uppercase()
-        )
+    /// Our side of a media section: ICE credentials and fingerprint.
+    pub(super) fn ours(&self) -> Ours {
+        Ours {
+            ufrag: self.ufrag.clone(),
+            pwd: self.pwd.clone(),
+            fingerprint: self.identity.fingerprint.to_uppercase(),
+        }
     }
 
     /// Applies the server's side of a description (offer, or answer to our offer).
@@ -275,13 +163,13 @@ impl Transport {
 
     /// Takes the DTLS role the server's answer leaves us: `a=setup:active` there makes the
     /// server the client.
-    pub(super) fn apply_answer_role(&mut self, answer: &str) {
-        self.dtls_client = !answer.lines().any(|l| l.trim_end() == "a=setup:active");
+    pub(super) fn apply_answer_role(&mut self, answer: &rtc::sdp::SessionDescription) {
+        self.dtls_client = !sdp::setup_active(answer);
     }
 
     /// Adds a trickled server candidate (`candidate:...` attribute value).
     pub(super) fn add_candidate(&mut self, now: Instant, candidate: &str) {
-        if let Some(addr) = parse_candidate(candidate) {
+        if let Some(addr) = sdp::parse_candidate(candidate) {
             self.add_candidate_addr(addr);
             if self.selected.is_none() && self.remote.is_some() {
                 self.next_check = Some(now);
@@ -424,29 +312,12 @@ impl Transport {
         let Some(remote) = &self.remote else {
             return;
         };
-        let expected = remote.fingerprint.to_lowercase();
-        let crypto = Arc::clone(&self.identity.crypto);
-        let verify: VerifyPeerCertificateFn = Arc::new(move |certs, _| {
-            let der = certs
-                .first()
-                .ok_or(rtc::shared::error::Error::ErrNonCertificate)?;
-            let got = sha256_fingerprint(crypto.as_ref(), der)
-                .map_err(|e| rtc::shared::error::Error::Other(e.to_string()))?;
-            if got == expected {
-                Ok(())
-            } else {
-                Err(rtc::shared::error::Error::ErrNoMatchingCertificateFingerprint)
-            }
-        });
-        let config = ConfigBuilder::default()
-            .with_crypto_provider(Arc::clone(&self.identity.crypto))
-            .with_certificates(vec![self.identity.certificate.clone()])
-            .with_srtp_protection_profiles(SRTP_PROFILES.to_vec())
-            .with_insecure_skip_verify(true)
-            .with_verify_peer_certificate(Some(verify))
-            .with_extended_master_secret(ExtendedMasterSecretType::Require)
-            .with_client_auth(ClientAuthType::RequireAnyClientCert)
-            .build(self.dtls_client, Some(server));
+        let config = dtls::handshake_config(
+            &self.identity,
+            &remote.fingerprint,
+            self.dtls_client,
+            server,
+        );
         let result = config.and_then(|config| {
             if self.dtls_client {
                 self.dtls.connect(now, server, Arc::new(config), None)
@@ -552,6 +423,11 @@ impl Transport {
         [self.next_check, dtls].into_iter().flatten().min()
     }
 
+    /// The next event for the client (the engine hands it over).
+    pub(super) fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
     /// The next datagram to send, and where.
     pub(super) fn poll_transmit(&mut self) -> Option<(SocketAddr, Bytes)> {
         self.transmits.pop_front()
@@ -644,60 +520,8 @@ impl Transport {
         }
         self.state = state;
         tracing::debug!(target = ?self.target, %state, "peer connection state");
-        match self.target {
-            Target::Publisher => self.shared.states.send_modify(|s| s.publisher = state),
-            Target::Subscriber => self.shared.states.send_modify(|s| s.subscriber = state),
-        }
+        self.events.push_back(Event::State(self.target, state));
     }
-}
-
-/// The receive (server -> us) and send SRTP contexts from a completed DTLS handshake.
-fn srtp_contexts(
-    state: &rtc::dtls::state::State,
-    crypto: &dyn RTCCryptoProvider,
-) -> Result<Srtp, ClientError> {
-    let err = |e: rtc::shared::error::Error| ClientError::Protocol(format!("SRTP: {e}"));
-    let profile = match state.srtp_protection_profile() {
-        SrtpProtectionProfile::Srtp_Aead_Aes_128_Gcm => ProtectionProfile::AeadAes128Gcm,
-        SrtpProtectionProfile::Srtp_Aead_Aes_256_Gcm => ProtectionProfile::AeadAes256Gcm,
-        SrtpProtectionProfile::Srtp_Aes128_Cm_Hmac_Sha1_80 => {
-            ProtectionProfile::Aes128CmHmacSha1_80
-        }
-        other => return Err(ClientError::Protocol(format!("SRTP profile {other:?}"))),
-    };
-    let mut config = SrtpConfig {
-        profile,
-        ..Default::default()
-    };
-    let material = state
-        .export_keying_material(
-            rtc::srtp::config::LABEL_EXTRACTOR_DTLS_SRTP,
-            &[],
-            config.keying_material_len(),
-        )
-        .map_err(err)?;
-    config
-        .set_session_keys_from_keying_material(material.as_ref(), state.is_client())
-        .map_err(err)?;
-    let remote = SrtpContext::new(
-        &config.keys.remote_master_key,
-        &config.keys.remote_master_salt,
-        profile,
-        Some(srtp_replay_protection(64)),
-        Some(srtcp_replay_protection(64)),
-        crypto.crypto(),
-    )
-    .map_err(err)?;
-    let local = SrtpContext::new(
-        &config.keys.local_master_key,
-        &config.keys.local_master_salt,
-        profile,
-        None,
-        None,
-        crypto.crypto(),
-    )
-    .map_err(err)?;
-    Ok(Srtp { remote, local })
 }
 
 /// A random token of ICE characters.
@@ -708,36 +532,12 @@ pub(super) fn random_token(len: usize) -> String {
         .collect()
 }
 
-/// A description's lines split into the session section and one section per `m=` line.
-pub(super) fn sections(sdp: &str) -> Vec<Vec<&str>> {
-    let mut out: Vec<Vec<&str>> = vec![Vec::new()];
-    for line in sdp.lines().map(str::trim_end).filter(|l| !l.is_empty()) {
-        if line.starts_with("m=") {
-            out.push(Vec::new());
-        }
-        if let Some(section) = out.last_mut() {
-            section.push(line);
-        }
-    }
-    out
-}
-
-/// A UDP candidate's address (`candidate:... udp <prio> <ip> <port> typ ...`).
-pub(super) fn parse_candidate(candidate: &str) -> Option<SocketAddr> {
-    let value = candidate.strip_prefix("a=").unwrap_or(candidate);
-    let value = value.strip_prefix("candidate:")?;
-    let fields: Vec<&str> = value.split_whitespace().collect();
-    if fields.len() < 6 || !fields[2].eq_ignore_ascii_case("udp") {
-        return None;
-    }
-    let ip: std::net::IpAddr = fields[4].parse().ok()?;
-    let port: u16 = fields[5].parse().ok()?;
-    Some(SocketAddr::new(ip, port))
-}
-
 #[cfg(test)]
 pub(super) mod tests {
+    use super::super::Shared;
+    use super::dtls::SRTP_PROFILES;
     use super::*;
+    use rtc::dtls::config::{ClientAuthType, ConfigBuilder, ExtendedMasterSecretType};
 
     /// A STUN success response to a check, signed with the server's password.
     pub(in crate::client) fn check_response(
@@ -841,19 +641,33 @@ pub(super) mod tests {
     }
 
     #[test]
-    fn remote_parameters_come_from_any_section() {
-        let remote = Remote::parse(
-            "v=0\r\na=fingerprint:sha-256 AA:BB\r\nm=audio 9 X 111\r\na=ice-ufrag:u\r\n\
-             a=ice-pwd:p\r\na=candidate:1 1 udp 2130706431 127.0.0.1 7882 typ host\r\n\
-             a=candidate:2 1 tcp 2130706431 127.0.0.1 7882 typ host\r\n",
-        )
-        .expect("remote");
-        assert_eq!((remote.ufrag.as_str(), remote.pwd.as_str()), ("u", "p"));
-        assert_eq!(remote.fingerprint, "AA:BB");
+    fn state_changes_are_events_for_the_engine_to_hand_over() {
+        let f = Fixture::new();
+        let mut t = Transport::new(f.t0, f.local, Target::Publisher, f.ours);
+        assert_eq!(t.poll_event(), None);
+        t.fail();
+        t.close(f.t0);
+        // Closed after failing; once closed, nothing changes any more.
+        t.fail();
         assert_eq!(
-            remote.candidates,
-            vec!["127.0.0.1:7882".parse::<SocketAddr>().expect("addr")]
+            t.poll_event(),
+            Some(Event::State(
+                Target::Publisher,
+                RTCPeerConnectionState::Failed
+            ))
         );
-        assert!(Remote::parse("v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\n").is_err());
+        assert_eq!(
+            t.poll_event(),
+            Some(Event::State(
+                Target::Publisher,
+                RTCPeerConnectionState::Closed
+            ))
+        );
+        assert_eq!(t.poll_event(), None);
+        // Nothing was written into the client's state.
+        assert_eq!(
+            f.shared.states.borrow().publisher,
+            RTCPeerConnectionState::New
+        );
     }
 }

@@ -10,11 +10,11 @@
 //! virtual clock, without a network.
 //!
 //! The core's work is split by what it owns, one module each: [`crate::router`] (datagram ->
-//! peer), [`crate::peer`] (a peer connection and its negotiation state), [`crate::room`]
-//! (rooms, participants, events), [`crate::negotiate`] (offers and answers),
-//! [`crate::track`] (published tracks and their packet path), [`crate::downtrack`] (a
-//! subscriber's copy of a track), [`crate::subscribe`] (subscriptions and quality),
-//! [`crate::data`] (data-channel relay) and [`crate::command`] (the session commands).
+//! peer), [`crate::peer`] (a peer connection and its negotiation state), `room`
+//! (rooms, participants, events), `negotiate` (offers and answers),
+//! `track` (published tracks and their packet path), `downtrack` (a
+//! subscriber's copy of a track), `subscribe` (subscriptions and quality),
+//! `data` (data-channel relay) and `command` (the session commands).
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;

@@ -233,7 +233,7 @@ pub(crate) fn resolve_leg(
             codecs
                 .iter()
                 .filter(same_mime)
-                .find(|c| crate::codec::same_profile(mime, fmtp, &c.rtp_codec.sdp_fmtp_line))
+                .find(|c| chorus_rtp::same_profile(mime, fmtp, &c.rtp_codec.sdp_fmtp_line))
                 .or_else(|| codecs.iter().find(same_mime))
                 .map(|c| (*in_pt, c.payload_type))
         })

@@ -18,10 +18,10 @@ use std::time::Instant;
 
 use bytes::Bytes;
 
-use crate::codec::VideoCodec;
 use crate::munger::{Munged, RtpMunger};
 use crate::simulcast::{Decision, LayerSelector};
-use crate::vp8::{Vp8Descriptor, Vp8Munger};
+use chorus_rtp::vp8::{Vp8Descriptor, Vp8Munger};
+use chorus_rtp::VideoCodec;
 
 /// One publisher packet as every downtrack of its track sees it. What is worked out from its
 /// payload (the VP8 descriptor, whether it starts a keyframe) is worked out once for all of
@@ -227,7 +227,7 @@ mod tests {
     fn picture_id(payload: &Bytes) -> u16 {
         Vp8Descriptor::parse(payload)
             .and_then(|d| d.picture_id)
-            .map(|(p, _, _)| p)
+            .map(|p| p.value)
             .expect("picture id")
     }
 

@@ -5,27 +5,40 @@
 //! [`Sfu`] handle and a [`Session`] per participant, and hears back through [`RoomEvent`]s.
 //!
 //! ## Layout
-//! - [`core`]: the sans-IO state machine that owns every peer connection, room, participant
-//!   and track: datagrams, commands and the clock in, datagrams out. No locks: one owner.
-//! - [`engine`]: the one tokio task that owns the media UDP socket and drives the core;
-//!   commands come in over a channel, timers fire from the core's ordered timer set.
-//! - [`session`]: the handle types the signaling layer holds ([`Sfu`], [`Session`]).
-//! - [`peer`]: how a peer connection is built (codecs, extensions, interceptors, ICE-lite).
-//! - [`codec`]: keyframe detection per video codec, so a new downtrack starts on a keyframe.
-//! - [`munger`]: sequence number and timestamp rewriting per downtrack.
-//! - [`simulcast`]: a published track's layers and which one each downtrack forwards.
-//! - [`vp8`]: VP8 picture id / TL0PICIDX continuity across layer switches.
-//! - [`keyframe`]: keyframe request throttling.
-//! - [`feedback`]: the interceptor that counts NACK/PLI/FIR and lets PLI/FIR through.
-//! - [`stun`]: routing a datagram from an unknown address by its STUN USERNAME.
-//! - [`metrics`], [`config`].
+//! The driver and the handles:
+//! - [`engine`]: the one tokio task that owns the media UDP socket and drives the core with
+//!   datagrams, commands and the clock; sends what the core queued.
+//! - [`session`]: the handles the signaling layer holds ([`Sfu`], [`Session`],
+//!   [`SessionHandle`]); [`types`]: the plain types they exchange (a leaf module).
+//! - `command`: the commands a session sends, and their dispatch onto the core.
+//!
+//! The sans-IO core ([`core::Core`]: no socket, no task, no clock; every input carries `now`),
+//! one module per thing it owns:
+//! - [`router`]: which peer connection a datagram on the shared port belongs to (by STUN ufrag,
+//!   then by learned source address).
+//! - [`peer`]: building a peer connection (codecs, extensions, interceptors, ICE-lite, SRTP
+//!   profiles) and what the core keeps per connection.
+//! - `room`: rooms and participants: join, leave, replacement, the events each one hears.
+//! - `negotiate`: offers and answers on both connections, WHEP's one exchange, candidates.
+//! - `track`: published tracks and their packet path (fan-out to every downtrack), keyframe
+//!   requests, mute.
+//! - `downtrack`: a subscriber's copy of a track (its sender and header mappings);
+//!   `subscribe`: subscribing and the quality wanted.
+//! - [`forwarder`]: the per-downtrack decision and rewrite (layer, sequence numbers,
+//!   timestamps, VP8 picture ids), unit-tested without a peer connection; built on
+//!   [`simulcast`] (layer selection), [`munger`] (numbering) and [`keyframe`] (throttling).
+//! - `data`: the data-channel relay.
+//! - [`feedback`]: the interceptor that counts NACK/PLI/FIR and lets PLI/FIR through;
+//!   [`stun`]: just enough STUN to route; [`metrics`], [`config`].
+//!
+//! Codec knowledge (payload descriptors, keyframe detection, sequence extension) lives in the
+//! `chorus-rtp` crate, shared with the client.
 //!
 //! ## Errors
 //! Bad input from the network is never a panic: a datagram that cannot be routed or parsed is
 //! dropped and counted in `chorus_packets_dropped_total{reason}`; a bad SDP or request is an
 //! [`SfuError`] returned to the caller.
 
-pub mod codec;
 mod command;
 pub mod config;
 pub mod core;
@@ -47,7 +60,6 @@ pub mod stun;
 mod subscribe;
 mod track;
 pub mod types;
-pub mod vp8;
 
 pub use command::Joined;
 pub use config::MediaConfig;

@@ -5,42 +5,7 @@
 //! (loss) show up as the same gaps, and nothing else does. Sequence numbers are tracked as
 //! extended 64-bit counters inside and become `u16` only on the wire.
 
-/// Extends a 16-bit sequence number to 64 bits, relative to the highest seen so far.
-#[derive(Debug, Clone, Default)]
-pub struct SeqExtender {
-    highest: Option<u64>,
-}
-
-impl SeqExtender {
-    /// The extended value of `seq`, without recording it.
-    pub fn extend(&self, seq: u16) -> u64 {
-        let Some(highest) = self.highest else {
-            return u64::from(seq) + (1 << 16);
-        };
-        let cycle = highest & !0xffff;
-        let candidate = cycle | u64::from(seq);
-        let diff = i64::from(seq.wrapping_sub(highest as u16) as i16);
-        let expected = highest as i64 + diff;
-        // Pick the candidate in the neighbouring cycle closest to where `diff` says it is.
-        [
-            candidate.wrapping_sub(1 << 16),
-            candidate,
-            candidate + (1 << 16),
-        ]
-        .into_iter()
-        .min_by_key(|c| (*c as i64 - expected).unsigned_abs())
-        .unwrap_or(candidate)
-    }
-
-    /// Extends `seq` and records it if it is the highest so far.
-    pub fn update(&mut self, seq: u16) -> u64 {
-        let ext = self.extend(seq);
-        if self.highest.is_none_or(|h| ext > h) {
-            self.highest = Some(ext);
-        }
-        ext
-    }
-}
+use chorus_rtp::seq::SeqExtender;
 
 /// What to do with one incoming packet on a downtrack.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -120,23 +85,6 @@ impl RtpMunger {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn extends_across_rollover_in_both_directions() {
-        let mut e = SeqExtender::default();
-        let table: [(u16, u64); 7] = [
-            (65534, 65536 + 65534),
-            (65535, 65536 + 65535),
-            (0, 2 * 65536),
-            (65533, 65536 + 65533), // late packet from before the rollover
-            (1, 2 * 65536 + 1),
-            (30000, 2 * 65536 + 30000),
-            (1000, 2 * 65536 + 1000),
-        ];
-        for (seq, want) in table {
-            assert_eq!(e.update(seq), want, "seq {seq}");
-        }
-    }
 
     #[test]
     fn output_is_continuous_and_keeps_only_the_publishers_gaps() {

@@ -12,7 +12,6 @@ use rtc::rtp_transceiver::RTCRtpReceiverId;
 use rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
 use tracing::{debug, info, warn};
 
-use crate::codec::VideoCodec;
 use crate::core::{random_id, Core, ParticipantKey, PeerKey, TrackKey};
 use crate::downtrack::{downtrack_header, resolve_leg, DownTrack};
 use crate::forwarder::{Source, Verdict};
@@ -20,6 +19,7 @@ use crate::metrics::KindCounters;
 use crate::simulcast::{order_rids, Layer, LAYER_TIMEOUT, MAX_LAYERS};
 use crate::types::{Origin, PeerRole, RoomEvent, TrackDesc, TrackKind};
 use crate::SfuError;
+use chorus_rtp::VideoCodec;
 
 pub(crate) struct PublishedTrack {
     pub(crate) id: String,

@@ -180,25 +180,6 @@ impl Harness {
     }
 }
 
-/// Whether a VP8 payload (RFC 7741 descriptor first) starts a keyframe.
-fn starts_vp8_keyframe(payload: &[u8]) -> bool {
-    let mut i = 1;
-    if payload[0] & 0x80 != 0 {
-        let flags = payload[1];
-        i = 2;
-        if flags & 0x80 != 0 {
-            i += if payload[i] & 0x80 != 0 { 2 } else { 1 };
-        }
-        if flags & 0x40 != 0 {
-            i += 1;
-        }
-        if flags & 0x30 != 0 {
-            i += 1;
-        }
-    }
-    payload[0] & 0x10 != 0 && payload[i] & 0x01 == 0
-}
-
 #[test]
 fn the_offer_is_a_browsers_with_simulcast_and_the_host_candidate() {
     let h = Harness::connected();
@@ -270,8 +251,8 @@ fn frames_are_paced_packetized_and_stamped() {
         }
         // The first packet starts a keyframe (the loop's first frame).
         assert_eq!(video[0].packet.payload[0] & 0x10, 0x10);
-        assert!(starts_vp8_keyframe(&video[0].packet.payload));
-        assert!(!starts_vp8_keyframe(&video[1].packet.payload));
+        assert!(chorus_rtp::vp8::starts_keyframe(&video[0].packet.payload));
+        assert!(!chorus_rtp::vp8::starts_keyframe(&video[1].packet.payload));
     }
     // One transport-wide sequence across the connection's packets, in send order.
     let twcc: Vec<u16> = rtp
@@ -356,7 +337,7 @@ fn nacks_are_answered_from_history_and_plis_bring_a_keyframe() {
         .iter()
         .find(|s| s.packet.header.ssrc == h.h.0)
         .expect("an h frame");
-    assert!(starts_vp8_keyframe(&first_h.packet.payload));
+    assert!(chorus_rtp::vp8::starts_keyframe(&first_h.packet.payload));
     assert_eq!(keyframes(&h.h.1), h_before + 1);
     assert_eq!(keyframes(&h.q.1), q_before);
 }

@@ -6,6 +6,8 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use chorus_rtp::jitter::Jitter;
+use chorus_rtp::seq::SeqExtender;
 use rtc::rtcp::reception_report::ReceptionReport;
 
 /// A missing packet is first asked for after this (reordering gets a chance), then every
@@ -15,7 +17,7 @@ const NACK_RETRY: Duration = Duration::from_millis(100);
 const NACK_MAX: u8 = 10;
 const NACK_MAX_AGE: Duration = Duration::from_secs(1);
 /// The most missing packets tracked per stream (a longer gap is not worth repairing).
-const NACK_WINDOW: u32 = 512;
+const NACK_WINDOW: u64 = 512;
 /// A packet NACKs could not repair in [`NACK_MAX_AGE`] leaves a frame undecodable: a
 /// browser asks for a keyframe (PLI), at most this often per stream.
 const PLI_INTERVAL: Duration = Duration::from_secs(1);
@@ -28,19 +30,19 @@ pub(super) struct Feedback {
     /// A packet was lost for good: the next PLI is due (see [`PLI_INTERVAL`]).
     pub(super) keyframe_needed: bool,
     last_pli: Option<Instant>,
-    /// Extended highest sequence number; `None` before the first packet.
-    max_seq: Option<u32>,
-    base_seq: u32,
+    /// Extended sequence numbers (the first lands at `seq + 2^16`).
+    seqs: SeqExtender,
+    /// The extended number of the first packet.
+    base_seq: u64,
     received: u32,
     expected_prior: u32,
     received_prior: u32,
-    /// RFC 3550 interarrival jitter, in timestamp units.
-    jitter: f64,
-    last_transit: Option<i64>,
+    /// RFC 3550 interarrival jitter.
+    jitter: Jitter,
     /// Middle 32 bits of the last sender report's NTP time, and when it arrived.
     pub(super) last_sr: Option<(u32, Instant)>,
     /// Missing packets by extended sequence number: (noticed at, NACKs sent, last NACK).
-    pub(super) missing: BTreeMap<u32, (Instant, u8, Option<Instant>)>,
+    pub(super) missing: BTreeMap<u64, (Instant, u8, Option<Instant>)>,
 }
 
 impl Feedback {
@@ -51,13 +53,12 @@ impl Feedback {
             pli,
             keyframe_needed: false,
             last_pli: None,
-            max_seq: None,
+            seqs: SeqExtender::default(),
             base_seq: 0,
             received: 0,
             expected_prior: 0,
             received_prior: 0,
-            jitter: 0.0,
-            last_transit: None,
+            jitter: Jitter::default(),
             last_sr: None,
             missing: BTreeMap::new(),
         }
@@ -65,45 +66,34 @@ impl Feedback {
 
     /// Updates sequence, loss and jitter state for a packet that arrived at `at`.
     pub(super) fn on_rtp(&mut self, seq: u16, timestamp: u32, at: Instant, epoch: Instant) {
-        let ext = match self.max_seq {
-            None => {
-                self.base_seq = u32::from(seq);
-                self.max_seq = Some(u32::from(seq));
-                u32::from(seq)
-            }
-            Some(max) => {
-                let ext = extend_seq(max, seq);
-                if ext > max {
-                    if self.nack && ext - max > 1 {
-                        let from = (max + 1).max(ext.saturating_sub(NACK_WINDOW));
-                        for missing in from..ext {
-                            self.missing.insert(missing, (at, 0, None));
-                        }
+        let max = self.seqs.highest();
+        let ext = self.seqs.update(seq);
+        match max {
+            None => self.base_seq = ext,
+            Some(max) if ext > max => {
+                if self.nack && ext - max > 1 {
+                    let from = (max + 1).max(ext.saturating_sub(NACK_WINDOW));
+                    for missing in from..ext {
+                        self.missing.insert(missing, (at, 0, None));
                     }
-                    self.max_seq = Some(ext);
-                } else {
-                    self.missing.remove(&ext);
                 }
-                ext
             }
-        };
-        let _ = ext;
-        self.received = self.received.wrapping_add(1);
-        // Transit in timestamp units: arrival (as RTP clock) minus the packet's timestamp.
-        let arrival =
-            at.saturating_duration_since(epoch).as_secs_f64() * f64::from(self.clock_rate);
-        let transit = arrival as i64 - i64::from(timestamp);
-        if let Some(last) = self.last_transit {
-            let d = (transit - last).abs() as f64;
-            self.jitter += (d - self.jitter) / 16.0;
+            Some(_) => {
+                self.missing.remove(&ext);
+            }
         }
-        self.last_transit = Some(transit);
+        self.received = self.received.wrapping_add(1);
+        self.jitter.on_packet(
+            at.saturating_duration_since(epoch),
+            self.clock_rate,
+            timestamp,
+        );
     }
 
     /// The reception report for this stream (RFC 3550 6.4.1), resetting the interval counters.
     pub(super) fn report(&mut self, ssrc: u32, now: Instant) -> Option<ReceptionReport> {
-        let max = self.max_seq?;
-        let expected = max.wrapping_sub(self.base_seq).wrapping_add(1);
+        let max = self.seqs.highest()?;
+        let expected = (max - self.base_seq + 1) as u32;
         let lost = i64::from(expected) - i64::from(self.received);
         let expected_interval = expected.wrapping_sub(self.expected_prior);
         let received_interval = self.received.wrapping_sub(self.received_prior);
@@ -126,8 +116,9 @@ impl Feedback {
             ssrc,
             fraction_lost,
             total_lost: lost.clamp(0, 0x7f_ffff) as u32,
-            last_sequence_number: max,
-            jitter: self.jitter as u32,
+            // The RFC's extended number counts cycles from 0; ours start one cycle in.
+            last_sequence_number: (max - (1 << 16)) as u32,
+            jitter: self.jitter.timestamp_units(),
             last_sender_report,
             delay,
         })
@@ -182,20 +173,6 @@ impl Feedback {
             })
             .chain(pli)
             .min()
-    }
-}
-
-/// `seq` extended with the rollover count closest to `max`.
-fn extend_seq(max: u32, seq: u16) -> u32 {
-    let cycles = max & !0xffff;
-    let candidate = cycles | u32::from(seq);
-    let delta = i64::from(candidate) - i64::from(max);
-    if delta > 0x8000 && cycles > 0 {
-        candidate - 0x1_0000
-    } else if delta < -0x8000 {
-        candidate + 0x1_0000
-    } else {
-        candidate
     }
 }
 
@@ -284,13 +261,5 @@ mod tests {
         let r = f.report(7, t0).expect("report");
         assert_eq!((r.fraction_lost, r.total_lost), (0, 9));
         assert!(Feedback::new(90_000, false, false).report(7, t0).is_none());
-    }
-
-    #[test]
-    fn sequence_numbers_extend_across_wraps() {
-        assert_eq!(extend_seq(65_535, 0), 65_536);
-        assert_eq!(extend_seq(65_536, 65_535), 65_535);
-        assert_eq!(extend_seq(10, 5), 5);
-        assert_eq!(extend_seq(131_071, 2), 131_074);
     }
 }

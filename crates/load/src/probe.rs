@@ -1,7 +1,6 @@
 //! Resource probes: the server's Prometheus `/metrics` and this process's `/proc/self`.
 
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// The server figures the report uses.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -51,29 +50,31 @@ pub fn parse_metrics(text: &str) -> Option<ServerSample> {
     Some(s)
 }
 
-/// `GET {base}/metrics` over plain HTTP/1.0 (no TLS: point `--metrics-url` at a plain-HTTP
-/// listener when the server sits behind TLS).
+/// `GET {base}/metrics` over plain HTTP (no TLS: point `--metrics-url` at a plain-HTTP
+/// listener when the server sits behind TLS); `None` on any failure or after 2 s.
 pub async fn scrape(base: &url::Url) -> Option<ServerSample> {
-    let host = base.host_str()?.to_owned();
-    let port = base.port_or_known_default()?;
-    if base.scheme() != "http" {
+    if base.scheme() != "http" || base.host_str().is_none() {
         return None;
     }
-    let path = format!("{}/metrics", base.path().trim_end_matches('/'));
+    let mut url = base.clone();
+    url.set_path(&format!("{}/metrics", base.path().trim_end_matches('/')));
+    url.set_query(None);
     let fut = async {
-        let mut stream = tokio::net::TcpStream::connect((host.as_str(), port))
+        let client = reqwest::Client::builder()
+            .no_proxy()
+            .pool_max_idle_per_host(0)
+            .build()
+            .ok()?;
+        let response = client
+            .get(url.as_str())
+            .header(reqwest::header::ACCEPT, "text/plain")
+            .send()
             .await
             .ok()?;
-        let req = format!("GET {path} HTTP/1.0\r\nHost: {host}\r\nAccept: text/plain\r\n\r\n");
-        stream.write_all(req.as_bytes()).await.ok()?;
-        let mut buf = Vec::new();
-        stream.read_to_end(&mut buf).await.ok()?;
-        let text = String::from_utf8_lossy(&buf);
-        let (head, body) = text.split_once("\r\n\r\n")?;
-        if !head.starts_with("HTTP/1.") || !head.lines().next()?.contains(" 200") {
+        if response.status() != reqwest::StatusCode::OK {
             return None;
         }
-        parse_metrics(body)
+        parse_metrics(&response.text().await.ok()?)
     };
     tokio::time::timeout(Duration::from_secs(2), fut)
         .await
@@ -84,9 +85,9 @@ pub async fn scrape(base: &url::Url) -> Option<ServerSample> {
 /// This process's CPU time and resident memory.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct SelfSample {
-    /// User + system CPU seconds (`/proc/self/stat`, USER_HZ = 100).
+    /// User + system CPU seconds (`/proc/<pid>/stat`).
     pub cpu_seconds: f64,
-    /// `VmRSS` from `/proc/self/status`.
+    /// `VmRSS` from `/proc/<pid>/status`.
     pub rss_bytes: f64,
     /// CPU seconds of the shared engine's thread (`chorus-engine`), where there is one.
     pub engine_cpu_seconds: Option<f64>,
@@ -94,43 +95,55 @@ pub struct SelfSample {
 
 /// Reads `/proc/self`; zeros where unavailable (non-Linux).
 pub fn self_sample() -> SelfSample {
-    let mut s = proc_sample("self").unwrap_or_default();
+    let mut s = proc_sample(None).unwrap_or_default();
     s.engine_cpu_seconds = thread_cpu_seconds(chorus_client::ENGINE_THREAD);
     s
 }
 
-/// CPU seconds of this process's threads named `name` (`/proc/self/task/*/comm`).
+#[cfg(target_os = "linux")]
+fn process(pid: Option<u32>) -> Option<procfs::process::Process> {
+    match pid {
+        Some(pid) => procfs::process::Process::new(i32::try_from(pid).ok()?).ok(),
+        None => procfs::process::Process::myself().ok(),
+    }
+}
+
+/// utime + stime in seconds.
+#[cfg(target_os = "linux")]
+fn cpu_seconds(stat: &procfs::process::Stat) -> f64 {
+    (stat.utime + stat.stime) as f64 / procfs::ticks_per_second() as f64
+}
+
+/// CPU seconds of this process's threads named `name` (the thread's `comm`).
+#[cfg(target_os = "linux")]
 fn thread_cpu_seconds(name: &str) -> Option<f64> {
     let mut total = None;
-    for task in std::fs::read_dir("/proc/self/task").ok()?.flatten() {
-        let path = task.path();
-        let comm = std::fs::read_to_string(path.join("comm")).unwrap_or_default();
-        if comm.trim_end() != name {
+    for task in process(None)?.tasks().ok()?.flatten() {
+        let Ok(stat) = task.stat() else {
             continue;
-        }
-        if let Some(cpu) = std::fs::read_to_string(path.join("stat"))
-            .ok()
-            .and_then(|s| parse_stat_cpu(&s))
-        {
-            *total.get_or_insert(0.0) += cpu;
+        };
+        if stat.comm == name {
+            *total.get_or_insert(0.0) += cpu_seconds(&stat);
         }
     }
     total
 }
 
-/// Reads `/proc/<pid>` (`pid` may be `self`); `None` when the process is not readable.
-pub fn proc_sample(pid: &str) -> Option<SelfSample> {
-    let cpu_seconds = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+#[cfg(not(target_os = "linux"))]
+fn thread_cpu_seconds(_name: &str) -> Option<f64> {
+    None
+}
+
+/// Reads `/proc/<pid>` (`None`: this process); `None` when the process is not readable.
+#[cfg(target_os = "linux")]
+pub fn proc_sample(pid: Option<u32>) -> Option<SelfSample> {
+    let process = process(pid)?;
+    let cpu_seconds = cpu_seconds(&process.stat().ok()?);
+    let rss_bytes = process
+        .status()
         .ok()
-        .and_then(|s| parse_stat_cpu(&s))?;
-    let rss_bytes = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
-        })
-        .map_or(0.0, |kb| kb * 1024.0);
+        .and_then(|s| s.vmrss)
+        .map_or(0.0, |kb| kb as f64 * 1024.0);
     Some(SelfSample {
         cpu_seconds,
         rss_bytes,
@@ -138,15 +151,10 @@ pub fn proc_sample(pid: &str) -> Option<SelfSample> {
     })
 }
 
-/// utime + stime (fields 14 and 15) in seconds; the command name may contain spaces, so
-/// fields are counted after the closing parenthesis.
-fn parse_stat_cpu(stat: &str) -> Option<f64> {
-    let rest = &stat[stat.rfind(')')? + 1..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    // `rest` starts at field 3 (state).
-    let utime: f64 = fields.get(11)?.parse().ok()?;
-    let stime: f64 = fields.get(12)?.parse().ok()?;
-    Some((utime + stime) / 100.0)
+/// Not available off Linux.
+#[cfg(not(target_os = "linux"))]
+pub fn proc_sample(_pid: Option<u32>) -> Option<SelfSample> {
+    None
 }
 
 #[cfg(test)]
@@ -174,11 +182,69 @@ mod tests {
         assert_eq!(parse_metrics(both).map(|s| s.cpu_seconds), Some(12.34));
     }
 
+    #[cfg(target_os = "linux")]
     #[test]
-    fn parses_proc_stat() {
-        let stat = "123 (a b) S 1 2 3 4 5 6 7 8 9 10 250 50 0 0 20 0 1 0";
-        assert_eq!(parse_stat_cpu(stat), Some(3.0));
-        let s = self_sample();
-        assert!(s.rss_bytes > 0.0);
+    fn samples_processes_and_named_threads() {
+        let me = self_sample();
+        assert!(me.rss_bytes > 0.0);
+        assert!(me.cpu_seconds >= 0.0);
+        assert!(proc_sample(Some(std::process::id())).is_some_and(|s| s.rss_bytes > 0.0));
+        // Past the largest pid Linux hands out, and past i32.
+        assert_eq!(proc_sample(Some(i32::MAX as u32)), None);
+        assert_eq!(proc_sample(Some(u32::MAX)), None);
+        // A named thread that burns some CPU is found by name; an absent name is `None`.
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+        let worker = std::thread::Builder::new()
+            .name("probe-test".into())
+            .spawn(move || {
+                let start = std::time::Instant::now();
+                let mut x = 0u64;
+                while start.elapsed() < Duration::from_millis(50) {
+                    x = std::hint::black_box(x.wrapping_add(1));
+                }
+                let _ = tx.send(());
+                let _ = done_rx.recv();
+            })
+            .expect("thread");
+        rx.recv().expect("worker ran");
+        assert!(thread_cpu_seconds("probe-test").is_some_and(|s| s >= 0.0));
+        assert_eq!(thread_cpu_seconds("no-such-thread"), None);
+        let _ = done_tx.send(());
+        worker.join().expect("worker");
+    }
+
+    #[tokio::test]
+    async fn scrapes_metrics_over_http() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let server = tokio::spawn(async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let (mut stream, _) = listener.accept().await.expect("accept");
+            let mut buf = vec![0; 4096];
+            let n = stream.read(&mut buf).await.expect("read");
+            let body = "process_cpu_seconds_total 2\nchorus_participants 4\n";
+            let response = format!(
+                "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = stream.write_all(response.as_bytes()).await;
+            String::from_utf8_lossy(&buf[..n]).to_string()
+        });
+        let base = url::Url::parse(&format!("http://{addr}/base/")).expect("url");
+        let s = scrape(&base).await.expect("sample");
+        assert_eq!(s.cpu_seconds, 2.0);
+        assert_eq!(s.participants, 4.0);
+        let request = server.await.expect("server");
+        assert!(
+            request.starts_with("GET /base/metrics HTTP/1.1\r\n"),
+            "{request}"
+        );
+        // Nothing listening, or not plain HTTP: no sample.
+        assert_eq!(scrape(&base).await, None);
+        let tls = url::Url::parse("https://127.0.0.1:1/").expect("url");
+        assert_eq!(scrape(&tls).await, None);
     }
 }

@@ -14,12 +14,14 @@
 //! HTTP is `reqwest`'s client over plain TCP (`http://` only, one request per connection, no
 //! proxy), the response body limited to 1 MiB.
 
-use super::engine::EngineConn;
-use super::{
-    build_pc, default_udp_addr, engine_bind_addr, local_tracks, lock, open_publisher,
-    video_to_publish, ClientError, ClientOptions, ConnectionStates, Handler, PublisherConn,
-    RtcpSentStats, Shared, LEAVE_TIMEOUT,
+use super::connection::{
+    build_pc, default_udp_addr, engine_bind_addr, Handler, PublisherConn, LEAVE_TIMEOUT,
 };
+use super::engine::EngineConn;
+use super::error::ClientError;
+use super::options::ClientOptions;
+use super::publishing::{local_tracks, open_publisher, video_to_publish};
+use super::shared::{lock, ConnectionStates, RtcpSentStats, Shared};
 use crate::media::{LocalTrack, SentTrackStats};
 use crate::stats::{offered_tracks, ReceivedTrackStats};
 use chorus_signal::protocol::Target;

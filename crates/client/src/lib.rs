@@ -43,6 +43,7 @@ mod bits;
 pub mod capture_clock;
 mod client;
 pub mod decode;
+mod frame;
 pub mod generate;
 mod impair;
 pub mod ivf;

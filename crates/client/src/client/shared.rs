@@ -158,3 +158,64 @@ impl Shared {
 pub(super) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chorus_signal::protocol::TrackKind;
+    use std::sync::atomic::Ordering;
+
+    #[test]
+    fn received_tracks_are_active_while_offered() {
+        let (out, _rx) = mpsc::unbounded_channel();
+        let shared = Shared::new(out, BTreeMap::new(), 0);
+        for track in ["a", "b"] {
+            let stats = ReceivedTrackStats::new("p".into(), track.into(), TrackKind::Audio);
+            lock(&shared.received).push(Arc::new(Mutex::new(stats)));
+        }
+        *lock(&shared.offered) = vec![OfferedTrack {
+            participant_id: "p".into(),
+            track_id: "b".into(),
+            media: "audio".into(),
+        }];
+        let got: Vec<_> = shared
+            .received()
+            .into_iter()
+            .map(|s| (s.track_id, s.active))
+            .collect();
+        assert_eq!(got, vec![("a".into(), false), ("b".into(), true)]);
+    }
+
+    #[test]
+    fn rtcp_sent_is_a_snapshot_of_the_counters() {
+        let (out, _rx) = mpsc::unbounded_channel();
+        let shared = Shared::new(out, BTreeMap::new(), 0);
+        shared.rtcp_sent.nacks.fetch_add(2, Ordering::Relaxed);
+        shared
+            .rtcp_sent
+            .nacked_packets
+            .fetch_add(5, Ordering::Relaxed);
+        shared.rtcp_sent.plis.fetch_add(1, Ordering::Relaxed);
+        assert_eq!(
+            shared.rtcp_sent(),
+            RtcpSentStats {
+                nacks: 2,
+                nacked_packets: 5,
+                plis: 1,
+                firs: 0,
+            }
+        );
+    }
+
+    #[test]
+    fn send_fails_once_the_writer_is_gone() {
+        let (out, rx) = mpsc::unbounded_channel();
+        let shared = Shared::new(out, BTreeMap::new(), 0);
+        assert!(shared.send(ClientMessage::Leave {}).is_ok());
+        drop(rx);
+        assert!(matches!(
+            shared.send(ClientMessage::Leave {}),
+            Err(ClientError::Closed)
+        ));
+    }
+}

@@ -207,4 +207,88 @@ mod tests {
         }
         assert_eq!(got, vec!["a", "b"]);
     }
+
+    /// A WebSocket server that answers the first message with `reply` (JSON) and returns
+    /// what it received.
+    async fn server(reply: String) -> (String, tokio::task::JoinHandle<String>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let url = format!("ws://{}/ws", listener.local_addr().expect("addr"));
+        let task = tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.expect("accept");
+            let mut ws = tokio_tungstenite::accept_async(tcp)
+                .await
+                .expect("handshake");
+            let first = match ws.next().await {
+                Some(Ok(Message::Text(t))) => t.to_string(),
+                other => panic!("expected join, got {other:?}"),
+            };
+            ws.send(Message::text(reply)).await.expect("reply");
+            first
+        });
+        (url, task)
+    }
+
+    fn join_message() -> ClientMessage {
+        ClientMessage::Join {
+            version: PROTOCOL_VERSION,
+            token: "tok".into(),
+            auto_subscribe: true,
+            quality: chorus_signal::protocol::Quality::High,
+        }
+    }
+
+    fn participant(id: &str) -> ParticipantInfo {
+        ParticipantInfo {
+            id: id.into(),
+            identity: id.into(),
+            name: id.into(),
+            tracks: Vec::new(),
+        }
+    }
+
+    #[tokio::test]
+    async fn join_sends_join_and_returns_joined() {
+        let joined = ServerMessage::Joined {
+            version: PROTOCOL_VERSION,
+            room: "r".into(),
+            participant: participant("me"),
+            participants: vec![participant("other")],
+            ice_servers: Vec::new(),
+        };
+        let (url, srv) = server(serde_json::to_string(&joined).expect("json")).await;
+        let (_sink, _stream, joined) = join(&url, join_message(), Duration::from_secs(5))
+            .await
+            .expect("joins");
+        assert_eq!(joined.room, "r");
+        assert_eq!(joined.participant.id, "me");
+        assert_eq!(joined.participants.len(), 1);
+        let sent: ClientMessage = serde_json::from_str(&srv.await.expect("server")).expect("json");
+        assert_eq!(sent, join_message());
+    }
+
+    #[tokio::test]
+    async fn join_reports_refusals_and_surprises() {
+        let refused = ServerMessage::Error {
+            code: chorus_signal::protocol::ErrorCode::InvalidToken,
+            message: "bad".into(),
+        };
+        let (url, _srv) = server(serde_json::to_string(&refused).expect("json")).await;
+        let r = join(&url, join_message(), Duration::from_secs(5)).await;
+        assert!(
+            matches!(&r, Err(ClientError::Rejected { message, .. }) if message == "bad"),
+            "{:?}",
+            r.err()
+        );
+
+        let pong = ServerMessage::Pong { timestamp: 1 };
+        let (url, _srv) = server(serde_json::to_string(&pong).expect("json")).await;
+        let r = join(&url, join_message(), Duration::from_secs(5)).await;
+        assert!(matches!(r, Err(ClientError::Protocol(_))), "{:?}", r.err());
+
+        let (url, _srv) = server("not json".into()).await;
+        let r = join(&url, join_message(), Duration::from_secs(5)).await;
+        assert!(matches!(r, Err(ClientError::Json(_))), "{:?}", r.err());
+    }
 }

@@ -63,6 +63,7 @@ pub async fn scrape(base: &url::Url) -> Option<ServerSample> {
         let client = reqwest::Client::builder()
             .no_proxy()
             .pool_max_idle_per_host(0)
+            .redirect(reqwest::redirect::Policy::none())
             .build()
             .ok()?;
         let response = client

@@ -483,8 +483,8 @@ impl Response {
     }
 }
 
-/// One HTTP/1.1 request on its own connection (no pooling, no proxy), with a bearer token and
-/// an optional SDP body.
+/// One HTTP/1.1 request on its own connection (no pooling, no proxy, no redirects), with a
+/// bearer token and an optional SDP body.
 async fn request(
     method: reqwest::Method,
     url: &url::Url,
@@ -507,6 +507,7 @@ async fn request_inner(
     let client = reqwest::Client::builder()
         .no_proxy()
         .pool_max_idle_per_host(0)
+        .redirect(reqwest::redirect::Policy::none())
         .build()
         .map_err(http)?;
     let mut req = client.request(method, url.as_str()).bearer_auth(token);
@@ -644,6 +645,18 @@ mod tests {
                 String::from_utf8_lossy(bad)
             );
         }
+    }
+
+    #[tokio::test]
+    async fn redirects_are_answers_not_followed() {
+        let (r, _) = post(
+            b"HTTP/1.1 307 Temporary Redirect\r\nlocation: http://127.0.0.1:1/elsewhere\r\n\
+              content-length: 0\r\n\r\n",
+        )
+        .await;
+        let r = r.expect("parses");
+        assert_eq!(r.status, 307);
+        assert_eq!(r.header("location"), Some("http://127.0.0.1:1/elsewhere"));
     }
 
     #[tokio::test]

@@ -8,8 +8,8 @@
 //! [`VideoSource::Live`]: crate::media::VideoSource::Live
 //! [`AudioSource::Live`]: crate::media::AudioSource::Live
 
+use crate::frame::{AudioClip, AudioFrame, OPUS_FRAME_DURATION};
 use crate::ivf::{IvfClip, IvfFrame, IvfHeader};
-use crate::media::{AudioClip, AudioFrame, OPUS_FRAME_DURATION};
 use crate::vpx::{VpxCodec, VpxEncoder, VpxEncoderConfig, VpxError};
 use bytes::Bytes;
 use std::time::Duration;

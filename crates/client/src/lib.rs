@@ -41,6 +41,7 @@
 pub mod capture_clock;
 mod client;
 pub mod decode;
+mod frame;
 pub mod generate;
 mod impair;
 mod keyframe;

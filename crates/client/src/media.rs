@@ -4,6 +4,7 @@
 //! `abs-capture-time` and/or `abs-send-time` extension ([`crate::capture_clock`]), and audio
 //! frames with a known level carry `ssrc-audio-level`.
 
+pub use crate::frame::{AudioClip, AudioFrame, OPUS_FRAME_DURATION, OPUS_SILENCE_FRAME};
 use crate::generate::{GeneratedVideo, LiveAudio, LiveVideo};
 use crate::ivf::{IvfClip, IvfCodec};
 use bytes::Bytes;
@@ -29,10 +30,6 @@ use webrtc::media_stream::track_local::static_sample::TrackLocalStaticSample;
 use webrtc::media_stream::track_local::{TrackLocal, TrackLocalEvent};
 use webrtc::rtp_transceiver::RtpSender;
 
-/// A 20 ms Opus CELT silence frame (TOC 0xF8: config 31, mono, one frame), as browsers send.
-pub const OPUS_SILENCE_FRAME: [u8; 3] = [0xF8, 0xFF, 0xFE];
-/// Opus frame duration.
-pub const OPUS_FRAME_DURATION: Duration = Duration::from_millis(20);
 /// While muted, audio sends one silence frame per this many frame times (400 ms), as an Opus
 /// encoder in DTX mode does during silence: the track stays alive (published, and its SSRC
 /// known) at 1/20 of the packet rate.
@@ -42,24 +39,6 @@ pub const DEFAULT_VP8_CLIP: &[u8] = include_bytes!("../tests/data/vp8_160x120_30
 
 /// The `ssrc-audio-level` extension's URI (RFC 6464).
 pub const AUDIO_LEVEL_URI: &str = "urn:ietf:params:rtp-hdrext:ssrc-audio-level";
-
-/// One encoded Opus packet of an [`AudioClip`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AudioFrame {
-    /// The Opus packet.
-    pub data: Bytes,
-    /// Its duration (from the TOC byte; 20 ms for generated audio).
-    pub duration: Duration,
-    /// RFC 6464 level (−dBov, 127 = silence) when known.
-    pub level: Option<u8>,
-}
-
-/// Encoded Opus packets looped by a publisher with fresh timestamps.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AudioClip {
-    /// The packets, in order.
-    pub frames: Vec<AudioFrame>,
-}
 
 /// What a publisher sends on its audio track.
 #[derive(Debug, Clone, Default)]

@@ -11,15 +11,17 @@
 //! as a bearer token; the `201 Created` answer carries the SDP answer and the session's
 //! `Location`, which [`WhipSession::leave`] `DELETE`s.
 //!
-//! The HTTP client is a minimal HTTP/1.1 one over a plain TCP connection (`http://` only, one
-//! request per connection).
+//! HTTP is `reqwest`'s client over plain TCP (`http://` only, one request per connection, no
+//! proxy), the response body limited to 1 MiB.
 
-use super::engine::EngineConn;
-use super::{
-    build_pc, default_udp_addr, engine_bind_addr, local_tracks, lock, open_publisher,
-    video_to_publish, ClientError, ClientOptions, ConnectionStates, Handler, PublisherConn,
-    RtcpSentStats, Shared, LEAVE_TIMEOUT,
+use super::connection::{
+    build_pc, default_udp_addr, engine_bind_addr, Handler, PublisherConn, LEAVE_TIMEOUT,
 };
+use super::engine::EngineConn;
+use super::error::ClientError;
+use super::options::ClientOptions;
+use super::publishing::{local_tracks, open_publisher, video_to_publish};
+use super::shared::{lock, ConnectionStates, RtcpSentStats, Shared};
 use crate::media::{LocalTrack, SentTrackStats};
 use crate::stats::{offered_tracks, ReceivedTrackStats};
 use chorus_signal::protocol::Target;
@@ -27,7 +29,6 @@ use rtc::rtp_transceiver::rtp_sender::RtpCodecKind;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 use webrtc::peer_connection::{
     MediaEngine, PeerConnection, RTCPeerConnectionState, RTCSessionDescription,
@@ -334,7 +335,7 @@ impl WhipSession {
     /// peer connection. The connection is closed even when the `DELETE` fails.
     pub async fn leave(self) -> Result<(), ClientError> {
         let deleted = request(
-            "DELETE",
+            reqwest::Method::DELETE,
             &self.resource,
             &self.token,
             None,
@@ -438,7 +439,14 @@ async fn post_offer(
     url: &url::Url,
     opts: &ClientOptions,
 ) -> Result<(String, url::Url), ClientError> {
-    let response = request("POST", url, &opts.token, Some(&sdp), opts.join_timeout).await?;
+    let response = request(
+        reqwest::Method::POST,
+        url,
+        &opts.token,
+        Some(&sdp),
+        opts.join_timeout,
+    )
+    .await?;
     if response.status != 201 {
         return Err(status_error(kind, &response));
     }
@@ -460,28 +468,25 @@ fn status_error(kind: WhipKind, r: &Response) -> ClientError {
     }
 }
 
-/// An HTTP response.
+/// An HTTP response, its body read in full.
 #[derive(Debug)]
 struct Response {
     status: u16,
-    /// Names in lower case.
-    headers: Vec<(String, String)>,
+    headers: reqwest::header::HeaderMap,
     body: Vec<u8>,
 }
 
 impl Response {
+    /// A header's value (names are case-insensitive); `None` when absent or not text.
     fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
+        self.headers.get(name).and_then(|v| v.to_str().ok())
     }
 }
 
-/// One HTTP/1.1 request on its own connection (`Connection: close`), with a bearer token and an
-/// optional SDP body.
+/// One HTTP/1.1 request on its own connection (no pooling, no proxy, no redirects), with a
+/// bearer token and an optional SDP body.
 async fn request(
-    method: &str,
+    method: reqwest::Method,
     url: &url::Url,
     token: &str,
     sdp: Option<&str>,
@@ -493,131 +498,128 @@ async fn request(
 }
 
 async fn request_inner(
-    method: &str,
+    method: reqwest::Method,
     url: &url::Url,
     token: &str,
     sdp: Option<&str>,
 ) -> Result<Response, ClientError> {
-    let io = |e: std::io::Error| ClientError::Http(format!("{url}: {e}"));
-    let host = url
-        .host_str()
-        .ok_or_else(|| ClientError::Http(format!("{url}: no host")))?;
-    let port = url.port_or_known_default().unwrap_or(80);
-    let mut stream = tokio::net::TcpStream::connect((host.trim_matches(['[', ']']), port))
-        .await
-        .map_err(io)?;
-    let authority = &url[url::Position::BeforeHost..url::Position::AfterPort];
-    let path = &url[url::Position::BeforePath..url::Position::AfterQuery];
-    let body = sdp.unwrap_or_default();
-    let mut head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {authority}\r\nAuthorization: Bearer {token}\r\n\
-         Connection: close\r\nContent-Length: {}\r\n",
-        body.len()
-    );
-    if sdp.is_some() {
-        head.push_str("Content-Type: application/sdp\r\n");
+    let http = |e: reqwest::Error| ClientError::Http(format!("{url}: {e}"));
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .pool_max_idle_per_host(0)
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .map_err(http)?;
+    let mut req = client.request(method, url.as_str()).bearer_auth(token);
+    if let Some(sdp) = sdp {
+        req = req
+            .header(reqwest::header::CONTENT_TYPE, "application/sdp")
+            .body(sdp.to_owned());
     }
-    head.push_str("\r\n");
-    stream.write_all(head.as_bytes()).await.map_err(io)?;
-    stream.write_all(body.as_bytes()).await.map_err(io)?;
-    let mut buf = Vec::new();
-    (&mut stream)
-        .take(MAX_RESPONSE as u64 + 1)
-        .read_to_end(&mut buf)
-        .await
-        .map_err(io)?;
-    if buf.len() > MAX_RESPONSE {
-        return Err(ClientError::Http(format!(
-            "{url}: response over {MAX_RESPONSE} bytes"
-        )));
+    let mut response = req.send().await.map_err(http)?;
+    let status = response.status().as_u16();
+    let headers = std::mem::take(response.headers_mut());
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(http)? {
+        if body.len() + chunk.len() > MAX_RESPONSE {
+            return Err(ClientError::Http(format!(
+                "{url}: response over {MAX_RESPONSE} bytes"
+            )));
+        }
+        body.extend_from_slice(&chunk);
     }
-    parse_response(&buf)
-}
-
-fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack.windows(needle.len()).position(|w| w == needle)
-}
-
-/// Parses a complete HTTP/1.x response (the connection has been read to its end).
-fn parse_response(buf: &[u8]) -> Result<Response, ClientError> {
-    let bad = |what: &str| ClientError::Http(format!("malformed response: {what}"));
-    let end = find(buf, b"\r\n\r\n").ok_or_else(|| bad("no end of headers"))?;
-    let head = std::str::from_utf8(&buf[..end]).map_err(|_| bad("headers are not UTF-8"))?;
-    let mut lines = head.split("\r\n");
-    let mut status_line = lines.next().unwrap_or_default().splitn(3, ' ');
-    if !status_line.next().is_some_and(|v| v.starts_with("HTTP/1.")) {
-        return Err(bad("not HTTP/1.x"));
-    }
-    let status = status_line
-        .next()
-        .and_then(|s| s.parse::<u16>().ok())
-        .ok_or_else(|| bad("no status code"))?;
-    let mut headers = Vec::new();
-    for line in lines {
-        let (name, value) = line.split_once(':').ok_or_else(|| bad("header line"))?;
-        headers.push((name.trim().to_ascii_lowercase(), value.trim().to_owned()));
-    }
-    let mut response = Response {
+    Ok(Response {
         status,
         headers,
-        body: Vec::new(),
-    };
-    let rest = &buf[end + 4..];
-    let chunked = response
-        .header("transfer-encoding")
-        .is_some_and(|v| v.to_ascii_lowercase().contains("chunked"));
-    response.body = if chunked {
-        dechunk(rest).ok_or_else(|| bad("chunked body"))?
-    } else if let Some(len) = response.header("content-length") {
-        let len = len.parse::<usize>().map_err(|_| bad("content-length"))?;
-        rest.get(..len)
-            .ok_or_else(|| bad("body shorter than content-length"))?
-            .to_vec()
-    } else {
-        rest.to_vec()
-    };
-    Ok(response)
-}
-
-/// Decodes a `Transfer-Encoding: chunked` body (trailers ignored).
-fn dechunk(mut data: &[u8]) -> Option<Vec<u8>> {
-    let mut out = Vec::new();
-    loop {
-        let line_end = find(data, b"\r\n")?;
-        let size = std::str::from_utf8(&data[..line_end]).ok()?;
-        let size = usize::from_str_radix(size.split(';').next()?.trim(), 16).ok()?;
-        data = &data[line_end + 2..];
-        if size == 0 {
-            return Some(out);
-        }
-        out.extend_from_slice(data.get(..size)?);
-        data = data.get(size + 2..)?;
-    }
+        body,
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-    #[test]
-    fn parses_a_created_response() {
-        let r = parse_response(
+    /// Serves one connection with `response` (raw bytes) and returns what the client sent.
+    async fn serve_once(response: &'static [u8]) -> (url::Url, tokio::task::JoinHandle<String>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let task = tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.expect("accept");
+            let mut buf = vec![0; 8192];
+            let mut got = Vec::new();
+            // Read the head and the body its content-length announces.
+            loop {
+                let n = stream.read(&mut buf).await.expect("read");
+                got.extend_from_slice(&buf[..n]);
+                let text = String::from_utf8_lossy(&got).to_string();
+                if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                    let len = head
+                        .lines()
+                        .find_map(|l| {
+                            let (k, v) = l.split_once(':')?;
+                            k.eq_ignore_ascii_case("content-length")
+                                .then(|| v.trim().parse::<usize>().ok())?
+                        })
+                        .unwrap_or(0);
+                    if body.len() >= len {
+                        break;
+                    }
+                }
+                if n == 0 {
+                    break;
+                }
+            }
+            let _ = stream.write_all(response).await;
+            let _ = stream.shutdown().await;
+            String::from_utf8_lossy(&got).to_string()
+        });
+        let url = url::Url::parse(&format!("http://{addr}/whip/r")).expect("url");
+        (url, task)
+    }
+
+    async fn post(response: &'static [u8]) -> (Result<Response, ClientError>, String) {
+        let (url, server) = serve_once(response).await;
+        let r = request(
+            reqwest::Method::POST,
+            &url,
+            "tok",
+            Some("v=0\r\n"),
+            Duration::from_secs(5),
+        )
+        .await;
+        (r, server.await.expect("server"))
+    }
+
+    #[tokio::test]
+    async fn parses_a_created_response() {
+        let (r, sent) = post(
             b"HTTP/1.1 201 Created\r\nContent-Type: application/sdp\r\n\
               location: /whip/r/session/PA_1\r\ncontent-length: 5\r\n\r\nv=0\r\n",
         )
-        .expect("parses");
+        .await;
+        let r = r.expect("parses");
         assert_eq!(r.status, 201);
         assert_eq!(r.header("location"), Some("/whip/r/session/PA_1"));
+        assert_eq!(r.header("Location"), Some("/whip/r/session/PA_1"));
         assert_eq!(r.body, b"v=0\r\n");
+        let sent = sent.to_ascii_lowercase();
+        assert!(sent.starts_with("post /whip/r http/1.1\r\n"), "{sent}");
+        assert!(sent.contains("authorization: bearer tok\r\n"), "{sent}");
+        assert!(sent.contains("content-type: application/sdp\r\n"), "{sent}");
+        assert!(sent.ends_with("\r\n\r\nv=0\r\n"), "{sent}");
     }
 
-    #[test]
-    fn parses_a_chunked_response() {
-        let r = parse_response(
+    #[tokio::test]
+    async fn parses_a_chunked_response() {
+        let (r, _) = post(
             b"HTTP/1.1 401 Unauthorized\r\nTransfer-Encoding: chunked\r\n\r\n\
               3\r\nbad\r\n6;x=y\r\n token\r\n0\r\n\r\n",
         )
-        .expect("parses");
+        .await;
+        let r = r.expect("parses");
         assert_eq!(r.status, 401);
         assert_eq!(r.body, b"bad token");
         assert_eq!(
@@ -626,8 +628,8 @@ mod tests {
         );
     }
 
-    #[test]
-    fn rejects_malformed_responses() {
+    #[tokio::test]
+    async fn rejects_malformed_responses() {
         for bad in [
             &b""[..],
             b"HTTP/1.1 201 Created\r\n",
@@ -636,12 +638,44 @@ mod tests {
             b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nshort",
             b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n",
         ] {
+            let (r, _) = post(bad).await;
             assert!(
-                parse_response(bad).is_err(),
-                "{}",
+                matches!(r, Err(ClientError::Http(_))),
+                "{}: {r:?}",
                 String::from_utf8_lossy(bad)
             );
         }
+    }
+
+    #[tokio::test]
+    async fn redirects_are_answers_not_followed() {
+        let (r, _) = post(
+            b"HTTP/1.1 307 Temporary Redirect\r\nlocation: http://127.0.0.1:1/elsewhere\r\n\
+              content-length: 0\r\n\r\n",
+        )
+        .await;
+        let r = r.expect("parses");
+        assert_eq!(r.status, 307);
+        assert_eq!(r.header("location"), Some("http://127.0.0.1:1/elsewhere"));
+    }
+
+    #[tokio::test]
+    async fn refuses_oversized_responses() {
+        static BIG: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+        let big = BIG.get_or_init(|| {
+            let mut r = format!(
+                "HTTP/1.1 201 Created\r\nlocation: /x\r\ncontent-length: {}\r\n\r\n",
+                MAX_RESPONSE + 1
+            )
+            .into_bytes();
+            r.resize(r.len() + MAX_RESPONSE + 1, b'a');
+            r
+        });
+        let (r, _) = post(big).await;
+        assert!(
+            matches!(&r, Err(ClientError::Http(e)) if e.contains("response over")),
+            "{r:?}"
+        );
     }
 
     #[test]

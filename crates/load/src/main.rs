@@ -693,7 +693,7 @@ async fn server_sample(
         Some(u) => probe::scrape(u).await,
         None => None,
     };
-    if let Some(p) = pid.and_then(|pid| probe::proc_sample(&pid.to_string())) {
+    if let Some(p) = pid.and_then(|pid| probe::proc_sample(Some(pid))) {
         let s = s.get_or_insert_with(probe::ServerSample::default);
         s.cpu_seconds = p.cpu_seconds;
         s.rss_bytes = p.rss_bytes;

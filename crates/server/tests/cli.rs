@@ -1,4 +1,6 @@
-//! The `chorus` binary: token minting and config errors.
+//! The `chorus` binary: token minting, config errors, and draining on SIGTERM.
+
+mod common;
 
 use std::process::Command;
 
@@ -167,15 +169,15 @@ async fn sigterm_drains_then_exits() {
         .status()
         .expect("kill");
     assert!(status.success());
-    let mut draining = false;
-    for _ in 0..40 {
-        if http_get(&addr, "/readyz").await.starts_with("HTTP/1.0 503") {
-            draining = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    assert!(draining, "/readyz reports draining after SIGTERM");
+    common::eventually(
+        "/readyz reports draining after SIGTERM",
+        Duration::from_secs(2),
+        || async {
+            let reply = http_get(&addr, "/readyz").await;
+            common::ok_if(reply.starts_with("HTTP/1.0 503"), reply)
+        },
+    )
+    .await;
     let (_, refused) = ws_join(&addr, "latecomer").await;
     assert!(
         matches!(
@@ -193,15 +195,11 @@ async fn sigterm_drains_then_exits() {
     ))
     .await
     .expect("leave");
-    loop {
-        if let Some(code) = child.try_wait().expect("wait") {
-            assert!(code.success(), "exit status {code}");
-            break;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "still running 10 s after SIGTERM"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let code = common::eventually(
+        "the process exits within 10 s of SIGTERM",
+        Duration::from_secs(10).saturating_sub(started.elapsed()),
+        || std::future::ready(child.try_wait().expect("wait").ok_or("still running")),
+    )
+    .await;
+    assert!(code.success(), "exit status {code}");
 }

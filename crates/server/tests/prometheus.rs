@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -20,6 +20,16 @@ async fn query(api: &str, q: &str) -> Option<serde_json::Value> {
     let body: serde_json::Value = resp.json().await.ok()?;
     let result = body["data"]["result"].as_array()?.first()?.clone();
     Some(result["value"][1].clone())
+}
+
+/// Prometheus's config and data directory, removed when the test ends (also on a panic, after
+/// `kill_on_drop` has stopped Prometheus).
+struct TempDir(PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 #[tokio::test]
@@ -42,24 +52,24 @@ async fn prometheus_scrapes_the_metrics_endpoint() {
     .await
     .expect("send");
 
-    let dir = std::env::temp_dir().join(format!("chorus-prom-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("temp dir");
+    let dir = TempDir(std::env::temp_dir().join(format!("chorus-prom-{}", std::process::id())));
+    std::fs::create_dir_all(&dir.0).expect("temp dir");
     let config = format!(
         "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: chorus\n    static_configs:\n      - targets: ['{}']\n",
         server.http_addr
     );
-    std::fs::write(dir.join("prometheus.yml"), config).expect("config");
+    std::fs::write(dir.0.join("prometheus.yml"), config).expect("config");
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("free port");
     let port = listener.local_addr().expect("addr").port();
     drop(listener);
     let mut prom = tokio::process::Command::new(PROMETHEUS)
         .arg(format!(
             "--config.file={}",
-            dir.join("prometheus.yml").display()
+            dir.0.join("prometheus.yml").display()
         ))
         .arg(format!(
             "--storage.tsdb.path={}",
-            dir.join("data").display()
+            dir.0.join("data").display()
         ))
         .arg(format!("--web.listen-address=127.0.0.1:{port}"))
         .stdout(Stdio::null())
@@ -69,32 +79,21 @@ async fn prometheus_scrapes_the_metrics_endpoint() {
         .expect("prometheus starts");
     let api = format!("http://127.0.0.1:{port}");
 
-    let mut up = None;
-    let mut participants = None;
-    for _ in 0..60 {
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        up = query(&api, "up{job=\"chorus\"}").await;
-        participants = query(&api, "chorus_participants").await;
-        if up.as_ref().and_then(|v| v.as_str()) == Some("1")
-            && participants.as_ref().and_then(|v| v.as_str()) == Some("1")
-        {
-            break;
-        }
-    }
+    common::eventually(
+        "Prometheus reports the target up with one participant",
+        Duration::from_secs(30),
+        || async {
+            let up = query(&api, "up{job=\"chorus\"}").await;
+            let participants = query(&api, "chorus_participants").await;
+            let value =
+                |v: &Option<serde_json::Value>| v.as_ref().and_then(|v| v.as_str()) == Some("1");
+            common::ok_if(value(&up) && value(&participants), (up, participants))
+        },
+    )
+    .await;
     let rss = query(&api, "process_resident_memory_bytes{job=\"chorus\"}").await;
     let fds = query(&api, "process_open_fds{job=\"chorus\"}").await;
     let _ = prom.kill().await;
-    let _ = std::fs::remove_dir_all(&dir);
-    assert_eq!(
-        up.as_ref().and_then(|v| v.as_str()),
-        Some("1"),
-        "target up: {up:?}"
-    );
-    assert_eq!(
-        participants.as_ref().and_then(|v| v.as_str()),
-        Some("1"),
-        "{participants:?}"
-    );
     let rss: f64 = rss.and_then(|v| v.as_str()?.parse().ok()).unwrap_or(0.0);
     assert!(rss > 1e6, "resident memory scraped: {rss}");
     let fds: f64 = fds.and_then(|v| v.as_str()?.parse().ok()).unwrap_or(0.0);

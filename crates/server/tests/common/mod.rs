@@ -1,7 +1,10 @@
-//! Shared helpers: an in-process server on port 0 and token minting.
+//! Shared helpers: an in-process server on port 0, token minting, `/metrics` scraping, and
+//! the one wait helper, [`eventually`].
 #![allow(dead_code)]
 
-use std::time::Duration;
+use std::fmt::Debug;
+use std::future::Future;
+use std::time::{Duration, Instant};
 
 use chorus_server::config::{DEV_API_KEY, DEV_API_SECRET};
 use chorus_server::{Config, RunningServer};
@@ -76,9 +79,97 @@ pub async fn metric(base: &str, prefix: &str) -> Option<f64> {
         .text()
         .await
         .ok()?;
+    find_sample(&text, prefix)
+}
+
+/// A counter read from `/metrics`, or 0 when the series is absent (not yet incremented).
+pub async fn counter(base: &str, prefix: &str) -> f64 {
+    metric(base, prefix).await.unwrap_or(0.0)
+}
+
+/// The `/metrics` exposition text (empty if the scrape fails), to read several samples from
+/// one instant with [`sample`].
+pub async fn scrape(base: &str) -> String {
+    match reqwest::get(format!("{base}/metrics")).await {
+        Ok(r) => r.text().await.unwrap_or_default(),
+        Err(_) => String::new(),
+    }
+}
+
+/// The value of the first sample in `text` starting with `prefix`, or 0 when absent.
+pub fn sample(text: &str, prefix: &str) -> f64 {
+    find_sample(text, prefix).unwrap_or(0.0)
+}
+
+fn find_sample(text: &str, prefix: &str) -> Option<f64> {
     text.lines()
         .filter(|l| !l.starts_with('#'))
         .find(|l| l.starts_with(prefix))
         .and_then(|l| l.rsplit(' ').next())
         .and_then(|v| v.parse().ok())
+}
+
+/// Waits until `check` returns `Ok`, polling it every 20 ms, and returns the value.
+///
+/// `check` returns `Err(state)` while the condition does not hold; after `timeout` the test
+/// panics naming `what` and the last observed state. Use [`ok_if`] to turn a condition and the
+/// state it was read from into that result.
+pub async fn eventually<T, S, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    S: Debug,
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, S>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        match check().await {
+            Ok(value) => return value,
+            Err(state) if Instant::now() >= deadline => {
+                panic!("{what}: not within {timeout:?}; last observed: {state:#?}")
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
+}
+
+/// `Ok(state)` when `done`, else `Err(state)`: the result [`eventually`] polls for.
+pub fn ok_if<S>(done: bool, state: S) -> Result<S, S> {
+    if done {
+        Ok(state)
+    } else {
+        Err(state)
+    }
+}
+
+/// A small deterministic pseudo-random generator (xorshift64*) for seeded fuzz-style tests:
+/// the seed is printed in every failure message so a failure reproduces.
+pub struct Rng(u64);
+
+impl Rng {
+    /// A generator from `CHORUS_TEST_SEED` if set, else from `default_seed`; returns the seed.
+    pub fn from_env_or(default_seed: u64) -> (Self, u64) {
+        let seed = std::env::var("CHORUS_TEST_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(default_seed);
+        (Self(seed.max(1)), seed)
+    }
+
+    /// The next 64 random bits.
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    /// A value in `0..n` (`n` > 0).
+    pub fn below(&mut self, n: usize) -> usize {
+        (self.next_u64() % n as u64) as usize
+    }
+
+    /// `len` random bytes.
+    pub fn bytes(&mut self, len: usize) -> Vec<u8> {
+        (0..len).map(|_| self.next_u64() as u8).collect()
+    }
 }

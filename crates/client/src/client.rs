@@ -48,11 +48,8 @@ use webrtc::peer_connection::{MediaEngine, RTCIceServer, RTCPeerConnectionState}
 pub use engine::SharedEngine;
 pub use error::ClientError;
 pub use options::ClientOptions;
-pub use shared::{ConnectionStates, RtcpSentStats};
-// What the engine's endpoints (`engine`, `receiver`, `publisher`, `transport`) reach as
-// `super::…`.
-use accounting::{Arrival, TrackReader};
 use shared::Shared;
+pub use shared::{ConnectionStates, RtcpSentStats};
 use signaling::Outgoing;
 
 /// A participant in a Chorus room.

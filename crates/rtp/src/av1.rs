@@ -10,7 +10,7 @@
 //! video sequence (a keyframe).
 
 use crate::bits::BitReader;
-use crate::codec::FrameStart;
+use crate::frame::FrameStart;
 
 /// `obu_type` of a sequence header, which starts every coded video sequence (keyframes).
 pub const OBU_SEQUENCE_HEADER: u8 = 1;

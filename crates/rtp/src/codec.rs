@@ -1,17 +1,6 @@
 //! What is common to the video codecs: [`VideoCodec`] (which codec a MIME type names, and
-//! whether an RTP payload starts a keyframe, so a new subscriber's decoder starts clean),
-//! [`FrameStart`] (what the first packet of a frame says about it) and fmtp parameters.
-
-/// An RTP payload that starts a new frame, as the codec modules' `frame_start` read it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct FrameStart {
-    /// Whether the frame is a keyframe.
-    pub keyframe: bool,
-    /// A keyframe's width and height, when the packet holds them.
-    pub size: Option<(u16, u16)>,
-    /// The picture id, when present, and whether it is the 15-bit form.
-    pub picture_id: Option<(u16, bool)>,
-}
+//! whether an RTP payload starts a keyframe, so a new subscriber's decoder starts clean) and
+//! fmtp parameters.
 
 /// Video codecs whose keyframes the forwarder can recognise.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

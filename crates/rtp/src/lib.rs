@@ -10,7 +10,8 @@
 //!
 //! | module | owns |
 //! | --- | --- |
-//! | [`codec`] | [`VideoCodec`] (from a MIME type, keyframe starts), [`FrameStart`], fmtp parameters and profile matching |
+//! | [`codec`] | [`VideoCodec`] (from a MIME type, keyframe starts), fmtp parameters and profile matching |
+//! | [`frame`] | [`FrameStart`]: what a frame's first packet says (keyframe, size, picture id) |
 //! | [`vp8`] | the VP8 payload descriptor (RFC 7741), keyframe starts and sizes, [`vp8::Vp8Munger`] (picture id rewriting) |
 //! | [`vp9`] | the VP9 payload descriptor (RFC 9628), keyframes and sizes from the uncompressed header |
 //! | [`h264`] | H.264 keyframe starts (RFC 6184: single NAL, STAP-A, FU-A) |
@@ -27,6 +28,7 @@
 pub mod av1;
 pub mod bits;
 pub mod codec;
+pub mod frame;
 pub mod h264;
 pub mod ivf;
 pub mod jitter;
@@ -35,4 +37,5 @@ pub mod seq;
 pub mod vp8;
 pub mod vp9;
 
-pub use codec::{fmtp_param, same_profile, FrameStart, VideoCodec};
+pub use codec::{fmtp_param, same_profile, VideoCodec};
+pub use frame::FrameStart;

@@ -19,7 +19,7 @@
 //!
 //! The VP8 payload header follows the descriptor; bit 0 of its first byte (P) is 0 on keyframes.
 
-use crate::codec::FrameStart;
+use crate::frame::FrameStart;
 use bytes::{Bytes, BytesMut};
 
 const PID_MASK_15: u16 = 0x7fff;

@@ -17,7 +17,7 @@
 //! ```
 
 use crate::bits::BitReader;
-use crate::codec::FrameStart;
+use crate::frame::FrameStart;
 use bytes::{BufMut, BytesMut};
 
 /// I: a picture id follows.

@@ -2,21 +2,14 @@
 //! publisher's payload types and header extensions map onto the subscriber's leg, and its
 //! [`Forwarder`]. Adding and removing downtracks (subscribing) lives here too.
 
-use rand::Rng;
-use rtc::media_stream::MediaStreamTrack;
 use rtc::peer_connection::RTCPeerConnection;
-use rtc::rtp_transceiver::rtp_sender::{
-    RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
-};
-use rtc::rtp_transceiver::{RTCRtpSenderId, RTCRtpTransceiverDirection};
+use rtc::rtp_transceiver::RTCRtpSenderId;
 use rtc::sdp::extmap::{
     SDES_MID_URI, SDES_REPAIR_RTP_STREAM_ID_URI, SDES_RTP_STREAM_ID_URI, TRANSPORT_CC_URI,
 };
-use tracing::{debug, warn};
 
-use crate::core::{Core, ParticipantKey, PeerKey, TrackKey};
 use crate::forwarder::Forwarder;
-use crate::types::TrackKind;
+use crate::types::{ParticipantKey, PeerKey};
 
 /// A subscriber's copy of a published track.
 pub(crate) struct DownTrack {
@@ -50,130 +43,6 @@ impl LegParams {
     /// The subscriber leg's payload type for the publisher leg's `pt`.
     pub(crate) fn out_pt(&self, pt: u8) -> Option<u8> {
         self.pt.iter().find(|(i, _)| *i == pt).map(|&(_, o)| o)
-    }
-}
-
-impl Core {
-    /// Adds `subscriber`'s downtrack of `tk`; false if it was there already or cannot be.
-    pub(crate) fn add_downtrack(&mut self, subscriber: ParticipantKey, tk: TrackKey) -> bool {
-        let Some(p) = self.participants.get(&subscriber) else {
-            return false;
-        };
-        let Some(sub_key) = p.subscriber else {
-            return false;
-        };
-        if p.subscriptions.contains(&tk) {
-            return false;
-        }
-        let Some(track) = self.tracks.get(&tk) else {
-            return false;
-        };
-        if track.publisher == subscriber {
-            return false;
-        }
-        let Some(publisher_id) = self
-            .participants
-            .get(&track.publisher)
-            .map(|p| p.id.clone())
-        else {
-            return false;
-        };
-        let ssrc: u32 = rand::rng().random();
-        let kind = match track.kind {
-            TrackKind::Audio => RtpCodecKind::Audio,
-            TrackKind::Video => RtpCodecKind::Video,
-        };
-        let local = MediaStreamTrack::new(
-            publisher_id,
-            track.id.clone(),
-            track.id.clone(),
-            kind,
-            vec![RTCRtpEncodingParameters {
-                rtp_coding_parameters: RTCRtpCodingParameters {
-                    ssrc: Some(ssrc),
-                    ..Default::default()
-                },
-                codec: track.codec.clone(),
-                ..Default::default()
-            }],
-        );
-        let track_id = track.id.clone();
-        let kind_label = track.kind.as_str();
-        let Some(peer) = self.peers.get_mut(&sub_key) else {
-            return false;
-        };
-        let sender = match peer.pc.add_track(local) {
-            Ok(s) => s,
-            Err(e) => {
-                warn!("cannot add downtrack: {e}");
-                return false;
-            }
-        };
-        // add_track makes a new transceiver sendrecv; the server only ever sends on it.
-        if let Some(mut t) = peer.pc.rtp_transceiver(sender.into()) {
-            t.set_direction(RTCRtpTransceiverDirection::Sendonly);
-        }
-        peer.outbound.insert(track_id, tk);
-        let mut rng = rand::rng();
-        let quality = self
-            .participants
-            .get(&subscriber)
-            .and_then(|p| p.qualities.get(&tk).copied().or(Some(p.request.quality)))
-            .unwrap_or_default();
-        let dt = DownTrack {
-            participant: subscriber,
-            peer: sub_key,
-            sender,
-            negotiated: false,
-            forwarder: Forwarder::new(
-                quality.layer(track.layers.len()),
-                track.video_codec.is_some(),
-                track.codec.clock_rate,
-                rng.random(),
-                rng.random(),
-            ),
-            params: None,
-        };
-        if let Some(t) = self.tracks.get_mut(&tk) {
-            t.downtracks.push(dt);
-        }
-        if let Some(p) = self.participants.get_mut(&subscriber) {
-            p.subscriptions.push(tk);
-        }
-        self.metrics
-            .subscribed_tracks
-            .with_label_values(&[kind_label])
-            .inc();
-        true
-    }
-
-    /// Removes `subscriber`'s downtrack of `tk`, if any.
-    pub(crate) fn remove_downtrack(&mut self, subscriber: ParticipantKey, tk: TrackKey) {
-        let Some(track) = self.tracks.get_mut(&tk) else {
-            return;
-        };
-        let Some(pos) = track
-            .downtracks
-            .iter()
-            .position(|d| d.participant == subscriber)
-        else {
-            return;
-        };
-        let dt = track.downtracks.swap_remove(pos);
-        let track_id = track.id.clone();
-        self.metrics
-            .subscribed_tracks
-            .with_label_values(&[track.kind.as_str()])
-            .dec();
-        if let Some(peer) = self.peers.get_mut(&dt.peer) {
-            peer.outbound.remove(&track_id);
-            if let Err(e) = peer.pc.remove_track(dt.sender) {
-                debug!("remove_track: {e}");
-            }
-        }
-        if let Some(p) = self.participants.get_mut(&subscriber) {
-            p.subscriptions.retain(|t| *t != tk);
-        }
     }
 }
 

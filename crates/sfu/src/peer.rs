@@ -30,15 +30,12 @@ use rtc::sdp::extmap::{
 use std::collections::HashMap;
 
 use bytes::BytesMut;
-use rand::distr::{Alphanumeric, SampleString};
 use rtc::data_channel::RTCDataChannelId;
-use rtc::sansio::Protocol;
-use tracing::debug;
 
-use crate::core::{Core, ParticipantKey, PeerKey, TrackKey};
 use crate::feedback::{FeedbackTap, FEEDBACK_TAP_SLOT};
 use crate::metrics::Metrics;
 use crate::types::PeerRole;
+use crate::types::{ParticipantKey, TrackKey};
 use crate::SfuError;
 
 fn video_feedback() -> Vec<RTCPFeedback> {
@@ -261,62 +258,4 @@ pub(crate) struct Peer {
     /// Timer entry in the engine's timer set.
     pub(crate) timer: Option<Instant>,
     pub(crate) dirty: bool,
-}
-
-impl Core {
-    /// A new peer connection of `participant`, routed by its ICE ufrag.
-    pub(crate) fn new_peer(
-        &mut self,
-        now: Instant,
-        participant: ParticipantKey,
-        role: PeerRole,
-    ) -> Result<PeerKey, SfuError> {
-        let ufrag = Alphanumeric.sample_string(&mut rand::rng(), 16);
-        let pwd = Alphanumeric.sample_string(&mut rand::rng(), 32);
-        let pc = build_peer_connection(&ufrag, &pwd, &self.metrics, now)?;
-        let key = self.key();
-        self.router.add_peer(&ufrag, key);
-        self.peers.insert(
-            key,
-            Peer {
-                pc,
-                participant,
-                role,
-                ufrag,
-                connected: false,
-                candidates_added: false,
-                expected_inbound: 0,
-                inbound: HashMap::new(),
-                outbound: HashMap::new(),
-                awaiting_answer: false,
-                renegotiate: false,
-                last_offer: None,
-                offer_due: None,
-                data_channel: None,
-                early_checks: Vec::new(),
-                remote_known: false,
-                timer: None,
-                dirty: false,
-            },
-        );
-        Ok(key)
-    }
-
-    /// Closes and forgets a peer connection.
-    pub(crate) fn remove_peer(&mut self, key: PeerKey) {
-        let Some(mut peer) = self.peers.remove(&key) else {
-            return;
-        };
-        if let Err(e) = peer.pc.close() {
-            debug!("close: {e}");
-        }
-        // Flush what close() queued (DTLS close_notify) so the client learns promptly.
-        while let Some(out) = peer.pc.poll_write() {
-            self.outbox.push((out.transport.peer_addr, out.message));
-        }
-        self.router.remove_peer(&peer.ufrag, key);
-        if let Some(t) = peer.timer {
-            self.timers.remove(&(t, key));
-        }
-    }
 }

@@ -14,8 +14,8 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 
-use crate::core::PeerKey;
 use crate::stun;
+use crate::types::PeerKey;
 
 /// Why a datagram could not be routed (its `chorus_packets_dropped_total` reason).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

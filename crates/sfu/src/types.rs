@@ -2,6 +2,13 @@
 //! room looks like and what a participant hears. A leaf module: it imports nothing else of the
 //! crate but [`Quality`](crate::Quality), so every other module can use it.
 
+/// A peer connection's key in the core.
+pub type PeerKey = u64;
+/// A participant's key in the core.
+pub type ParticipantKey = u64;
+/// A published track's key in the core.
+pub type TrackKey = u64;
+
 /// Audio or video.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum TrackKind {

@@ -36,10 +36,12 @@ use rtc::peer_connection::transport::{
 };
 use tokio::sync::oneshot;
 
+use super::accounting::Arrival;
+use super::error::ClientError;
 use super::publisher::{self, PublishTrack};
 use super::receiver;
+use super::shared::Shared;
 use super::transport::{Event, Identity, Transport};
-use super::{Arrival, ClientError, Shared};
 use crate::impair::Impairment;
 use socket::{loopback_ip, Socket, LOOPBACK_RECV_BUFFER, RECV_BUF};
 

@@ -28,9 +28,9 @@ use rtc::rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack;
 use rtc::rtp::header::{Extension, Header, EXTENSION_PROFILE_ONE_BYTE};
 use rtc::shared::marshal::{Marshal, MarshalSize};
 
+use super::error::ClientError;
 use super::sdp::{self, Remote};
 use super::transport::{Demuxed, Identity, Transport};
-use super::ClientError;
 use tracks::{Codec, ExtensionIds, Layer, Track, HISTORY};
 pub(crate) use tracks::{LoopSource, PublishLayer, PublishTrack};
 

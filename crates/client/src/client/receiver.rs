@@ -31,9 +31,11 @@ use rtc::rtcp::transport_feedbacks::transport_layer_nack::{
 };
 use rtc::shared::marshal::Unmarshal;
 
+use super::accounting::{Arrival, TrackReader};
+use super::error::ClientError;
 use super::sdp;
+use super::shared::Shared;
 use super::transport::{Demuxed, Identity, Transport};
-use super::{Arrival, ClientError, Shared, TrackReader};
 use crate::impair::{is_rtp, DelayLine, Impairment};
 use description::{build_answer, build_offer, parse_offer, OfferedStream, ParsedOffer};
 use feedback::Feedback;

@@ -15,7 +15,7 @@ use rtc::sdp::direction::Direction;
 use rtc::sdp::extmap::ExtMap;
 use rtc::sdp::SessionDescription;
 
-use super::ClientError;
+use super::error::ClientError;
 
 /// Parses a description.
 pub(super) fn parse(sdp: &str) -> Result<SessionDescription, ClientError> {

@@ -32,8 +32,8 @@ use rtc::stun::message::{Setter, TransactionId};
 use rtc::stun::textattrs::Username;
 use rtc::stun::xoraddr::XorMappedAddress;
 
+use super::error::ClientError;
 use super::sdp::{self, Ours, Remote};
-use super::ClientError;
 use dtls::srtp_contexts;
 pub(super) use dtls::{Identity, Srtp};
 
@@ -534,7 +534,7 @@ pub(super) fn random_token(len: usize) -> String {
 
 #[cfg(test)]
 pub(super) mod tests {
-    use super::super::Shared;
+    use super::super::shared::Shared;
     use super::dtls::SRTP_PROFILES;
     use super::*;
     use rtc::dtls::config::{ClientAuthType, ConfigBuilder, ExtendedMasterSecretType};
@@ -574,7 +574,7 @@ pub(super) mod tests {
         pub t0: Instant,
         pub local: SocketAddr,
         pub server: SocketAddr,
-        pub _signaling: tokio::sync::mpsc::UnboundedReceiver<super::super::Outgoing>,
+        pub _signaling: tokio::sync::mpsc::UnboundedReceiver<super::super::signaling::Outgoing>,
     }
 
     impl Fixture {

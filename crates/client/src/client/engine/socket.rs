@@ -8,7 +8,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use quinn_udp::{RecvMeta, UdpSocketState, BATCH_SIZE};
 
-use super::super::{Arrival, ClientError};
+use super::super::accounting::Arrival;
+use super::super::error::ClientError;
 
 /// Receive buffer per batch slot: a UDP GRO read may coalesce several datagrams.
 pub(super) const RECV_BUF: usize = 64 * 1024;

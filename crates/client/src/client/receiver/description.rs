@@ -8,8 +8,8 @@ use chorus_signal::protocol::TrackKind;
 use rtc::sdp::direction::Direction;
 use rtc::sdp::SessionDescription;
 
+use super::super::error::ClientError;
 use super::super::sdp::{self, Codec, Ours, Remote, RtpSection, Setup};
-use super::super::ClientError;
 
 /// A track the server announced it sends, by its (first) SSRC.
 #[derive(Debug, Clone, PartialEq)]

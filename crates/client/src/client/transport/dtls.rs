@@ -18,7 +18,7 @@ use rtc::srtp::context::Context as SrtpContext;
 use rtc::srtp::option::{srtcp_replay_protection, srtp_replay_protection};
 use rtc::srtp::protection_profile::ProtectionProfile;
 
-use super::super::ClientError;
+use super::super::error::ClientError;
 
 /// SRTP profiles offered, AEAD GCM first (a third of CM-HMAC's CPU), as browsers do.
 pub(in crate::client) const SRTP_PROFILES: [SrtpProtectionProfile; 3] = [

@@ -10,9 +10,10 @@ use rtc::peer_connection::transport::RTCIceCandidateInit;
 use rtc::peer_connection::RTCPeerConnection;
 use tracing::{debug, warn};
 
-use crate::core::{Core, ParticipantKey, TrackKey};
+use super::Core;
 use crate::peer::add_local_candidates;
 use crate::types::{CandidateInit, Origin, PeerRole, RoomEvent};
+use crate::types::{ParticipantKey, TrackKey};
 use crate::SfuError;
 
 impl Core {

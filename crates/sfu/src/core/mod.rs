@@ -9,12 +9,14 @@
 //! forwarded packet touches each subscriber). Tests and benchmarks drive it directly, on a
 //! virtual clock, without a network.
 //!
-//! The core's work is split by what it owns, one module each: [`crate::router`] (datagram ->
-//! peer), [`crate::peer`] (a peer connection and its negotiation state), `room`
-//! (rooms, participants, events), `negotiate` (offers and answers),
-//! `track` (published tracks and their packet path), `downtrack` (a
-//! subscriber's copy of a track), `subscribe` (subscriptions and quality),
-//! `data` (data-channel relay) and `command` (the session commands).
+//! The state the core holds is defined where it is described: [`crate::router`] (datagram ->
+//! peer), [`crate::peer`] (a peer connection and its negotiation state), `room` (rooms and
+//! participants), `track` (published tracks), `downtrack` (a subscriber's copy of a track) and
+//! [`crate::forwarder`] (its layer choice and rewrite). What the core does with it is split by
+//! concern into this module's children: `membership` (join, leave, room events), `negotiate`
+//! (offers and answers), `fanout` (publication, mute, the packet path, keyframe requests),
+//! `subscribe` (subscriptions and quality), `relay` (data channels), `peers` (creating and
+//! closing peer connections) and `dispatch` (session commands).
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
@@ -29,23 +31,24 @@ use rtc::sansio::Protocol;
 use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
 use tracing::{debug, error};
 
+mod dispatch;
+mod fanout;
+mod membership;
+mod negotiate;
+mod peers;
+pub(crate) mod relay;
+mod subscribe;
+
 use crate::metrics::PathDrops;
 use crate::peer::Peer;
 use crate::room::{Participant, Room};
 use crate::router::Router;
 use crate::track::PublishedTrack;
-use crate::types::PeerRole;
+use crate::types::{ParticipantKey, PeerKey, PeerRole, TrackKey};
 use crate::{MediaConfig, Metrics};
 
 /// STUN checks kept per peer while its remote description is not known yet.
 const MAX_EARLY_CHECKS: usize = 16;
-
-/// A peer connection's key in the core.
-pub type PeerKey = u64;
-/// A participant's key in the core.
-pub type ParticipantKey = u64;
-/// A published track's key in the core.
-pub type TrackKey = u64;
 
 /// The media plane's state. See the module docs.
 pub struct Core {

@@ -6,7 +6,8 @@ use std::time::Instant;
 
 use rtc::data_channel::RTCDataChannelMessage;
 
-use crate::core::{Core, PeerKey};
+use super::Core;
+use crate::types::PeerKey;
 use crate::types::PeerRole;
 
 /// Label of the data channel the server opens on each subscriber connection.

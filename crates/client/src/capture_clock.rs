@@ -15,7 +15,11 @@
 //! Receivers prefer `abs-capture-time` (no wrap, 1/2^32 s resolution) and fall back to
 //! `abs-send-time` when a packet does not carry it.
 
+use std::io::Cursor;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rtc::sdp::extmap::ExtMap;
+use rtc::sdp::SessionDescription;
 
 /// The extension's URI.
 pub const ABS_SEND_TIME_URI: &str = "http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time";
@@ -75,15 +79,21 @@ pub fn extmap_id(sdp: &str) -> Option<u8> {
     extmap_id_of(sdp, ABS_SEND_TIME_URI)
 }
 
-/// The extension id an SDP assigns to `uri` (first `a=extmap` line for it).
+/// The extension id an SDP assigns to `uri` (first `a=extmap` attribute for it, session or
+/// media level); `None` when the SDP does not parse or does not name it.
 pub fn extmap_id_of(sdp: &str, wanted: &str) -> Option<u8> {
-    sdp.lines().find_map(|l| {
-        let rest = l.trim().strip_prefix("a=extmap:")?;
-        let (id, rest) = rest.split_once(' ')?;
-        let uri = rest.split_whitespace().next()?;
-        let id = id.split('/').next()?;
-        (uri == wanted).then(|| id.parse().ok()).flatten()
-    })
+    let desc = SessionDescription::unmarshal(&mut Cursor::new(sdp.as_bytes())).ok()?;
+    let media = desc.media_descriptions.iter().flat_map(|m| &m.attributes);
+    desc.attributes
+        .iter()
+        .chain(media)
+        .filter(|a| a.key == "extmap")
+        .filter_map(|a| {
+            let line = format!("extmap:{}", a.value.as_deref()?);
+            ExtMap::unmarshal(&mut Cursor::new(line.as_bytes())).ok()
+        })
+        .find(|e| e.uri.as_ref().is_some_and(|u| u.as_str() == wanted))
+        .and_then(|e| u8::try_from(e.value).ok())
 }
 
 #[cfg(test)]
@@ -113,7 +123,8 @@ mod tests {
 
     #[test]
     fn finds_the_extmap_id() {
-        let sdp = "v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\n\
+        let sdp = "v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\n\
+                   m=audio 9 UDP/TLS/RTP/SAVPF 111\r\n\
                    a=extmap:1 urn:ietf:params:rtp-hdrext:sdes:mid\r\n\
                    a=extmap:3/sendrecv http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time\r\n";
         assert_eq!(extmap_id(sdp), Some(3));

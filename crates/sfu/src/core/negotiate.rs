@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use rtc::peer_connection::sdp::RTCSessionDescription;
 use rtc::peer_connection::transport::RTCIceCandidateInit;
 use rtc::peer_connection::RTCPeerConnection;
+use rtc::sdp::SessionDescription;
 use tracing::{debug, warn};
 
 use super::Core;
@@ -70,10 +71,11 @@ impl Core {
         ufrag: &str,
         candidates: Vec<RTCIceCandidateInit>,
     ) {
-        let mid = sdp
-            .lines()
-            .find_map(|l| l.strip_prefix("a=mid:"))
-            .map(|m| m.trim().to_owned());
+        let parsed = SessionDescription::unmarshal(&mut std::io::Cursor::new(sdp.as_bytes()));
+        let mid = parsed.ok().and_then(|d| {
+            let first = d.media_descriptions.first()?;
+            first.attribute("mid").flatten().map(str::to_owned)
+        });
         for c in candidates {
             let candidate = CandidateInit {
                 candidate: c.candidate,

@@ -6,6 +6,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+/// Most media engines a server runs.
+pub const MAX_ENGINES: usize = 64;
+
 /// Settings of the media plane.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -26,6 +29,10 @@ pub struct MediaConfig {
     pub max_rooms: usize,
     /// Least time between two keyframe requests sent to one publisher's track, in milliseconds.
     pub pli_throttle_ms: u64,
+    /// Media engines, each a thread with its own UDP socket (consecutive ports from
+    /// `udp_port`, or free ports of `udp_port_range`); rooms are spread over them. 0: one per
+    /// core.
+    pub engines: usize,
 }
 
 impl Default for MediaConfig {
@@ -38,6 +45,7 @@ impl Default for MediaConfig {
             max_participants_per_room: 500,
             max_rooms: 1000,
             pli_throttle_ms: 500,
+            engines: 0,
         }
     }
 }
@@ -52,10 +60,25 @@ impl MediaConfig {
                 ));
             }
         }
+        if self.engines > MAX_ENGINES {
+            return Err(format!(
+                "media.engines = {} is more than {MAX_ENGINES}",
+                self.engines
+            ));
+        }
         if self.max_participants_per_room == 0 || self.max_rooms == 0 {
             return Err("media.max_participants_per_room and media.max_rooms must be > 0".into());
         }
         Ok(())
+    }
+
+    /// How many engines to run: `engines`, or one per core when it is 0.
+    pub fn engine_count(&self) -> usize {
+        match self.engines {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        }
+        .min(MAX_ENGINES)
     }
 
     /// The PLI throttle interval.

@@ -6,8 +6,10 @@
 //!
 //! ## Layout
 //! The driver and the handles:
-//! - [`engine`]: the one tokio task that owns the media UDP socket and drives the core with
-//!   datagrams, commands and the clock; sends what the core queued.
+//! - [`engine`]: the media engines (`media.engines`, one per core by default), each an OS
+//!   thread with its own UDP socket and its own core, driven with datagrams, commands and the
+//!   clock; [`socket`]: their batched I/O (`recvmmsg`, GSO, `sendmmsg`); `placement`: which
+//!   engine a room lives on.
 //! - [`session`]: the handles the signaling layer holds ([`Sfu`], [`Session`],
 //!   [`SessionHandle`]); [`types`]: the plain types they exchange (a leaf module).
 //! - `command`: the commands a session sends, and their dispatch onto the core.
@@ -50,10 +52,12 @@ pub mod keyframe;
 pub mod metrics;
 pub mod munger;
 pub mod peer;
+mod placement;
 mod room;
 pub mod router;
 pub mod session;
 pub mod simulcast;
+pub mod socket;
 pub mod stun;
 mod track;
 pub mod types;

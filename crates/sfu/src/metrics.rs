@@ -34,6 +34,15 @@ pub struct Metrics {
     pub data_messages: IntCounterVec,
     /// Simulcast layer switches made by downtracks.
     pub layer_switches: IntCounter,
+    /// Per engine: datagrams received, and sent (`direction`).
+    pub engine_datagrams: IntCounterVec,
+    /// Per engine: UDP messages sent (one destination each; a GSO message carries several
+    /// datagrams).
+    pub engine_messages: IntCounterVec,
+    /// Per engine: send system calls (`sendmmsg`).
+    pub engine_send_calls: IntCounterVec,
+    /// Per engine: participants placed on it.
+    pub engine_participants: IntGaugeVec,
 }
 
 impl Metrics {
@@ -104,7 +113,39 @@ impl Metrics {
                 "chorus_layer_switches_total",
                 "Simulcast layer switches made by downtracks",
             )?,
+            engine_datagrams: IntCounterVec::new(
+                Opts::new(
+                    "chorus_engine_datagrams_total",
+                    "UDP datagrams per media engine, by direction",
+                ),
+                &["engine", "direction"],
+            )?,
+            engine_messages: IntCounterVec::new(
+                Opts::new(
+                    "chorus_engine_messages_sent_total",
+                    "UDP messages sent per media engine (a GSO message carries several datagrams)",
+                ),
+                &["engine"],
+            )?,
+            engine_send_calls: IntCounterVec::new(
+                Opts::new(
+                    "chorus_engine_send_calls_total",
+                    "Send system calls (sendmmsg) per media engine",
+                ),
+                &["engine"],
+            )?,
+            engine_participants: IntGaugeVec::new(
+                Opts::new(
+                    "chorus_engine_participants",
+                    "Participants per media engine",
+                ),
+                &["engine"],
+            )?,
         };
+        registry.register(Box::new(m.engine_datagrams.clone()))?;
+        registry.register(Box::new(m.engine_messages.clone()))?;
+        registry.register(Box::new(m.engine_send_calls.clone()))?;
+        registry.register(Box::new(m.engine_participants.clone()))?;
         registry.register(Box::new(m.layer_switches.clone()))?;
         registry.register(Box::new(m.data_messages.clone()))?;
         registry.register(Box::new(m.rooms.clone()))?;
@@ -189,5 +230,42 @@ impl KindCounters {
             packets_out: m.rtp_packets.with_label_values(&["out", kind]),
             bytes_out: m.rtp_bytes.with_label_values(&["out", kind]),
         }
+    }
+}
+
+/// One engine's I/O counters, resolved once so a batch costs no label lookup.
+#[derive(Clone)]
+pub struct EngineCounters {
+    /// Datagrams received.
+    pub datagrams_in: IntCounter,
+    /// Datagrams sent.
+    pub datagrams_out: IntCounter,
+    /// Messages sent (GSO messages count once).
+    pub messages_out: IntCounter,
+    /// Send system calls.
+    pub send_calls: IntCounter,
+    /// Datagrams the kernel refused.
+    pub send_failed: IntCounter,
+}
+
+impl EngineCounters {
+    /// The counters of engine `index`.
+    pub fn new(m: &Metrics, index: usize) -> Self {
+        let engine = index.to_string();
+        Self {
+            datagrams_in: m.engine_datagrams.with_label_values(&[&engine, "in"]),
+            datagrams_out: m.engine_datagrams.with_label_values(&[&engine, "out"]),
+            messages_out: m.engine_messages.with_label_values(&[&engine]),
+            send_calls: m.engine_send_calls.with_label_values(&[&engine]),
+            send_failed: m.dropped.with_label_values(&["send_failed"]),
+        }
+    }
+
+    /// Accounts one flush.
+    pub fn record(&self, f: &crate::socket::Flushed) {
+        self.datagrams_out.inc_by(f.datagrams);
+        self.messages_out.inc_by(f.messages);
+        self.send_calls.inc_by(f.calls);
+        self.send_failed.inc_by(f.failed);
     }
 }

@@ -1,43 +1,73 @@
 //! The handles the signaling layer holds: [`Sfu`] for the server, [`Session`] per participant.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot};
 
 use crate::command::Command;
-use crate::engine::Engine;
+use crate::engine::{self, Engine};
+use crate::placement::Placement;
 use crate::types::{CandidateInit, EngineStats, JoinRequest, ParticipantDesc, PeerRole, RoomEvent};
 use crate::{MediaConfig, Metrics, SfuError};
 
-/// Handle to the media engine. Cheap to clone.
+/// Handle to the media engines. Cheap to clone.
 #[derive(Clone)]
 pub struct Sfu {
+    engines: Arc<[EngineHandle]>,
+    placement: Arc<Placement>,
+}
+
+/// How to reach one engine.
+struct EngineHandle {
     commands: mpsc::Sender<Command>,
     media_addr: SocketAddr,
 }
 
 impl Sfu {
-    /// Binds the media socket and starts the engine task.
+    /// Binds the media sockets and starts the engines (`media.engines`, default one per
+    /// core), each on a thread of its own.
     pub async fn start(config: MediaConfig, metrics: Metrics) -> Result<Sfu, SfuError> {
-        let (commands, rx) = mpsc::channel(1024);
-        let engine = Engine::bind(config, metrics).await?;
-        let media_addr = engine.local_addr();
-        tokio::spawn(engine.run(rx));
+        config.validate().map_err(SfuError::Bind)?;
+        let count = config.engine_count();
+        let sockets = engine::bind_sockets(&config, count)?;
+        let mut engines = Vec::with_capacity(count);
+        for (index, socket) in sockets.into_iter().enumerate() {
+            let (commands, rx) = mpsc::channel(1024);
+            let media_addr = Engine::spawn(index, socket, config.clone(), metrics.clone(), rx)?;
+            engines.push(EngineHandle {
+                commands,
+                media_addr,
+            });
+        }
         Ok(Sfu {
-            commands,
-            media_addr,
+            engines: engines.into(),
+            placement: Arc::new(Placement::new(count, config.max_rooms, metrics)),
         })
     }
 
-    /// The address the media socket is bound to.
+    /// The address engine 0's media socket is bound to.
     pub fn media_addr(&self) -> SocketAddr {
-        self.media_addr
+        self.engines[0].media_addr
     }
 
-    /// Joins a room.
+    /// Every engine's media socket address, by engine index.
+    pub fn media_addrs(&self) -> Vec<SocketAddr> {
+        self.engines.iter().map(|e| e.media_addr).collect()
+    }
+
+    /// Joins a room (on the engine the room lives on, or the least-loaded one for a new room).
     pub async fn join(&self, request: JoinRequest) -> Result<Session, SfuError> {
+        let room = request.room.clone();
+        let index = self.placement.enter(&room)?;
+        // Counted from here: undone when this guard drops, with the session or on failure.
+        let placed = Placed {
+            placement: self.placement.clone(),
+            room,
+        };
+        let commands = self.engines[index].commands.clone();
         let (reply, rx) = oneshot::channel();
-        self.commands
+        commands
             .send(Command::Join { request, reply })
             .await
             .map_err(|_| SfuError::EngineStopped)?;
@@ -48,19 +78,40 @@ impl Sfu {
             events: joined.events,
             handle: SessionHandle {
                 key: joined.key,
-                commands: self.commands.clone(),
+                commands,
             },
+            _placed: placed,
         })
     }
 
-    /// Counts of rooms and participants, as the engine sees them.
+    /// Counts of rooms and participants, summed over the engines.
     pub async fn stats(&self) -> Result<EngineStats, SfuError> {
-        let (reply, rx) = oneshot::channel();
-        self.commands
-            .send(Command::Stats { reply })
-            .await
-            .map_err(|_| SfuError::EngineStopped)?;
-        rx.await.map_err(|_| SfuError::EngineStopped)
+        let mut total = EngineStats::default();
+        for e in self.engines.iter() {
+            let (reply, rx) = oneshot::channel();
+            e.commands
+                .send(Command::Stats { reply })
+                .await
+                .map_err(|_| SfuError::EngineStopped)?;
+            let s = rx.await.map_err(|_| SfuError::EngineStopped)?;
+            total.rooms += s.rooms;
+            total.participants += s.participants;
+            total.peers += s.peers;
+            total.tracks += s.tracks;
+        }
+        Ok(total)
+    }
+}
+
+/// A session's place in its room's engine, given back when the session goes.
+struct Placed {
+    placement: Arc<Placement>,
+    room: String,
+}
+
+impl Drop for Placed {
+    fn drop(&mut self) {
+        self.placement.leave(&self.room);
     }
 }
 
@@ -74,6 +125,8 @@ pub struct Session {
     pub events: mpsc::Receiver<RoomEvent>,
     /// Commands for this participant.
     pub handle: SessionHandle,
+    /// Counts this session on its room's engine.
+    _placed: Placed,
 }
 
 impl Drop for Session {

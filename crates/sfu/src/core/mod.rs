@@ -52,6 +52,8 @@ const MAX_EARLY_CHECKS: usize = 16;
 
 /// The media plane's state. See the module docs.
 pub struct Core {
+    /// The engine this core runs in.
+    pub(crate) engine: usize,
     pub(crate) advertised: Vec<SocketAddr>,
     pub(crate) config: MediaConfig,
     pub(crate) metrics: Metrics,
@@ -85,6 +87,7 @@ impl Core {
     pub fn new(config: MediaConfig, metrics: Metrics, local_addr: SocketAddr) -> Core {
         let advertised = config.advertised_addrs(local_addr);
         Core {
+            engine: 0,
             advertised,
             config,
             drops: PathDrops::new(&metrics),
@@ -134,6 +137,22 @@ impl Core {
     pub fn handle_datagram(&mut self, now: Instant, data: &[u8], from: SocketAddr) {
         self.route_datagram(now, data, from);
         self.drain(now);
+    }
+
+    /// Hands one datagram to its peer connection without draining: a driver reading a batch
+    /// calls this per datagram and [`Core::drain`] once after the batch.
+    pub fn receive(&mut self, now: Instant, data: &[u8], from: SocketAddr) {
+        self.route_datagram(now, data, from);
+    }
+
+    /// Names the engine this core runs in (for logs and metrics).
+    pub fn set_engine(&mut self, index: usize) {
+        self.engine = index;
+    }
+
+    /// The engine this core runs in.
+    pub fn engine(&self) -> usize {
+        self.engine
     }
 
     pub(crate) fn route_datagram(&mut self, now: Instant, data: &[u8], from: SocketAddr) {

@@ -29,6 +29,9 @@ const MAX_GSO_BYTES: usize = 65_000;
 const SEND_BATCH: usize = 256;
 /// Receive buffer per batch slot: a GRO-coalesced read can fill 64 KiB.
 const RECV_BUF: usize = 64 * 1024;
+/// Kernel socket buffers asked for (capped by `net.core.rmem_max`/`wmem_max`): a busy engine
+/// that pauses a few milliseconds must not lose what arrives meanwhile.
+const KERNEL_BUFFER: usize = 4 << 20;
 
 /// One message of a planned flush: `count` datagrams (in the plan's order, from `first`) to
 /// `dest`, every one `segment` bytes but the last, which may be shorter. More than one is a
@@ -132,6 +135,9 @@ impl MediaSocket {
     pub fn new(socket: std::net::UdpSocket) -> io::Result<MediaSocket> {
         socket.set_nonblocking(true)?;
         let state = UdpSocketState::new(UdpSockRef::from(&socket))?;
+        // Best effort: the kernel may cap (or refuse) larger buffers; the defaults still work.
+        let _ = state.set_recv_buffer_size(UdpSockRef::from(&socket), KERNEL_BUFFER);
+        let _ = state.set_send_buffer_size(UdpSockRef::from(&socket), KERNEL_BUFFER);
         let socket = UdpSocket::from_std(socket)?;
         let batch = quinn_udp::BATCH_SIZE.max(1);
         Ok(MediaSocket {

@@ -6,6 +6,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+/// The least `pli_throttle_ms` allowed.
+pub const MIN_PLI_THROTTLE_MS: u64 = 100;
+
 /// Most media engines a server runs.
 pub const MAX_ENGINES: usize = 64;
 
@@ -64,6 +67,12 @@ impl MediaConfig {
             return Err(format!(
                 "media.engines = {} is more than {MAX_ENGINES}",
                 self.engines
+            ));
+        }
+        if self.pli_throttle_ms < MIN_PLI_THROTTLE_MS {
+            return Err(format!(
+                "media.pli_throttle_ms = {} is below {MIN_PLI_THROTTLE_MS}: publishers would be flooded with keyframe requests",
+                self.pli_throttle_ms
             ));
         }
         if self.max_participants_per_room == 0 || self.max_rooms == 0 {
@@ -133,6 +142,17 @@ mod tests {
             ..Default::default()
         };
         assert!(c.validate().is_err());
+        let zero_throttle = MediaConfig {
+            pli_throttle_ms: 0,
+            ..Default::default()
+        };
+        assert!(zero_throttle.validate().is_err());
+        let too_many = MediaConfig {
+            engines: MAX_ENGINES + 1,
+            ..Default::default()
+        };
+        assert!(too_many.validate().is_err());
+        assert!(MediaConfig::default().validate().is_ok());
         assert!(toml::from_str::<MediaConfig>("udp_prot = 1").is_err());
         let ok: MediaConfig = toml::from_str("udp_port = 9000").expect("parses");
         assert_eq!(ok.udp_port, 9000);

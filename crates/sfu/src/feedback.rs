@@ -4,7 +4,8 @@
 //! The default chain ends inbound RTCP before the application; an SFU must relay keyframe
 //! requests from subscribers to publishers, so this marks PLI and FIR
 //! [`Attribute::DeliverToApplication`]. NACKs stay inside the chain: the NACK responder answers
-//! them from its send history.
+//! them from its send history, after this tap cut them to the connection's retransmission
+//! budget ([`NackBudget`]: no packet resent twice within 100 ms, a bounded rate per downtrack).
 
 use std::collections::VecDeque;
 use std::time::Instant;
@@ -18,6 +19,7 @@ use rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
 use rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack;
 
 use crate::metrics::Metrics;
+use crate::nack::NackBudget;
 
 /// Where in the chain the tap sits: closer to the wire than every default interceptor.
 pub const FEEDBACK_TAP_SLOT: usize = 500;
@@ -57,10 +59,13 @@ impl Counters {
     }
 }
 
-/// Counts feedback and delivers keyframe requests to the application.
+/// Counts feedback, budgets NACKs and delivers keyframe requests to the application.
 pub struct FeedbackTap {
     inbound: Counters,
     outbound: Counters,
+    budget: NackBudget,
+    nack_duplicate: IntCounter,
+    nack_over_budget: IntCounter,
     read_queue: VecDeque<TaggedPacket>,
     write_queue: VecDeque<TaggedPacket>,
 }
@@ -71,6 +76,9 @@ impl FeedbackTap {
         Self {
             inbound: Counters::new(metrics, "in"),
             outbound: Counters::new(metrics, "out"),
+            budget: NackBudget::default(),
+            nack_duplicate: metrics.dropped.with_label_values(&["nack_duplicate"]),
+            nack_over_budget: metrics.dropped.with_label_values(&["nack_over_budget"]),
             read_queue: VecDeque::new(),
             write_queue: VecDeque::new(),
         }
@@ -85,10 +93,14 @@ impl Protocol<TaggedPacket, TaggedPacket, ()> for FeedbackTap {
     type Time = Instant;
 
     fn handle_read(&mut self, mut msg: TaggedPacket) -> Result<(), Error> {
-        if let Packet::Rtcp(packets) = &msg.message.packet {
-            if self.inbound.count(packets) {
-                msg.message.add(Attribute::DeliverToApplication);
-            }
+        let now = msg.now;
+        let mut keyframe = false;
+        if let Packet::Rtcp(packets) = &mut msg.message.packet {
+            keyframe = self.inbound.count(packets);
+            self.budget_nacks(now, packets);
+        }
+        if keyframe {
+            msg.message.add(Attribute::DeliverToApplication);
         }
         self.read_queue.push_back(msg);
         Ok(())
@@ -108,6 +120,32 @@ impl Protocol<TaggedPacket, TaggedPacket, ()> for FeedbackTap {
 
     fn poll_write(&mut self) -> Option<TaggedPacket> {
         self.write_queue.pop_front()
+    }
+}
+
+impl FeedbackTap {
+    /// Replaces each NACK of a compound packet by what the budget allows of it.
+    fn budget_nacks(&mut self, now: Instant, packets: &mut Vec<Box<dyn rtcp::Packet>>) {
+        if !packets
+            .iter()
+            .any(|p| p.as_any().is::<TransportLayerNack>())
+        {
+            return;
+        }
+        let mut kept: Vec<Box<dyn rtcp::Packet>> = Vec::with_capacity(packets.len());
+        for p in packets.drain(..) {
+            let Some(nack) = p.as_any().downcast_ref::<TransportLayerNack>() else {
+                kept.push(p);
+                continue;
+            };
+            let filtered = self.budget.filter(now, nack);
+            self.nack_duplicate.inc_by(filtered.duplicate as u64);
+            self.nack_over_budget.inc_by(filtered.over_budget as u64);
+            if let Some(nack) = filtered.nack {
+                kept.push(Box::new(nack));
+            }
+        }
+        *packets = kept;
     }
 }
 

@@ -30,7 +30,8 @@
 //!   timestamps, VP8 picture ids), unit-tested without a peer connection; built on
 //!   [`simulcast`] (layer selection), [`munger`] (numbering) and [`keyframe`] (throttling).
 //! - `data`: the data-channel relay.
-//! - [`feedback`]: the interceptor that counts NACK/PLI/FIR and lets PLI/FIR through;
+//! - [`feedback`]: the interceptor that counts NACK/PLI/FIR, cuts NACKs to the connection's
+//!   retransmission budget ([`nack`]) and lets PLI/FIR through;
 //!   [`stun`]: just enough STUN to route; [`metrics`], [`config`].
 //!
 //! Codec knowledge (payload descriptors, keyframe detection, sequence extension) lives in the
@@ -51,6 +52,7 @@ pub mod forwarder;
 pub mod keyframe;
 pub mod metrics;
 pub mod munger;
+pub mod nack;
 pub mod peer;
 mod placement;
 mod room;

@@ -23,7 +23,7 @@ impl Core {
         let pwd = Alphanumeric.sample_string(&mut rand::rng(), 32);
         let pc = build_peer_connection(&ufrag, &pwd, &self.metrics, now)?;
         let key = self.key();
-        self.router.add_peer(&ufrag, key);
+        self.router.add_peer(&ufrag, &pwd, key);
         self.peers.insert(
             key,
             Peer {

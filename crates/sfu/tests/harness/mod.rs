@@ -47,6 +47,8 @@ pub struct ClientPeer {
     pub rtp_received: u64,
     pub last_seq: Option<u16>,
     pub seq_gaps: u64,
+    /// Datagrams received from the core.
+    pub datagrams_in: u64,
     /// Every distinct sequence number received (retransmissions land here once).
     pub seqs: std::collections::HashSet<u16>,
     /// The last RTP packet received.
@@ -125,6 +127,7 @@ impl ClientPeer {
             rtp_received: 0,
             last_seq: None,
             seq_gaps: 0,
+            datagrams_in: 0,
             seqs: std::collections::HashSet::new(),
             last_rtp: None,
             sender_reports: Vec::new(),
@@ -318,6 +321,33 @@ impl Net {
         };
     }
 
+    /// Has subscriber `i` send a NACK for `seqs` of the video stream it receives (the SSRC of
+    /// its last RTP packet); false if it has received nothing yet.
+    pub fn send_nack(&mut self, i: usize, seqs: &[u16]) -> bool {
+        let now = self.now;
+        let c = &mut self.subscribers[i].0;
+        let Some((ssrc, _, _)) = c.last_rtp else {
+            return false;
+        };
+        let nack = rtc::rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack {
+            sender_ssrc: 1,
+            media_ssrc: ssrc,
+            nacks: rtc::rtcp::transport_feedbacks::transport_layer_nack::nack_pairs_from_sequence_numbers(seqs),
+        };
+        let receivers: Vec<_> = c.pc.get_receivers().collect();
+        for r in receivers {
+            if let Some(mut receiver) = c.pc.rtp_receiver(r) {
+                return receiver.write_rtcp(now, vec![Box::new(nack)]).is_ok();
+            }
+        }
+        false
+    }
+
+    /// Datagrams the core sent to subscriber `i` so far.
+    pub fn sent_to(&self, i: usize) -> u64 {
+        self.subscribers[i].0.datagrams_in
+    }
+
     /// Moves the virtual clock forward.
     pub fn advance(&mut self, by: Duration) {
         self.now += by;
@@ -423,6 +453,7 @@ impl Net {
                 }
                 let core_addr = self.core_addr;
                 if let Some(c) = self.client_mut(to) {
+                    c.datagrams_in += 1;
                     let _ = c.pc.handle_read(TaggedBytesMut {
                         now,
                         transport: TransportContext {

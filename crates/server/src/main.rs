@@ -156,7 +156,16 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             "chorus listening: http://{} (media udp {})",
             server.http_addr, server.media_addr
         );
-        shutdown_signal().await;
+        let sfu = server.state.sfu.clone();
+        tokio::select! {
+            _ = shutdown_signal() => {}
+            _ = sfu.failed() => {
+                // /readyz already fails (the dead engine does not answer); stop serving.
+                tracing::error!("a media engine died: exiting");
+                server.shutdown(Duration::ZERO).await;
+                anyhow::bail!("a media engine died");
+            }
+        }
         tracing::info!("shutting down: refusing new joins, draining");
         server.shutdown(drain).await;
         anyhow::Ok(())

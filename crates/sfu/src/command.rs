@@ -63,6 +63,35 @@ pub(crate) enum Command {
     Stats {
         reply: oneshot::Sender<EngineStats>,
     },
+    /// Panics while being handled (fault injection for tests).
+    #[cfg(feature = "fault-injection")]
+    Panic {
+        participant: u64,
+    },
+    /// Panics in the engine itself, outside the core (fault injection for tests).
+    #[cfg(feature = "fault-injection")]
+    PanicEngine,
+}
+
+impl Command {
+    /// The participant a command concerns, if one.
+    pub(crate) fn participant(&self) -> Option<u64> {
+        match self {
+            Command::Join { .. } | Command::Stats { .. } => None,
+            #[cfg(feature = "fault-injection")]
+            Command::PanicEngine => None,
+            Command::PublisherOffer { participant, .. }
+            | Command::SubscriberAnswer { participant, .. }
+            | Command::PlaybackOffer { participant, .. }
+            | Command::Candidate { participant, .. }
+            | Command::Subscribe { participant, .. }
+            | Command::SetQuality { participant, .. }
+            | Command::Mute { participant, .. }
+            | Command::Leave { participant } => Some(*participant),
+            #[cfg(feature = "fault-injection")]
+            Command::Panic { participant } => Some(*participant),
+        }
+    }
 }
 
 /// What a successful join returns.

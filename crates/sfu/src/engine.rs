@@ -11,7 +11,9 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use tokio::sync::mpsc;
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, watch};
 use tracing::{debug, error, info};
 
 use crate::command::Command;
@@ -79,6 +81,7 @@ impl Engine {
         config: MediaConfig,
         metrics: Metrics,
         commands: mpsc::Receiver<Command>,
+        failed: Arc<watch::Sender<bool>>,
     ) -> Result<SocketAddr, SfuError> {
         let local_addr = socket
             .local_addr()
@@ -125,7 +128,14 @@ impl Engine {
                     counters: EngineCounters::new(&metrics, index),
                 };
                 let _ = ready.send(Ok(()));
-                runtime.block_on(engine.run(commands));
+                let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    runtime.block_on(engine.run(commands))
+                }));
+                if run.is_err() {
+                    // Whatever the core could not contain: this engine's rooms are gone.
+                    error!(engine = index, "media engine died");
+                    failed.send_replace(true);
+                }
             })
             .map_err(|e| SfuError::Bind(format!("engine {index} thread: {e}")))?;
         started
@@ -149,6 +159,8 @@ impl Engine {
                     }
                 }
                 command = commands.recv() => match command {
+                    #[cfg(feature = "fault-injection")]
+                    Some(Command::PanicEngine) => panic!("injected engine fault"),
                     Some(command) => self.core.handle_command(Instant::now(), command),
                     None => break,
                 },
@@ -186,14 +198,6 @@ impl Engine {
         self.counters.datagrams_in.inc_by(read as u64);
         if read > 0 {
             self.core.drain(now);
-        }
-    }
-}
-
-impl Drop for Engine {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            error!(engine = self.core.engine(), "media engine panicked");
         }
     }
 }

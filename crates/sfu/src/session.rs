@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::command::Command;
 use crate::engine::{self, Engine};
@@ -16,6 +16,8 @@ use crate::{MediaConfig, Metrics, SfuError};
 pub struct Sfu {
     engines: Arc<[EngineHandle]>,
     placement: Arc<Placement>,
+    /// Becomes true when an engine dies of a panic the core could not contain.
+    failed: watch::Receiver<bool>,
 }
 
 /// How to reach one engine.
@@ -31,10 +33,19 @@ impl Sfu {
         config.validate().map_err(SfuError::Bind)?;
         let count = config.engine_count();
         let sockets = engine::bind_sockets(&config, count)?;
+        let (failed_tx, failed) = watch::channel(false);
+        let failed_tx = Arc::new(failed_tx);
         let mut engines = Vec::with_capacity(count);
         for (index, socket) in sockets.into_iter().enumerate() {
             let (commands, rx) = mpsc::channel(1024);
-            let media_addr = Engine::spawn(index, socket, config.clone(), metrics.clone(), rx)?;
+            let media_addr = Engine::spawn(
+                index,
+                socket,
+                config.clone(),
+                metrics.clone(),
+                rx,
+                failed_tx.clone(),
+            )?;
             engines.push(EngineHandle {
                 commands,
                 media_addr,
@@ -43,7 +54,29 @@ impl Sfu {
         Ok(Sfu {
             engines: engines.into(),
             placement: Arc::new(Placement::new(count, config.max_rooms, metrics)),
+            failed,
         })
+    }
+
+    /// Resolves when a media engine has died (a panic its core could not contain): the
+    /// server should stop rather than serve signaling with a broken media plane.
+    pub async fn failed(&self) {
+        let mut failed = self.failed.clone();
+        let _ = failed.wait_for(|f| *f).await;
+    }
+
+    /// Makes engine `index` die of a panic outside its core (fault injection for tests).
+    #[cfg(feature = "fault-injection")]
+    pub async fn inject_engine_panic(&self, index: usize) {
+        let _ = self.engines[index]
+            .commands
+            .send(Command::PanicEngine)
+            .await;
+    }
+
+    /// Whether a media engine has died.
+    pub fn is_failed(&self) -> bool {
+        *self.failed.borrow()
     }
 
     /// The address engine 0's media socket is bound to.

@@ -8,8 +8,18 @@ use std::time::Instant;
 impl Core {
     /// Applies one command from a session at `now`, then drains every peer it touched.
     pub(crate) fn handle_command(&mut self, now: Instant, command: Command) {
-        self.apply_command(now, command);
+        let participant = command.participant();
+        self.contained(now, participant, "command", |core| {
+            core.apply_command(now, command)
+        });
         self.drain(now);
+    }
+
+    /// Runs a command that panics, concerning `participant`, through the real dispatch: what
+    /// a bug in a command's handling does (fault injection for tests).
+    #[cfg(feature = "fault-injection")]
+    pub fn inject_panic(&mut self, now: Instant, participant: u64) {
+        self.handle_command(now, Command::Panic { participant });
     }
 
     fn apply_command(&mut self, now: Instant, command: Command) {
@@ -71,6 +81,12 @@ impl Core {
             } => {
                 let _ = reply.send(self.mute(participant, track_id, muted));
             }
+            #[cfg(feature = "fault-injection")]
+            Command::Panic { participant } => {
+                panic!("injected fault for participant {participant}")
+            }
+            #[cfg(feature = "fault-injection")]
+            Command::PanicEngine => {}
             Command::Leave { participant } => self.remove_participant(now, participant, "left"),
             Command::Stats { reply } => {
                 let _ = reply.send(EngineStats {

@@ -237,20 +237,49 @@ impl Core {
                 break;
             }
             self.timers.remove(&(t, key));
-            let mut offer_for = None;
-            if let Some(peer) = self.peers.get_mut(&key) {
-                peer.timer = None;
-                if let Err(e) = peer.pc.handle_timeout(now) {
-                    debug!("peer timeout error: {e}");
-                }
-                if peer.offer_due.is_some_and(|t| t <= now) {
-                    peer.offer_due = None;
-                    offer_for = Some(peer.participant);
-                }
-                self.mark_dirty(key);
+            let participant = self.peers.get(&key).map(|p| p.participant);
+            self.contained(now, participant, "timer", |core| core.peer_timer(now, key));
+        }
+    }
+
+    /// One peer's timer: the connection's own, and a subscriber offer that came due.
+    fn peer_timer(&mut self, now: Instant, key: PeerKey) {
+        let mut offer_for = None;
+        if let Some(peer) = self.peers.get_mut(&key) {
+            peer.timer = None;
+            if let Err(e) = peer.pc.handle_timeout(now) {
+                debug!("peer timeout error: {e}");
             }
-            if let Some(participant) = offer_for {
-                self.negotiate(now, participant);
+            if peer.offer_due.is_some_and(|t| t <= now) {
+                peer.offer_due = None;
+                offer_for = Some(peer.participant);
+            }
+            self.mark_dirty(key);
+        }
+        if let Some(participant) = offer_for {
+            self.negotiate(now, participant);
+        }
+    }
+
+    /// Runs `f`, containing a panic inside it: logged, counted (`internal_panic`), and the
+    /// participant it concerns removed, since its state is no longer trusted. Everyone else
+    /// goes on.
+    pub(crate) fn contained(
+        &mut self,
+        now: Instant,
+        participant: Option<ParticipantKey>,
+        what: &'static str,
+        f: impl FnOnce(&mut Core),
+    ) {
+        let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(self)));
+        if run.is_err() {
+            error!(
+                engine = self.engine,
+                what, "panic contained; removing the participant it concerns"
+            );
+            self.drop_reason("internal_panic");
+            if let Some(p) = participant {
+                self.remove_participant(now, p, "internal error");
             }
         }
     }
@@ -271,7 +300,8 @@ impl Core {
     pub fn drain(&mut self, now: Instant) {
         loop {
             while let Some(key) = self.dirty.pop() {
-                self.drain_peer(now, key);
+                let participant = self.peers.get(&key).map(|p| p.participant);
+                self.contained(now, participant, "peer", |core| core.drain_peer(now, key));
             }
             let Some(slow) = self.slow.pop() else { break };
             self.remove_participant(now, slow, "too slow to read room events");

@@ -32,6 +32,11 @@ pub struct MediaConfig {
     pub max_rooms: usize,
     /// Least time between two keyframe requests sent to one publisher's track, in milliseconds.
     pub pli_throttle_ms: u64,
+    /// Seconds a participant's connections have to come up after joining; then it is removed.
+    pub connect_timeout_secs: u64,
+    /// Seconds a connected participant may stay silent (no datagram, not even a consent
+    /// check: browsers send one every few seconds) before it is taken as gone and removed.
+    pub silence_timeout_secs: u64,
     /// Media engines, each a thread with its own UDP socket (consecutive ports from
     /// `udp_port`, or free ports of `udp_port_range`); rooms are spread over them. 0: one per
     /// core.
@@ -49,6 +54,8 @@ impl Default for MediaConfig {
             max_rooms: 1000,
             pli_throttle_ms: 500,
             engines: 0,
+            connect_timeout_secs: 30,
+            silence_timeout_secs: 15,
         }
     }
 }
@@ -75,6 +82,13 @@ impl MediaConfig {
                 self.pli_throttle_ms
             ));
         }
+        if self.connect_timeout_secs == 0 || self.silence_timeout_secs < 5 {
+            return Err(
+                "media.connect_timeout_secs must be > 0 and media.silence_timeout_secs >= 5 \
+                 (browsers check consent every few seconds)"
+                    .into(),
+            );
+        }
         if self.max_participants_per_room == 0 || self.max_rooms == 0 {
             return Err("media.max_participants_per_room and media.max_rooms must be > 0".into());
         }
@@ -88,6 +102,16 @@ impl MediaConfig {
             n => n,
         }
         .min(MAX_ENGINES)
+    }
+
+    /// How long a participant's connections have to come up.
+    pub fn connect_timeout(&self) -> Duration {
+        Duration::from_secs(self.connect_timeout_secs)
+    }
+
+    /// How long a connected participant may stay silent.
+    pub fn silence_timeout(&self) -> Duration {
+        Duration::from_secs(self.silence_timeout_secs)
     }
 
     /// The PLI throttle interval.

@@ -258,4 +258,7 @@ pub(crate) struct Peer {
     /// Timer entry in the engine's timer set.
     pub(crate) timer: Option<Instant>,
     pub(crate) dirty: bool,
+    /// When a datagram last arrived for this connection: a connection silent for
+    /// `media.silence_timeout_secs` is taken as gone.
+    pub(crate) last_rx: Option<Instant>,
 }

@@ -100,6 +100,7 @@ impl Core {
             );
         }
         let key = self.key();
+        self.next_sweep.get_or_insert(now + super::SWEEP_INTERVAL);
         let id = random_id("PA_");
         let span = info_span!("participant", room = %request.room, participant = %id);
         let _enter = span.enter();

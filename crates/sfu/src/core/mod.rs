@@ -47,6 +47,8 @@ use crate::track::PublishedTrack;
 use crate::types::{ParticipantKey, PeerKey, PeerRole, TrackKey};
 use crate::{MediaConfig, Metrics};
 
+/// How often participants are checked for connect and silence timeouts.
+const SWEEP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 /// STUN checks kept per peer while its remote description is not known yet.
 const MAX_EARLY_CHECKS: usize = 16;
 
@@ -54,6 +56,8 @@ const MAX_EARLY_CHECKS: usize = 16;
 pub struct Core {
     /// The engine this core runs in.
     pub(crate) engine: usize,
+    /// When participants are next checked for connect and silence timeouts.
+    pub(crate) next_sweep: Option<Instant>,
     pub(crate) advertised: Vec<SocketAddr>,
     pub(crate) config: MediaConfig,
     pub(crate) metrics: Metrics,
@@ -88,6 +92,7 @@ impl Core {
         let advertised = config.advertised_addrs(local_addr);
         Core {
             engine: 0,
+            next_sweep: None,
             advertised,
             config,
             drops: PathDrops::new(&metrics),
@@ -115,7 +120,11 @@ impl Core {
 
     /// The earliest instant [`Core::handle_timeout`] has work to do.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.timers.first().map(|(t, _)| *t)
+        let sweep = self.next_sweep.filter(|_| !self.participants.is_empty());
+        match (self.timers.first().map(|(t, _)| *t), sweep) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// Moves every datagram waiting to be sent into `out` (which is cleared first).
@@ -190,6 +199,7 @@ impl Core {
         let Some(peer) = self.peers.get_mut(&key) else {
             return;
         };
+        peer.last_rx = Some(now);
         let msg = TaggedBytesMut {
             now,
             transport: TransportContext {
@@ -228,7 +238,46 @@ impl Core {
     /// Runs every peer timer due at `now`.
     pub fn handle_timeout(&mut self, now: Instant) {
         self.handle_timers(now);
+        if self.next_sweep.is_some_and(|t| now >= t) {
+            self.next_sweep = Some(now + SWEEP_INTERVAL);
+            self.sweep(now);
+        }
         self.drain(now);
+    }
+
+    /// Removes participants whose connections never came up within
+    /// `media.connect_timeout_secs` of joining, or went silent (no datagram, not even a
+    /// consent check) for `media.silence_timeout_secs`: clients that vanished.
+    fn sweep(&mut self, now: Instant) {
+        let connect = self.config.connect_timeout();
+        let silence = self.config.silence_timeout();
+        let mut gone = Vec::new();
+        for (key, p) in &self.participants {
+            let peers = [p.publisher, p.subscriber];
+            let peers = peers.iter().flatten().filter_map(|k| self.peers.get(k));
+            let mut any = false;
+            let mut never_connected = true;
+            let mut heard = None::<Instant>;
+            for peer in peers {
+                any = true;
+                never_connected &= !peer.connected;
+                heard = heard.max(peer.last_rx);
+            }
+            if !any {
+                continue;
+            }
+            if never_connected && now.saturating_duration_since(p.join_started) > connect {
+                gone.push((*key, "no connection within the connect timeout"));
+            } else if !never_connected
+                && heard.is_some_and(|t| now.saturating_duration_since(t) > silence)
+            {
+                gone.push((*key, "connection lost (silent)"));
+            }
+        }
+        for (key, reason) in gone {
+            self.drop_reason("participant_timeout");
+            self.remove_participant(now, key, reason);
+        }
     }
 
     pub(crate) fn handle_timers(&mut self, now: Instant) {

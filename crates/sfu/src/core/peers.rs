@@ -45,6 +45,7 @@ impl Core {
                 remote_known: false,
                 timer: None,
                 dirty: false,
+                last_rx: None,
             },
         );
         Ok(key)

@@ -149,6 +149,8 @@ pub struct Net {
     pub now: Instant,
     /// Datagrams lost on the way, both directions.
     pub link: Link,
+    /// Clients cut off the network (they vanished): nothing to or from them arrives.
+    pub cut: Vec<SocketAddr>,
     transmits: Vec<(SocketAddr, BytesMut)>,
 }
 
@@ -261,6 +263,7 @@ impl Net {
             timestamp: 90_000,
             now,
             link: Link::lossless(),
+            cut: Vec::new(),
             transmits: Vec::new(),
         };
         net.run_until(Duration::from_secs(10), |n| n.publisher.connected);
@@ -346,6 +349,14 @@ impl Net {
     /// Datagrams the core sent to subscriber `i` so far.
     pub fn sent_to(&self, i: usize) -> u64 {
         self.subscribers[i].0.datagrams_in
+    }
+
+    /// A participant that joins (subscribe only) and never connects: its room events.
+    pub fn join_idle(&mut self, identity: &str) -> mpsc::Receiver<RoomEvent> {
+        let now = self.now;
+        let joined = self.core.join(now, request(identity, false, true)).unwrap();
+        self.core.drain(now);
+        joined.events
     }
 
     /// Moves the virtual clock forward.
@@ -436,7 +447,7 @@ impl Net {
             }
             for (from, data) in to_core {
                 moved = true;
-                if self.link.drops() {
+                if self.link.drops() || self.cut.contains(&from) {
                     continue;
                 }
                 self.core.handle_datagram(now, &data, from);
@@ -448,7 +459,7 @@ impl Net {
             self.core.take_transmits(&mut transmits);
             for (to, data) in transmits.drain(..) {
                 moved = true;
-                if self.link.drops() {
+                if self.link.drops() || self.cut.contains(&to) {
                     continue;
                 }
                 let core_addr = self.core_addr;

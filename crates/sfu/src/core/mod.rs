@@ -154,6 +154,27 @@ impl Core {
         self.route_datagram(now, data, from);
     }
 
+    /// What the core holds, for leak checks: (rooms, participants, peer connections, published
+    /// tracks, routed ufrags, learned addresses, armed timers).
+    pub fn counts(&self) -> [usize; 7] {
+        let (ufrags, addrs) = self.router.len();
+        [
+            self.rooms.len(),
+            self.participants.len(),
+            self.peers.len(),
+            self.tracks.len(),
+            ufrags,
+            addrs,
+            self.timers.len(),
+        ]
+    }
+
+    /// Leaves the room (what a session's `leave` does), then drains.
+    pub fn leave(&mut self, now: Instant, participant: ParticipantKey) {
+        self.remove_participant(now, participant, "left");
+        self.drain(now);
+    }
+
     /// Names the engine this core runs in (for logs and metrics).
     pub fn set_engine(&mut self, index: usize) {
         self.engine = index;

@@ -151,6 +151,9 @@ pub struct Net {
     pub link: Link,
     /// Clients cut off the network (they vanished): nothing to or from them arrives.
     pub cut: Vec<SocketAddr>,
+    /// Further publishers (participant key, their video sender), joined with
+    /// [`Net::add_publisher`].
+    pub guests: Vec<(ClientPeer, u64, RTCRtpSenderId)>,
     transmits: Vec<(SocketAddr, BytesMut)>,
 }
 
@@ -216,12 +219,18 @@ impl Net {
     /// Sets up the core, one connected video publisher and `n` connected subscribers that
     /// receive its track.
     pub fn new(n: usize) -> Net {
+        Net::new_with(n, |_| {})
+    }
+
+    /// [`Net::new`] with the core's configuration adjusted by `tweak`.
+    pub fn new_with(n: usize, tweak: impl FnOnce(&mut MediaConfig)) -> Net {
         let core_addr: SocketAddr = CORE_ADDR.parse().unwrap();
-        let config = MediaConfig {
+        let mut config = MediaConfig {
             bind_ip: core_addr.ip(),
             udp_port: core_addr.port(),
             ..Default::default()
         };
+        tweak(&mut config);
         let mut core = Core::new(config, Metrics::unregistered(), core_addr);
         let now = Instant::now();
         let joined = core.join(now, request("pub", true, false)).unwrap();
@@ -264,6 +273,7 @@ impl Net {
             now,
             link: Link::lossless(),
             cut: Vec::new(),
+            guests: Vec::new(),
             transmits: Vec::new(),
         };
         net.run_until(Duration::from_secs(10), |n| n.publisher.connected);
@@ -351,6 +361,67 @@ impl Net {
         self.subscribers[i].0.datagrams_in
     }
 
+    /// Joins a further publisher of one video track (SSRC `ssrc`) from `addr`, connects it
+    /// and has it send a keyframe, so its track is published; returns its index in
+    /// [`Net::guests`].
+    pub fn add_publisher(&mut self, identity: &str, addr: SocketAddr, ssrc: u32) -> usize {
+        let now = self.now;
+        let joined = self.core.join(now, request(identity, true, false)).unwrap();
+        let mut client = ClientPeer::new(addr, now);
+        let track = MediaStreamTrack::new(
+            format!("{identity}-stream"),
+            format!("{identity}-video"),
+            "video".into(),
+            RtpCodecKind::Video,
+            vec![RTCRtpEncodingParameters {
+                rtp_coding_parameters: RTCRtpCodingParameters {
+                    ssrc: Some(ssrc),
+                    ..Default::default()
+                },
+                codec: supported_codecs()[1].0.rtp_codec.clone(),
+                ..Default::default()
+            }],
+        );
+        let sender = client.pc.add_track(track).unwrap();
+        let offer = client.pc.create_offer(None).unwrap();
+        client.pc.set_local_description(now, offer.clone()).unwrap();
+        let answer = self
+            .core
+            .publisher_offer(now, joined.key, offer.sdp)
+            .unwrap();
+        client
+            .pc
+            .set_remote_description(now, RTCSessionDescription::answer(answer).unwrap())
+            .unwrap();
+        self.core.drain(now);
+        self.guests.push((client, joined.key, sender));
+        let i = self.guests.len() - 1;
+        self.run_until(Duration::from_secs(10), |n| n.guests[i].0.connected);
+        let packet = rtc::rtp::Packet {
+            header: rtc::rtp::header::Header {
+                version: 2,
+                marker: true,
+                payload_type: 96,
+                sequence_number: 1,
+                timestamp: 3000,
+                ssrc,
+                ..Default::default()
+            },
+            payload: vp8_payload(500, true),
+        };
+        let now = self.now;
+        let (client, _, sender) = &mut self.guests[i];
+        client
+            .pc
+            .rtp_sender(*sender)
+            .unwrap()
+            .write_rtp(now, packet)
+            .unwrap();
+        self.pump();
+        self.answer_offers();
+        i
+    }
+
     /// A participant that joins (subscribe only) and never connects: its room events.
     pub fn join_idle(&mut self, identity: &str) -> mpsc::Receiver<RoomEvent> {
         let now = self.now;
@@ -397,9 +468,11 @@ impl Net {
         if self.publisher.addr == addr {
             return Some(&mut self.publisher);
         }
+        let guests = self.guests.iter_mut().map(|(c, _, _)| c);
         self.subscribers
             .iter_mut()
             .map(|(c, _, _)| c)
+            .chain(guests)
             .find(|c| c.addr == addr)
     }
 
@@ -411,6 +484,7 @@ impl Net {
             let mut to_core = Vec::new();
             for c in std::iter::once(&mut self.publisher)
                 .chain(self.subscribers.iter_mut().map(|(c, _, _)| c))
+                .chain(self.guests.iter_mut().map(|(c, _, _)| c))
             {
                 while let Some(t) = c.pc.poll_write() {
                     to_core.push((c.addr, t.message));

@@ -181,8 +181,10 @@ impl Forwarder {
         };
         if new_source {
             let gap = self.last_sent.map_or(1, |t| {
-                let secs = now.saturating_duration_since(t).as_secs_f64();
-                (secs * f64::from(self.clock_rate)) as u32
+                // Integer ticks, rounded: exact and the same on every machine.
+                let nanos = now.saturating_duration_since(t).as_nanos();
+                let ticks = (nanos * u128::from(self.clock_rate) + 500_000_000) / 1_000_000_000;
+                u32::try_from(ticks).unwrap_or(u32::MAX)
             });
             self.munger.switch_source(gap);
             if let Some(d) = &source.vp8 {

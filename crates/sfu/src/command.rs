@@ -63,6 +63,23 @@ pub(crate) enum Command {
     Stats {
         reply: oneshot::Sender<EngineStats>,
     },
+    /// Admin: every room with its participants, sorted by room name.
+    ListRooms {
+        reply: oneshot::Sender<Vec<(String, Vec<ParticipantDesc>)>>,
+    },
+    /// Admin: removes the participant with `identity` from `room`.
+    RemoveParticipant {
+        room: String,
+        identity: String,
+        reason: String,
+        reply: Reply<()>,
+    },
+    /// Admin: removes everyone from `room` (which then closes); replies how many.
+    CloseRoom {
+        room: String,
+        reason: String,
+        reply: Reply<usize>,
+    },
 }
 
 /// What a successful join returns.

@@ -62,6 +62,52 @@ impl Sfu {
             .map_err(|_| SfuError::EngineStopped)?;
         rx.await.map_err(|_| SfuError::EngineStopped)
     }
+
+    /// Every room with its participants, sorted by room name (for the admin API).
+    pub async fn rooms(&self) -> Result<Vec<(String, Vec<ParticipantDesc>)>, SfuError> {
+        let (reply, rx) = oneshot::channel();
+        self.commands
+            .send(Command::ListRooms { reply })
+            .await
+            .map_err(|_| SfuError::EngineStopped)?;
+        rx.await.map_err(|_| SfuError::EngineStopped)
+    }
+
+    /// Removes the participant with `identity` from `room`; it hears
+    /// [`RoomEvent::Closed`] with `reason`. [`SfuError::NotFound`] if there is none.
+    pub async fn remove_participant(
+        &self,
+        room: &str,
+        identity: &str,
+        reason: &str,
+    ) -> Result<(), SfuError> {
+        let (reply, rx) = oneshot::channel();
+        self.commands
+            .send(Command::RemoveParticipant {
+                room: room.to_owned(),
+                identity: identity.to_owned(),
+                reason: reason.to_owned(),
+                reply,
+            })
+            .await
+            .map_err(|_| SfuError::EngineStopped)?;
+        rx.await.map_err(|_| SfuError::EngineStopped)?
+    }
+
+    /// Removes everyone from `room`, which closes it; returns how many were removed.
+    /// [`SfuError::NotFound`] for an unknown room.
+    pub async fn close_room(&self, room: &str, reason: &str) -> Result<usize, SfuError> {
+        let (reply, rx) = oneshot::channel();
+        self.commands
+            .send(Command::CloseRoom {
+                room: room.to_owned(),
+                reason: reason.to_owned(),
+                reply,
+            })
+            .await
+            .map_err(|_| SfuError::EngineStopped)?;
+        rx.await.map_err(|_| SfuError::EngineStopped)?
+    }
 }
 
 /// One participant's membership of a room. Dropping it leaves the room.

@@ -492,8 +492,10 @@ mod tests {
     #[test]
     fn short_and_known_secrets_are_refused_outside_dev_mode() {
         let base = || {
-            let mut c = Config::default();
-            c.file = Some("x.toml".into());
+            let mut c = Config {
+                file: Some("x.toml".into()),
+                ..Config::default()
+            };
             c.auth
                 .keys
                 .insert("prod".into(), "s".repeat(MIN_SECRET_BYTES));
@@ -538,8 +540,10 @@ mod tests {
 
     #[test]
     fn metrics_default_to_loopback_outside_dev_mode() {
-        let mut c = Config::default();
-        c.file = Some("x.toml".into());
+        let mut c = Config {
+            file: Some("x.toml".into()),
+            ..Config::default()
+        };
         c.auth.keys.insert("k".into(), "s".repeat(MIN_SECRET_BYTES));
         assert_eq!(c.metrics_bind(), Some(DEFAULT_METRICS_BIND));
         assert!(!c.metrics_on_http());

@@ -35,8 +35,10 @@ pub const PROD_SECRET: &str = "test-secret-0123456789abcdef-0123456789";
 /// HTTP, media and the metrics listener on free loopback ports, after `tweak`.
 pub async fn production_server_with(tweak: impl FnOnce(&mut Config)) -> RunningServer {
     init_tracing();
-    let mut config = Config::default();
-    config.file = Some("test.toml".into());
+    let mut config = Config {
+        file: Some("test.toml".into()),
+        ..Config::default()
+    };
     config.server.http_bind = "127.0.0.1:0".parse().expect("addr");
     config.media.bind_ip = "127.0.0.1".parse().expect("ip");
     config.media.udp_port = 0;

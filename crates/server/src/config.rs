@@ -117,6 +117,10 @@ pub struct ServerConfig {
     /// none in its address: `GET <url>?room=R&identity=I&name=N`, with the user's cookies,
     /// answering `{"token": "..."}`.
     pub token_endpoint: Option<String>,
+    /// PEM certificate chain: with `tls_key`, the HTTP port speaks HTTPS (and `wss://`).
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of `tls_cert`.
+    pub tls_key: Option<PathBuf>,
 }
 
 impl Default for ServerConfig {
@@ -130,6 +134,8 @@ impl Default for ServerConfig {
             header_read_timeout_secs: 10,
             cors_origins: Vec::new(),
             token_endpoint: None,
+            tls_cert: None,
+            tls_key: None,
         }
     }
 }
@@ -256,6 +262,9 @@ impl Config {
         }
         if self.auth.max_token_ttl_secs == 0 {
             bail!("auth.max_token_ttl_secs must be > 0");
+        }
+        if self.server.tls_cert.is_some() != self.server.tls_key.is_some() {
+            bail!("server.tls_cert and server.tls_key go together: set both or neither");
         }
         for origin in &self.server.cors_origins {
             let ok = (origin.starts_with("https://") || origin.starts_with("http://"))

@@ -34,6 +34,8 @@ pub struct RunningServer {
     pub media_addr: SocketAddr,
     /// Where the separate `/metrics` listener is, if there is one (`metrics.bind`).
     pub metrics_addr: Option<SocketAddr>,
+    /// Whether the HTTP port speaks TLS.
+    pub tls: bool,
     /// Shared state (for tests and the drain logic).
     pub state: SharedState,
     shutdown: watch::Sender<bool>,
@@ -62,15 +64,21 @@ impl RunningServer {
         }
     }
 
-    /// Base URL of the HTTP server, e.g. `http://127.0.0.1:7880`.
+    /// Base URL of the HTTP server, e.g. `http://127.0.0.1:7880` (`https://` with TLS).
     pub fn base_url(&self) -> String {
-        format!("http://{}", self.http_addr)
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://{}", self.http_addr)
     }
 }
 
 /// Starts the media engine and the HTTP server.
 pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
     config.validate()?;
+    // Certificate problems are startup errors, found before anything is bound.
+    let tls = match (&config.server.tls_cert, &config.server.tls_key) {
+        (Some(cert), Some(key)) => Some(serve::tls_acceptor(cert, key)?),
+        _ => None,
+    };
     let registry = prometheus::Registry::new();
     #[cfg(target_os = "linux")]
     registry
@@ -128,15 +136,23 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
     let header_timeout = Duration::from_secs(config.server.header_read_timeout_secs);
     if let Some(listener) = metrics_listener {
         let app = chorus_signal::http::metrics_router(state.clone());
-        tokio::spawn(serve::serve(listener, app, header_timeout, rx.clone()));
+        tokio::spawn(serve::serve(
+            listener,
+            app,
+            header_timeout,
+            None,
+            rx.clone(),
+        ));
     }
     let app = chorus_signal::router(state.clone());
-    let task = tokio::spawn(serve::serve(listener, app, header_timeout, rx));
-    tracing::info!(%http_addr, %media_addr, ?metrics_addr, dev, "chorus started");
+    let tls_on = tls.is_some();
+    let task = tokio::spawn(serve::serve(listener, app, header_timeout, tls, rx));
+    tracing::info!(%http_addr, %media_addr, ?metrics_addr, dev, tls = tls_on, "chorus started");
     Ok(RunningServer {
         http_addr,
         media_addr,
         metrics_addr,
+        tls: tls_on,
         state,
         shutdown,
         task,

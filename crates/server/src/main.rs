@@ -125,6 +125,12 @@ struct ServeArgs {
     /// The admin API's key (overrides admin.key).
     #[arg(long, env = "CHORUS_ADMIN_KEY", hide_env_values = true)]
     admin_key: Option<String>,
+    /// PEM certificate chain for HTTPS on the HTTP port (with --tls-key).
+    #[arg(long, env = "CHORUS_TLS_CERT")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key for --tls-cert.
+    #[arg(long, env = "CHORUS_TLS_KEY")]
+    tls_key: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -302,6 +308,12 @@ fn load_config(args: &ServeArgs) -> anyhow::Result<Config> {
     if let Some(v) = &args.admin_key {
         config.admin.key = Some(v.clone());
     }
+    if let Some(v) = &args.tls_cert {
+        config.server.tls_cert = Some(v.clone());
+    }
+    if let Some(v) = &args.tls_key {
+        config.server.tls_key = Some(v.clone());
+    }
     config.server.dev |= args.dev;
     config.server.dev_allow_public |= args.dev_allow_public;
     config.validate()?;
@@ -342,12 +354,14 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         let server = chorus_server::start(config).await?;
         match server.metrics_addr {
             Some(m) => println!(
-                "chorus listening: http://{} (media udp {}, metrics http://{m}/metrics)",
-                server.http_addr, server.media_addr
+                "chorus listening: {} (media udp {}, metrics http://{m}/metrics)",
+                server.base_url(),
+                server.media_addr
             ),
             None => println!(
-                "chorus listening: http://{} (media udp {})",
-                server.http_addr, server.media_addr
+                "chorus listening: {} (media udp {})",
+                server.base_url(),
+                server.media_addr
             ),
         }
         shutdown_signal().await;

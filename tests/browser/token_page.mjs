@@ -3,8 +3,9 @@
 // app hands the page a token in its address (`/?token=<jwt>`). Two Chromiums open the page that
 // way, the page takes room and name from the token, removes the token from the address bar,
 // joins, and each decodes the other's video and receives its audio. The page runs under the
-// server's Content-Security-Policy without a single violation. A third page without a token
-// says it needs one instead of asking /dev/token.
+// server's Content-Security-Policy without a single violation. Alice floods the room with data
+// messages: the server relays her burst and drops the rest. A third page without a token says
+// it needs one instead of asking /dev/token.
 //
 //   node tests/browser/token_page.mjs <base_url> <token for alice> <token for bob>
 //
@@ -80,6 +81,28 @@ run('token_page', async (browsers) => {
   const mediaMs = Date.now() - started;
   progress('token_page', `media flowing after ${mediaMs} ms:`, JSON.stringify(stats));
 
+  // A data-message flood: the server is configured with 5 messages/s and a burst of 10 per
+  // sender; Alice sends 40 at once, Bob gets about the burst, the rest are dropped
+  // (data_rate_limited, checked by the Rust side in /metrics). Then one more gets through.
+  await poll(async () => {
+    const [sa, sb] = await Promise.all([a, b].map((br) => br.page.evaluate(() => window.chorus.state())));
+    return sa.dataChannels.publisher === 'open' && sb.dataChannels.subscriber === 'open';
+  }, { timeoutMs: MEDIA_TIMEOUT_MS, what: 'the data channels to open' });
+  const FLOOD = 40;
+  await a.page.evaluate(async (n) => {
+    for (let i = 0; i < n; i += 1) await window.chorus.sendData(`flood ${i}`);
+  }, FLOOD);
+  await new Promise((r) => setTimeout(r, 2500));
+  const flooded = (await b.page.evaluate(() => window.chorus.state())).messages
+    .filter((m) => m.text.startsWith('flood ')).length;
+  if (flooded < 10 || flooded > 20) {
+    throw new Error(`Bob received ${flooded} of ${FLOOD} flooded messages (want the burst of 10, give or take the refill)`);
+  }
+  await a.page.evaluate(() => window.chorus.sendData('after the flood'));
+  await poll(async () => (await b.page.evaluate(() => window.chorus.state())).messages
+    .some((m) => m.text === 'after the flood'), { timeoutMs: UI_TIMEOUT_MS, what: 'a message after the flood' });
+  progress('token_page', `data flood: ${flooded} of ${FLOOD} relayed, later messages flow again`);
+
   // Nothing was refused by the page's Content-Security-Policy.
   for (const br of [a, b]) {
     const violations = br.logs.filter((l) => /Content Security Policy|Refused to/.test(l));
@@ -102,5 +125,5 @@ run('token_page', async (browsers) => {
   if (devTokenCalls.length) throw new Error(`the page asked /dev/token: ${devTokenCalls.join(' | ')}`);
 
   for (const br of [a, b]) await br.page.evaluate(() => window.chorus.leave());
-  console.log(JSON.stringify({ ok: true, media_ms: mediaMs, alice: stats.alice, bob: stats.bob }));
+  console.log(JSON.stringify({ ok: true, media_ms: mediaMs, flooded_relayed: flooded, alice: stats.alice, bob: stats.bob }));
 });

@@ -132,16 +132,28 @@ async fn chromium_simulcast() {
 
 /// The call page outside dev mode: two Chromiums open `/?token=<jwt>` (tokens of a configured
 /// key; no `/dev/token` exists) under the page's Content-Security-Policy, join and see and hear
-/// each other; a page without a token says it needs one.
+/// each other; a data-message flood is cut to the configured rate; a page without a token says
+/// it needs one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chromium_call_page_with_tokens_outside_dev_mode() {
     check_prerequisites();
     let _turn = ONE_SCENARIO_AT_A_TIME.lock().await;
-    let server = common::production_server_with(|_| {}).await;
+    let server = common::production_server_with(|c| {
+        c.media.data_messages_per_sec = 5;
+        c.media.data_message_burst = 10;
+    })
+    .await;
     let room = common::room();
     let tokens = [
         common::prod_token(&room, "alice", Duration::from_secs(600)),
         common::prod_token(&room, "bob", Duration::from_secs(600)),
     ];
     scenario_on(&server, "token_page.mjs", &tokens).await;
+    let metrics = format!("http://{}", server.metrics_addr.expect("metrics listener"));
+    let dropped = common::counter(
+        &metrics,
+        "chorus_packets_dropped_total{reason=\"data_rate_limited\"}",
+    )
+    .await;
+    assert!(dropped >= 20.0, "flooded data messages dropped: {dropped}");
 }

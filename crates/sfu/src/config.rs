@@ -26,6 +26,11 @@ pub struct MediaConfig {
     pub max_rooms: usize,
     /// Least time between two keyframe requests sent to one publisher's track, in milliseconds.
     pub pli_throttle_ms: u64,
+    /// Data messages one participant may send per second on average; beyond it (and the
+    /// burst) they are dropped as `data_rate_limited`.
+    pub data_messages_per_sec: u32,
+    /// Data messages one participant may send at once before the rate applies.
+    pub data_message_burst: u32,
 }
 
 impl Default for MediaConfig {
@@ -38,6 +43,8 @@ impl Default for MediaConfig {
             max_participants_per_room: 500,
             max_rooms: 1000,
             pli_throttle_ms: 500,
+            data_messages_per_sec: 50,
+            data_message_burst: 100,
         }
     }
 }
@@ -54,6 +61,11 @@ impl MediaConfig {
         }
         if self.max_participants_per_room == 0 || self.max_rooms == 0 {
             return Err("media.max_participants_per_room and media.max_rooms must be > 0".into());
+        }
+        if self.data_messages_per_sec == 0 || self.data_message_burst == 0 {
+            return Err(
+                "media.data_messages_per_sec and media.data_message_burst must be > 0".into(),
+            );
         }
         Ok(())
     }

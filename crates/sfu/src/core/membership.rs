@@ -149,6 +149,8 @@ impl Core {
                 qualities: HashMap::new(),
                 join_started: now,
                 join_reported: false,
+                data_tokens: f64::from(self.config.data_message_burst),
+                data_refilled: now,
             },
         );
         if !self.rooms.contains_key(&room_name) {

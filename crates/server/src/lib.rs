@@ -1,12 +1,14 @@
 //! # chorus-server: the composition root
 //!
 //! Builds the metrics registry, starts the media engine ([`chorus_sfu::Sfu`]), wraps both in the
-//! signaling state and serves the HTTP router. [`start`] takes a [`Config`] and returns a
-//! [`RunningServer`]; tests use it with port 0 to run many servers side by side.
+//! signaling state and serves the HTTP router ([`serve`]), and `/metrics` on its own address
+//! when configured. [`start`] takes a [`Config`] and returns a [`RunningServer`]; tests use it
+//! with port 0 to run many servers side by side.
 
 pub mod config;
 #[cfg(target_os = "linux")]
 pub mod process;
+pub mod serve;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -16,8 +18,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use chorus_sfu::{Metrics, Sfu};
+use chorus_signal::limits::{ConnectionLimiter, RefusalLog};
 use chorus_signal::metrics::SignalMetrics;
-use chorus_signal::{AppState, SharedState};
+use chorus_signal::{AppState, HttpOptions, SharedState};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -29,6 +32,10 @@ pub struct RunningServer {
     pub http_addr: SocketAddr,
     /// Where the media socket listens.
     pub media_addr: SocketAddr,
+    /// Where the separate `/metrics` listener is, if there is one (`metrics.bind`).
+    pub metrics_addr: Option<SocketAddr>,
+    /// Whether the HTTP port speaks TLS.
+    pub tls: bool,
     /// Shared state (for tests and the drain logic).
     pub state: SharedState,
     shutdown: watch::Sender<bool>,
@@ -57,15 +64,21 @@ impl RunningServer {
         }
     }
 
-    /// Base URL of the HTTP server, e.g. `http://127.0.0.1:7880`.
+    /// Base URL of the HTTP server, e.g. `http://127.0.0.1:7880` (`https://` with TLS).
     pub fn base_url(&self) -> String {
-        format!("http://{}", self.http_addr)
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://{}", self.http_addr)
     }
 }
 
 /// Starts the media engine and the HTTP server.
 pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
     config.validate()?;
+    // Certificate problems are startup errors, found before anything is bound.
+    let tls = match (&config.server.tls_cert, &config.server.tls_key) {
+        (Some(cert), Some(key)) => Some(serve::tls_acceptor(cert, key)?),
+        _ => None,
+    };
     let registry = prometheus::Registry::new();
     #[cfg(target_os = "linux")]
     registry
@@ -85,31 +98,61 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
         .await
         .with_context(|| format!("cannot bind HTTP on {}", config.server.http_bind))?;
     let http_addr = listener.local_addr()?;
+    let metrics_listener = match config.metrics_bind() {
+        Some(bind) => Some(
+            tokio::net::TcpListener::bind(bind)
+                .await
+                .with_context(|| format!("cannot bind metrics on {bind}"))?,
+        ),
+        None => None,
+    };
+    let metrics_addr = match &metrics_listener {
+        Some(l) => Some(l.local_addr()?),
+        None => None,
+    };
+    let dev = config.dev_mode();
     let state = Arc::new(AppState {
         sfu,
         keys: config.key_ring(),
         config: config.signal.clone(),
-        dev_key: config.dev_mode().then(|| config::DEV_API_KEY.to_owned()),
+        dev_key: dev.then(|| config::DEV_API_KEY.to_owned()),
         registry,
         metrics: signal_metrics,
         media_metrics,
         http_sessions: Mutex::new(HashMap::new()),
         ready: AtomicBool::new(true),
+        http: HttpOptions {
+            dev,
+            cors_origins: config.server.cors_origins.clone(),
+            token_endpoint: config.token_endpoint(),
+            metrics_on_http: config.metrics_on_http(),
+            metrics_token: config.metrics.token.clone(),
+            admin_key: config.admin.key.clone(),
+        },
+        connections: ConnectionLimiter::default(),
+        refusals: RefusalLog::default(),
     });
-    let (shutdown, mut rx) = watch::channel(false);
+    let (shutdown, rx) = watch::channel(false);
+    let header_timeout = Duration::from_secs(config.server.header_read_timeout_secs);
+    if let Some(listener) = metrics_listener {
+        let app = chorus_signal::http::metrics_router(state.clone());
+        tokio::spawn(serve::serve(
+            listener,
+            app,
+            header_timeout,
+            None,
+            rx.clone(),
+        ));
+    }
     let app = chorus_signal::router(state.clone());
-    let task = tokio::spawn(async move {
-        let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
-            let _ = rx.wait_for(|v| *v).await;
-        });
-        if let Err(e) = serve.await {
-            tracing::error!("HTTP server failed: {e}");
-        }
-    });
-    tracing::info!(%http_addr, %media_addr, dev = config.dev_mode(), "chorus started");
+    let tls_on = tls.is_some();
+    let task = tokio::spawn(serve::serve(listener, app, header_timeout, tls, rx));
+    tracing::info!(%http_addr, %media_addr, ?metrics_addr, dev, tls = tls_on, "chorus started");
     Ok(RunningServer {
         http_addr,
         media_addr,
+        metrics_addr,
+        tls: tls_on,
         state,
         shutdown,
         task,

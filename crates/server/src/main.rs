@@ -1,4 +1,6 @@
-//! `chorus`: run the SFU (`chorus serve`) or mint an access token (`chorus token`).
+//! `chorus`: run the SFU (`chorus serve`), mint an access token (`chorus token`), or operate a
+//! running server through its admin API (`chorus room list|close`, `chorus participant
+//! remove`).
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -32,6 +34,63 @@ enum Command {
     Serve(ServeArgs),
     /// Print an access token signed with a configured key (or the dev key with --dev).
     Token(TokenArgs),
+    /// Rooms of a running server (admin API).
+    Room {
+        #[command(subcommand)]
+        command: RoomCommand,
+    },
+    /// Participants of a running server (admin API).
+    Participant {
+        #[command(subcommand)]
+        command: ParticipantCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum RoomCommand {
+    /// List rooms and their participants.
+    List {
+        #[command(flatten)]
+        admin: AdminArgs,
+        /// Print the admin API's JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove everyone from a room, which closes it.
+    Close {
+        /// The room.
+        room: String,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+}
+
+#[derive(Subcommand)]
+enum ParticipantCommand {
+    /// Remove a participant (by identity) from a room.
+    Remove {
+        /// The room.
+        room: String,
+        /// The participant's identity.
+        identity: String,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+}
+
+/// How to reach a server's admin API.
+#[derive(Args)]
+struct AdminArgs {
+    /// The server's base URL (default: from --config's http_bind, else
+    /// http://127.0.0.1:7880).
+    #[arg(long, env = "CHORUS_URL")]
+    url: Option<String>,
+    /// The admin key (default: --config's admin.key).
+    #[arg(long, env = "CHORUS_ADMIN_KEY", hide_env_values = true)]
+    admin_key: Option<String>,
+    /// The server's config file, for its address and admin key.
+    #[arg(long, env = "CHORUS_CONFIG")]
+    config: Option<PathBuf>,
 }
 
 #[derive(Args, Default)]
@@ -54,9 +113,24 @@ struct ServeArgs {
     /// Log format.
     #[arg(long, env = "CHORUS_LOG_FORMAT")]
     log_format: Option<LogFormat>,
-    /// Dev mode: accept the dev key and serve /dev/token.
+    /// Dev mode: accept the dev key and serve /dev/token (refused beside [auth] keys).
     #[arg(long, env = "CHORUS_DEV")]
     dev: bool,
+    /// Allow dev mode on a non-loopback address: anyone who reaches it can mint tokens.
+    #[arg(long, env = "CHORUS_DEV_ALLOW_PUBLIC")]
+    dev_allow_public: bool,
+    /// Address of the separate /metrics listener.
+    #[arg(long, env = "CHORUS_METRICS_BIND")]
+    metrics_bind: Option<SocketAddr>,
+    /// The admin API's key (overrides admin.key).
+    #[arg(long, env = "CHORUS_ADMIN_KEY", hide_env_values = true)]
+    admin_key: Option<String>,
+    /// PEM certificate chain for HTTPS on the HTTP port (with --tls-key).
+    #[arg(long, env = "CHORUS_TLS_CERT")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key for --tls-cert.
+    #[arg(long, env = "CHORUS_TLS_KEY")]
+    tls_key: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -98,7 +172,114 @@ fn main() -> anyhow::Result<()> {
     match cli.command.unwrap_or(Command::Serve(ServeArgs::default())) {
         Command::Serve(args) => serve(args),
         Command::Token(args) => token(args),
+        Command::Room { command } => admin(match command {
+            RoomCommand::List { admin, json } => (admin, AdminCall::List { json }),
+            RoomCommand::Close { room, admin } => (admin, AdminCall::Close { room }),
+        }),
+        Command::Participant { command } => admin(match command {
+            ParticipantCommand::Remove {
+                room,
+                identity,
+                admin,
+            } => (admin, AdminCall::Remove { room, identity }),
+        }),
     }
+}
+
+/// One admin API request.
+enum AdminCall {
+    List { json: bool },
+    Close { room: String },
+    Remove { room: String, identity: String },
+}
+
+/// The base URL and key to reach the admin API with.
+fn admin_target(args: &AdminArgs) -> anyhow::Result<(String, String)> {
+    let config = match &args.config {
+        Some(path) => Some(Config::from_file(path)?),
+        None => None,
+    };
+    let url = match (&args.url, &config) {
+        (Some(url), _) => url.trim_end_matches('/').to_owned(),
+        (None, Some(c)) => {
+            let mut bind = c.server.http_bind;
+            if bind.ip().is_unspecified() {
+                bind.set_ip(IpAddr::from([127, 0, 0, 1]));
+            }
+            format!("http://{bind}")
+        }
+        (None, None) => "http://127.0.0.1:7880".to_owned(),
+    };
+    let key = match (&args.admin_key, config.and_then(|c| c.admin.key)) {
+        (Some(k), _) => k.clone(),
+        (None, Some(k)) => k,
+        (None, None) => bail!("give --admin-key (or CHORUS_ADMIN_KEY), or --config with admin.key"),
+    };
+    Ok((url, key))
+}
+
+fn admin((args, call): (AdminArgs, AdminCall)) -> anyhow::Result<()> {
+    let (base, key) = admin_target(&args)?;
+    let mut url = reqwest::Url::parse(&base).with_context(|| format!("invalid --url {base:?}"))?;
+    {
+        let mut path = url
+            .path_segments_mut()
+            .map_err(|()| anyhow::anyhow!("--url {base:?} cannot have a path"))?;
+        path.pop_if_empty().extend(["admin", "rooms"]);
+        match &call {
+            AdminCall::List { .. } => {}
+            AdminCall::Close { room } => {
+                path.push(room);
+            }
+            AdminCall::Remove { room, identity } => {
+                path.extend([room.as_str(), "participants", identity.as_str()]);
+            }
+        }
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")?;
+    let (status, body) = runtime.block_on(async {
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .build()?;
+        let request = match call {
+            AdminCall::List { .. } => client.get(url.clone()),
+            _ => client.delete(url.clone()),
+        };
+        let response = request.bearer_auth(&key).send().await?;
+        let status = response.status();
+        anyhow::Ok((status, response.text().await?))
+    })?;
+    if !status.is_success() {
+        bail!("{url}: {status}: {}", body.trim());
+    }
+    match call {
+        AdminCall::List { json: true } => println!("{body}"),
+        AdminCall::List { json: false } => {
+            let rooms: chorus_signal::admin::RoomsResponse =
+                serde_json::from_str(&body).context("unexpected answer from the admin API")?;
+            println!("ROOM\tPARTICIPANT\tIDENTITY\tNAME\tTRACKS");
+            for room in rooms.rooms {
+                for p in room.participants {
+                    println!(
+                        "{}\t{}\t{}\t{}\t{}",
+                        room.name, p.id, p.identity, p.name, p.tracks
+                    );
+                }
+            }
+        }
+        AdminCall::Close { room } => {
+            let r: chorus_signal::admin::RemovedResponse =
+                serde_json::from_str(&body).context("unexpected answer from the admin API")?;
+            println!("closed room {room}: {} participants removed", r.removed);
+        }
+        AdminCall::Remove { room, identity } => {
+            println!("removed {identity} from room {room}");
+        }
+    }
+    Ok(())
 }
 
 fn load_config(args: &ServeArgs) -> anyhow::Result<Config> {
@@ -121,7 +302,20 @@ fn load_config(args: &ServeArgs) -> anyhow::Result<Config> {
     if let Some(v) = args.log_format {
         config.server.log_format = v;
     }
+    if let Some(v) = args.metrics_bind {
+        config.metrics.bind = Some(v);
+    }
+    if let Some(v) = &args.admin_key {
+        config.admin.key = Some(v.clone());
+    }
+    if let Some(v) = &args.tls_cert {
+        config.server.tls_cert = Some(v.clone());
+    }
+    if let Some(v) = &args.tls_key {
+        config.server.tls_key = Some(v.clone());
+    }
     config.server.dev |= args.dev;
+    config.server.dev_allow_public |= args.dev_allow_public;
     config.validate()?;
     Ok(config)
 }
@@ -147,15 +341,29 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             "DEV MODE: the dev API key is accepted and /dev/token mints tokens for anyone; \
              configure [auth] keys for production"
         );
+        if let Some(bind) = config.public_bind() {
+            tracing::warn!(
+                %bind,
+                "DEV MODE ON A PUBLIC ADDRESS (--dev-allow-public): anyone who reaches it can join"
+            );
+        }
     }
     let runtime = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
     runtime.block_on(async move {
         let drain = Duration::from_secs(config.server.drain_secs);
         let server = chorus_server::start(config).await?;
-        println!(
-            "chorus listening: http://{} (media udp {})",
-            server.http_addr, server.media_addr
-        );
+        match server.metrics_addr {
+            Some(m) => println!(
+                "chorus listening: {} (media udp {}, metrics http://{m}/metrics)",
+                server.base_url(),
+                server.media_addr
+            ),
+            None => println!(
+                "chorus listening: {} (media udp {})",
+                server.base_url(),
+                server.media_addr
+            ),
+        }
         let sfu = server.state.sfu.clone();
         tokio::select! {
             _ = shutdown_signal() => {}

@@ -1,7 +1,7 @@
 //! Real headless Chromium against an in-process server: two people on the call page see and
 //! hear each other and chat over data channels; Chromium publishes with WHIP and another plays
 //! with WHEP; VP9, AV1 and H264 flow as well as VP8; simulcast layers reach the viewers that
-//! ask for them.
+//! ask for them; outside dev mode the page joins with tokens handed to it in its address.
 //!
 //! The scripts live in `tests/browser/` (playwright-core driving Debian's `/usr/bin/chromium`).
 //! Each script is its own test with its own server, so one failure does not hide the others;
@@ -36,10 +36,11 @@ fn check_prerequisites() {
     );
 }
 
-async fn run_script(script: &str, base_url: &str) {
+async fn run_script_with(script: &str, base_url: &str, extra: &[String]) {
     let child = tokio::process::Command::new("node")
         .arg(scripts_dir().join(script))
         .arg(base_url)
+        .args(extra)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true)
@@ -66,14 +67,18 @@ async fn run_script(script: &str, base_url: &str) {
 /// Held while a scenario's Chromiums run.
 static ONE_SCENARIO_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-/// Runs `script` against a fresh server, then checks that everyone left without leaking a
+/// Runs `script` against `server`, then checks that everyone left without leaking a
 /// room, participant, peer connection or track, and that video was really forwarded.
 async fn scenario(script: &str) {
     check_prerequisites();
     let _turn = ONE_SCENARIO_AT_A_TIME.lock().await;
     let server = common::server().await;
+    scenario_on(&server, script, &[]).await;
+}
+
+async fn scenario_on(server: &chorus_server::RunningServer, script: &str, extra: &[String]) {
     let base = server.base_url();
-    run_script(script, &base).await;
+    run_script_with(script, &base, extra).await;
     // Everyone left: nothing is leaked.
     common::eventually(
         &format!("{script}: everything released"),
@@ -88,8 +93,12 @@ async fn scenario(script: &str) {
     )
     .await;
     // Media was really forwarded, and counted.
+    let metrics_base = match server.metrics_addr {
+        Some(addr) => format!("http://{addr}"),
+        None => base.clone(),
+    };
     let out = common::counter(
-        &base,
+        &metrics_base,
         "chorus_rtp_packets_total{direction=\"out\",kind=\"video\"}",
     )
     .await;
@@ -119,4 +128,32 @@ async fn chromium_codecs() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chromium_simulcast() {
     scenario("simulcast.mjs").await;
+}
+
+/// The call page outside dev mode: two Chromiums open `/?token=<jwt>` (tokens of a configured
+/// key; no `/dev/token` exists) under the page's Content-Security-Policy, join and see and hear
+/// each other; a data-message flood is cut to the configured rate; a page without a token says
+/// it needs one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chromium_call_page_with_tokens_outside_dev_mode() {
+    check_prerequisites();
+    let _turn = ONE_SCENARIO_AT_A_TIME.lock().await;
+    let server = common::production_server_with(|c| {
+        c.media.data_messages_per_sec = 5;
+        c.media.data_message_burst = 10;
+    })
+    .await;
+    let room = common::room();
+    let tokens = [
+        common::prod_token(&room, "alice", Duration::from_secs(600)),
+        common::prod_token(&room, "bob", Duration::from_secs(600)),
+    ];
+    scenario_on(&server, "token_page.mjs", &tokens).await;
+    let metrics = format!("http://{}", server.metrics_addr.expect("metrics listener"));
+    let dropped = common::counter(
+        &metrics,
+        "chorus_packets_dropped_total{reason=\"data_rate_limited\"}",
+    )
+    .await;
+    assert!(dropped >= 20.0, "flooded data messages dropped: {dropped}");
 }

@@ -63,6 +63,23 @@ pub(crate) enum Command {
     Stats {
         reply: oneshot::Sender<EngineStats>,
     },
+    /// Admin: every room with its participants, sorted by room name.
+    ListRooms {
+        reply: oneshot::Sender<Vec<(String, Vec<ParticipantDesc>)>>,
+    },
+    /// Admin: removes the participant with `identity` from `room`.
+    RemoveParticipant {
+        room: String,
+        identity: String,
+        reason: String,
+        reply: Reply<()>,
+    },
+    /// Admin: removes everyone from `room` (which then closes); replies how many.
+    CloseRoom {
+        room: String,
+        reason: String,
+        reply: Reply<usize>,
+    },
     /// Panics while being handled (fault injection for tests).
     #[cfg(feature = "fault-injection")]
     Panic {
@@ -77,7 +94,11 @@ impl Command {
     /// The participant a command concerns, if one.
     pub(crate) fn participant(&self) -> Option<u64> {
         match self {
-            Command::Join { .. } | Command::Stats { .. } => None,
+            Command::Join { .. }
+            | Command::Stats { .. }
+            | Command::ListRooms { .. }
+            | Command::RemoveParticipant { .. }
+            | Command::CloseRoom { .. } => None,
             #[cfg(feature = "fault-injection")]
             Command::PanicEngine => None,
             Command::PublisherOffer { participant, .. }

@@ -32,6 +32,11 @@ pub struct MediaConfig {
     pub max_rooms: usize,
     /// Least time between two keyframe requests sent to one publisher's track, in milliseconds.
     pub pli_throttle_ms: u64,
+    /// Data messages one participant may send per second on average; beyond it (and the
+    /// burst) they are dropped as `data_rate_limited`.
+    pub data_messages_per_sec: u32,
+    /// Data messages one participant may send at once before the rate applies.
+    pub data_message_burst: u32,
     /// Seconds a participant's connections have to come up after joining; then it is removed.
     pub connect_timeout_secs: u64,
     /// Seconds a connected participant may stay silent (no datagram, not even a consent
@@ -53,6 +58,8 @@ impl Default for MediaConfig {
             max_participants_per_room: 500,
             max_rooms: 1000,
             pli_throttle_ms: 500,
+            data_messages_per_sec: 50,
+            data_message_burst: 100,
             engines: 0,
             connect_timeout_secs: 30,
             silence_timeout_secs: 15,
@@ -91,6 +98,11 @@ impl MediaConfig {
         }
         if self.max_participants_per_room == 0 || self.max_rooms == 0 {
             return Err("media.max_participants_per_room and media.max_rooms must be > 0".into());
+        }
+        if self.data_messages_per_sec == 0 || self.data_message_burst == 0 {
+            return Err(
+                "media.data_messages_per_sec and media.data_message_burst must be > 0".into(),
+            );
         }
         Ok(())
     }

@@ -85,6 +85,11 @@ impl Placement {
         self.gauge(engine, inner.load[engine]);
     }
 
+    /// The engine `room` lives on, if it has sessions.
+    pub(crate) fn engine_of(&self, room: &str) -> Option<usize> {
+        self.lock().rooms.get(room).map(|(e, _)| *e)
+    }
+
     fn gauge(&self, engine: usize, load: usize) {
         self.metrics
             .engine_participants

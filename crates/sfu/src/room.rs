@@ -29,6 +29,9 @@ pub(crate) struct Participant {
     pub(crate) qualities: HashMap<TrackKey, Quality>,
     pub(crate) join_started: Instant,
     pub(crate) join_reported: bool,
+    /// Data messages this participant may still send (token bucket), and when it was refilled.
+    pub(crate) data_tokens: f64,
+    pub(crate) data_refilled: Instant,
 }
 
 #[derive(Default)]

@@ -134,6 +134,67 @@ impl Sfu {
         }
         Ok(total)
     }
+
+    /// Every room with its participants, sorted by room name (for the admin API).
+    pub async fn rooms(&self) -> Result<Vec<(String, Vec<ParticipantDesc>)>, SfuError> {
+        let mut all = Vec::new();
+        for e in self.engines.iter() {
+            let (reply, rx) = oneshot::channel();
+            e.commands
+                .send(Command::ListRooms { reply })
+                .await
+                .map_err(|_| SfuError::EngineStopped)?;
+            all.extend(rx.await.map_err(|_| SfuError::EngineStopped)?);
+        }
+        all.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(all)
+    }
+
+    /// The command channel of the engine `room` lives on; [`SfuError::NotFound`] for a room
+    /// with no sessions.
+    fn engine_of(&self, room: &str) -> Result<&mpsc::Sender<Command>, SfuError> {
+        let index = self
+            .placement
+            .engine_of(room)
+            .ok_or_else(|| SfuError::NotFound(format!("no room {room:?}")))?;
+        Ok(&self.engines[index].commands)
+    }
+
+    /// Removes the participant with `identity` from `room`; it hears
+    /// [`RoomEvent::Closed`] with `reason`. [`SfuError::NotFound`] if there is none.
+    pub async fn remove_participant(
+        &self,
+        room: &str,
+        identity: &str,
+        reason: &str,
+    ) -> Result<(), SfuError> {
+        let (reply, rx) = oneshot::channel();
+        self.engine_of(room)?
+            .send(Command::RemoveParticipant {
+                room: room.to_owned(),
+                identity: identity.to_owned(),
+                reason: reason.to_owned(),
+                reply,
+            })
+            .await
+            .map_err(|_| SfuError::EngineStopped)?;
+        rx.await.map_err(|_| SfuError::EngineStopped)?
+    }
+
+    /// Removes everyone from `room`, which closes it; returns how many were removed.
+    /// [`SfuError::NotFound`] for an unknown room.
+    pub async fn close_room(&self, room: &str, reason: &str) -> Result<usize, SfuError> {
+        let (reply, rx) = oneshot::channel();
+        self.engine_of(room)?
+            .send(Command::CloseRoom {
+                room: room.to_owned(),
+                reason: reason.to_owned(),
+                reply,
+            })
+            .await
+            .map_err(|_| SfuError::EngineStopped)?;
+        rx.await.map_err(|_| SfuError::EngineStopped)?
+    }
 }
 
 /// A session's place in its room's engine, given back when the session goes.

@@ -2,6 +2,9 @@
 //!
 //! The API key goes in the JWT header's `kid` and in `iss`; the server looks the secret up by
 //! key. A token grants one identity in one room, with publish/subscribe/data rights, until `exp`.
+//! A server may cap how far in the future `exp` lies ([`KeyRing::with_max_ttl`]). Clients are
+//! only ever told `invalid_token`: why a token was refused ([`TokenError::reason`]) goes to the
+//! server's log, never to the client.
 
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -59,15 +62,34 @@ pub enum TokenError {
     /// The token has expired or is not yet valid.
     #[error("token expired or not yet valid")]
     Expired,
+    /// The token is valid for longer than the server's maximum token lifetime.
+    #[error("token lifetime exceeds the server's maximum")]
+    TooLong,
     /// Signing failed (only when minting).
     #[error("cannot sign token: {0}")]
     Sign(String),
+}
+
+impl TokenError {
+    /// A short, fixed description for logs: never echoes anything from the token.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::Malformed(_) => "malformed",
+            Self::UnknownKey(_) => "unknown key",
+            Self::BadSignature => "bad signature",
+            Self::Expired => "expired or not yet valid",
+            Self::TooLong => "lifetime over the maximum",
+            Self::Sign(_) => "cannot sign",
+        }
+    }
 }
 
 /// The API keys a server accepts: key -> secret.
 #[derive(Debug, Clone, Default)]
 pub struct KeyRing {
     keys: HashMap<String, String>,
+    /// Longest accepted remaining lifetime (`exp` - now), in seconds; `None`: unlimited.
+    max_ttl_secs: Option<u64>,
 }
 
 impl KeyRing {
@@ -75,7 +97,15 @@ impl KeyRing {
     pub fn new(keys: impl IntoIterator<Item = (String, String)>) -> Self {
         Self {
             keys: keys.into_iter().collect(),
+            max_ttl_secs: None,
         }
+    }
+
+    /// Refuses tokens whose `exp` lies more than `max_ttl` in the future
+    /// ([`TokenError::TooLong`]).
+    pub fn with_max_ttl(mut self, max_ttl: Duration) -> Self {
+        self.max_ttl_secs = Some(max_ttl.as_secs());
+        self
     }
 
     /// Mints a token for `claims.grants` signed by `key`.
@@ -114,6 +144,12 @@ impl KeyRing {
             jsonwebtoken::errors::ErrorKind::InvalidSignature => TokenError::BadSignature,
             _ => TokenError::Malformed(e.to_string()),
         })?;
+        if let Some(max) = self.max_ttl_secs {
+            // The same 5 s leeway as for `exp` itself, for clocks slightly ahead.
+            if data.claims.exp > unix_now() + max + 5 {
+                return Err(TokenError::TooLong);
+            }
+        }
         Ok(data.claims)
     }
 }
@@ -206,5 +242,33 @@ mod tests {
             Err(TokenError::Malformed(_))
         ));
         assert!(matches!(ring().verify(""), Err(TokenError::Malformed(_))));
+    }
+
+    #[test]
+    fn tokens_living_longer_than_the_maximum_are_refused() {
+        let ring = ring().with_max_ttl(Duration::from_secs(3600));
+        let ok = ring
+            .mint(
+                "k1",
+                &claims("a", "r", Duration::from_secs(3600), grants("r")),
+            )
+            .expect("mints");
+        assert!(ring.verify(&ok).is_ok());
+        let long = ring
+            .mint(
+                "k1",
+                &claims("a", "r", Duration::from_secs(7200), grants("r")),
+            )
+            .expect("mints");
+        assert_eq!(ring.verify(&long), Err(TokenError::TooLong));
+        // Without a maximum the same token is fine.
+        assert!(super::tests::ring().verify(&long).is_ok());
+    }
+
+    #[test]
+    fn refusal_reasons_never_echo_the_token() {
+        let e = TokenError::UnknownKey("attacker-chosen-kid".into());
+        assert!(!e.reason().contains("attacker"));
+        assert_eq!(e.reason(), "unknown key");
     }
 }

@@ -1,19 +1,22 @@
-//! HTTP endpoints: WHIP/WHEP sessions, health, metrics, the call page and the dev token.
+//! HTTP endpoints: WHIP/WHEP sessions, health, metrics, the call page (with its security
+//! headers) and the dev token; CORS for WHIP/WHEP (any origin in dev mode, the configured ones
+//! otherwise).
 
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
-use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use chorus_sfu::{Origin, Permissions, RoomEvent, SfuError};
 use prometheus::Encoder;
+use rand::distr::{Alphanumeric, SampleString};
 use serde::Deserialize;
-use tower_http::cors::{Any, CorsLayer};
-use tracing::info;
+use tower_http::cors::{AllowOrigin, Any, CorsLayer};
+use tracing::{debug, info};
 
 use crate::auth::{claims, Claims, Grants};
 use crate::ice::ice_servers_for;
@@ -28,13 +31,25 @@ const WHEP_WAIT: Duration = Duration::from_secs(5);
 /// Largest SDP body accepted by WHIP/WHEP.
 const MAX_SDP_BYTES: usize = 64 * 1024;
 
-/// Builds the whole HTTP surface.
+/// Builds the whole HTTP surface. `/dev/token` exists only in dev mode, `/metrics` only when
+/// [`crate::HttpOptions::metrics_on_http`], the admin API only with an admin key.
 pub fn router(state: SharedState) -> Router {
     let cors = CorsLayer::new()
-        .allow_origin(Any)
         .allow_methods([Method::POST, Method::DELETE, Method::OPTIONS, Method::PATCH])
         .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE])
         .expose_headers([header::LOCATION, header::LINK, header::ETAG]);
+    let cors = if state.http.dev {
+        cors.allow_origin(Any)
+    } else {
+        // Unparsable origins were refused when the config was checked.
+        let origins: Vec<HeaderValue> = state
+            .http
+            .cors_origins
+            .iter()
+            .filter_map(|o| HeaderValue::from_str(o).ok())
+            .collect();
+        cors.allow_origin(AllowOrigin::list(origins))
+    };
     let media = Router::new()
         .route("/whip/{room}", post(whip))
         .route(
@@ -48,15 +63,98 @@ pub fn router(state: SharedState) -> Router {
             delete(end_session).patch(no_trickle),
         )
         .layer(cors);
-    Router::new()
-        .route("/", get(|| async { Html(INDEX_HTML) }))
+    let mut router = Router::new()
+        .route("/", get(page))
         .route("/ws", get(ws::handler))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
+        .merge(media);
+    if state.http.metrics_on_http {
+        router = router.route("/metrics", get(http_metrics));
+    }
+    if state.dev_key.is_some() {
+        router = router.route("/dev/token", get(dev_token));
+    }
+    if state.http.admin_key.is_some() {
+        router = router.merge(crate::admin::router());
+    }
+    router.with_state(state)
+}
+
+/// The router of the separate metrics listener (`metrics.bind`): `/metrics` only, no token
+/// (bind it to loopback or a private interface).
+pub fn metrics_router(state: SharedState) -> Router {
+    Router::new()
         .route("/metrics", get(metrics))
-        .route("/dev/token", get(dev_token))
-        .merge(media)
         .with_state(state)
+}
+
+/// Where the page's `<meta name="chorus-token-endpoint">` and nonces go.
+const TOKEN_ENDPOINT_PLACEHOLDER: &str = "{{TOKEN_ENDPOINT}}";
+const NONCE_PLACEHOLDER: &str = "{{NONCE}}";
+
+/// `GET /`: the call page, with a fresh CSP nonce for its one script and one style, and the
+/// token endpoint it asks for tokens (none: the page needs `?token=`).
+async fn page(State(state): State<SharedState>) -> Response {
+    let nonce = Alphanumeric.sample_string(&mut rand::rng(), 22);
+    let endpoint = state.http.token_endpoint.as_deref().unwrap_or("");
+    let html = INDEX_HTML
+        .replace(NONCE_PLACEHOLDER, &nonce)
+        .replace(TOKEN_ENDPOINT_PLACEHOLDER, &html_attr_escape(endpoint));
+    let mut connect_src = "'self'".to_owned();
+    if let Some(origin) = endpoint_origin(endpoint) {
+        connect_src.push(' ');
+        connect_src.push_str(&origin);
+    }
+    let csp = format!(
+        "default-src 'none'; script-src 'nonce-{nonce}'; style-src 'nonce-{nonce}'; \
+         connect-src {connect_src}; img-src 'self' data:; media-src 'self' blob: mediastream:; \
+         base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+    );
+    let mut response = Html(html).into_response();
+    let h = response.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(&csp) {
+        h.insert(header::CONTENT_SECURITY_POLICY, v);
+    }
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    // The page may carry a token in its URL: never send it on in a Referer.
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(
+        HeaderName::from_static("permissions-policy"),
+        HeaderValue::from_static("camera=(self), microphone=(self), geolocation=()"),
+    );
+    response
+}
+
+/// `scheme://host[:port]` of an absolute `http(s)` URL (for the CSP); `None` for a relative
+/// one (covered by `'self'`).
+fn endpoint_origin(url: &str) -> Option<String> {
+    let (scheme, rest) = url.split_once("://")?;
+    if scheme != "http" && scheme != "https" {
+        return None;
+    }
+    let host = rest.split(['/', '?', '#']).next()?;
+    if host.is_empty() || host.contains(['\'', ';', ' ', '"']) {
+        return None;
+    }
+    Some(format!("{scheme}://{host}"))
+}
+
+/// Escapes text for an HTML attribute value.
+fn html_attr_escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('"', "&quot;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('\'', "&#39;")
 }
 
 async fn readyz(State(state): State<SharedState>) -> Response {
@@ -71,6 +169,28 @@ async fn readyz(State(state): State<SharedState>) -> Response {
         )
             .into_response(),
     }
+}
+
+/// `/metrics` on the HTTP port: with `metrics.token` set, only for `Authorization: Bearer
+/// <token>` (401 otherwise).
+async fn http_metrics(State(state): State<SharedState>, headers: HeaderMap) -> Response {
+    if let Some(want) = &state.http.metrics_token {
+        if !bearer(&headers).is_some_and(|got| constant_time_eq(got.as_bytes(), want.as_bytes())) {
+            state
+                .refusals
+                .refused("metrics", "missing or wrong bearer token", None);
+            return (StatusCode::UNAUTHORIZED, "invalid_token").into_response();
+        }
+    }
+    metrics(State(state)).await
+}
+
+/// Compares secrets without an early exit on the first differing byte.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 async fn metrics(State(state): State<SharedState>) -> Response {
@@ -95,7 +215,7 @@ struct DevTokenQuery {
     data: Option<u8>,
 }
 
-/// `GET /dev/token`: mints a token with the dev key. Off (404) outside dev mode.
+/// `GET /dev/token`: mints a token with the dev key. The route exists only in dev mode.
 async fn dev_token(State(state): State<SharedState>, Query(q): Query<DevTokenQuery>) -> Response {
     let Some(key) = &state.dev_key else {
         return (
@@ -125,12 +245,12 @@ async fn dev_token(State(state): State<SharedState>, Query(q): Query<DevTokenQue
 fn fail(state: &SharedState, status: StatusCode, code: &str, msg: impl Into<String>) -> Response {
     state.metrics.errors.with_label_values(&[code]).inc();
     let msg = msg.into();
-    info!(status = status.as_u16(), code, %msg, "WHIP/WHEP request refused");
+    debug!(status = status.as_u16(), code, %msg, "WHIP/WHEP request refused");
     (status, msg).into_response()
 }
 
 /// The bearer token of a request, if it has one.
-fn bearer(headers: &HeaderMap) -> Option<&str> {
+pub fn bearer(headers: &HeaderMap) -> Option<&str> {
     headers
         .get(header::AUTHORIZATION)?
         .to_str()
@@ -164,10 +284,14 @@ fn authorize(
             "missing bearer token".into(),
         )
     })?;
-    let claims = state
-        .keys
-        .verify(token)
-        .map_err(|e| deny(StatusCode::UNAUTHORIZED, "invalid_token", e.to_string()))?;
+    let claims = state.keys.verify(token).map_err(|e| {
+        state.refusals.refused("whip/whep", e.reason(), None);
+        deny(
+            StatusCode::UNAUTHORIZED,
+            "invalid_token",
+            "invalid token".into(),
+        )
+    })?;
     if claims.grants.room != room {
         return Err(deny(
             StatusCode::FORBIDDEN,
@@ -212,6 +336,15 @@ fn authorize(
             "SDP is not UTF-8".into(),
         )
     })?;
+    let sections = ws::media_sections(sdp);
+    let max = state.config.max_media_sections;
+    if sections > max {
+        return Err(deny(
+            StatusCode::BAD_REQUEST,
+            "limit_exceeded",
+            format!("offer has {sections} media sections; at most {max}"),
+        ));
+    }
     Ok((claims, sdp.to_owned()))
 }
 
@@ -321,7 +454,12 @@ async fn start_session(
     };
     let id = session.me.id.clone();
     let location = format!("/{kind}/{room}/session/{id}");
-    let links: Vec<String> = ice_servers_for(&state.config.ice_servers, &claims.sub, crate::auth::unix_now())
+    let links: Vec<String> = ice_servers_for(
+        &state.config.ice_servers,
+        &claims.sub,
+        crate::auth::unix_now(),
+        claims.exp,
+    )
         .iter()
         .flat_map(|s| {
             s.urls.iter().map(|u| match (&s.username, &s.credential) {
@@ -351,12 +489,22 @@ async fn start_session(
             },
         );
     }
-    // When the engine drops the participant (its connection failed), forget the resource.
+    // When the engine drops the participant (its connection failed, an operator removed it)
+    // or its token expires, forget the resource (which leaves the room).
     let reaper = state.clone();
+    let left = claims.exp.saturating_sub(crate::auth::unix_now());
     tokio::spawn(async move {
-        while let Some(ev) = events.recv().await {
-            if matches!(ev, RoomEvent::Closed { .. }) {
-                break;
+        let closed = async {
+            while let Some(ev) = events.recv().await {
+                if matches!(ev, RoomEvent::Closed { .. }) {
+                    break;
+                }
+            }
+        };
+        tokio::select! {
+            () = closed => {}
+            () = tokio::time::sleep(Duration::from_secs(left)) => {
+                info!(session = %id, "token expired, ending the WHIP/WHEP session");
             }
         }
         remove_session(&reaper, &id, None);
@@ -388,12 +536,13 @@ async fn end_session(
     let claims = match bearer(&headers).map(|t| state.keys.verify(t)) {
         Some(Ok(c)) => c,
         Some(Err(e)) => {
+            state.refusals.refused("whip/whep delete", e.reason(), None);
             return fail(
                 &state,
                 StatusCode::UNAUTHORIZED,
                 "invalid_token",
-                e.to_string(),
-            )
+                "invalid token",
+            );
         }
         None => {
             return fail(
@@ -460,4 +609,39 @@ async fn no_trickle() -> Response {
         "trickle ICE over PATCH is not supported",
     )
         .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_csp_names_only_the_token_endpoints_origin() {
+        assert_eq!(
+            endpoint_origin("https://app.example.com/chorus/token?x=1").as_deref(),
+            Some("https://app.example.com")
+        );
+        assert_eq!(
+            endpoint_origin("http://127.0.0.1:8080/t").as_deref(),
+            Some("http://127.0.0.1:8080")
+        );
+        assert_eq!(endpoint_origin("/dev/token"), None);
+        assert_eq!(endpoint_origin("javascript://x"), None);
+        assert_eq!(endpoint_origin("https://a.example; script-src *"), None);
+    }
+
+    #[test]
+    fn attribute_values_are_escaped() {
+        assert_eq!(
+            html_attr_escape(r#"/t?a=1&b="><script>"#),
+            "/t?a=1&amp;b=&quot;&gt;&lt;script&gt;"
+        );
+    }
+
+    #[test]
+    fn constant_time_eq_compares_exactly() {
+        assert!(constant_time_eq(b"abc", b"abc"));
+        assert!(!constant_time_eq(b"abc", b"abd"));
+        assert!(!constant_time_eq(b"abc", b"abcd"));
+    }
 }

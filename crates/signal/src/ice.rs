@@ -35,17 +35,21 @@ fn default_ttl() -> u64 {
 }
 
 /// The ICE servers for one participant, credentials generated for `identity` at `now_unix`.
+/// Generated TURN credentials expire with the participant's token (`token_exp`, Unix seconds)
+/// when that comes before the configured `ttl_secs`.
 pub fn ice_servers_for(
     configured: &[IceServerConfig],
     identity: &str,
     now_unix: u64,
+    token_exp: u64,
 ) -> Vec<IceServer> {
+    let token_left = token_exp.saturating_sub(now_unix);
     configured
         .iter()
         .map(|c| match &c.secret {
             Some(secret) => {
-                let (username, credential) =
-                    turn_credentials(secret, identity, now_unix, Duration::from_secs(c.ttl_secs));
+                let ttl = Duration::from_secs(c.ttl_secs.min(token_left));
+                let (username, credential) = turn_credentials(secret, identity, now_unix, ttl);
                 IceServer {
                     urls: c.urls.clone(),
                     username: Some(username),
@@ -107,9 +111,12 @@ mod tests {
                 ttl_secs: 600,
             },
         ];
-        let out = ice_servers_for(&cfg, "alice", 400);
+        let out = ice_servers_for(&cfg, "alice", 400, 400 + 3600);
         assert_eq!(out[0].username, None);
         assert_eq!(out[1].username.as_deref(), Some("1000:alice"));
         assert!(out[1].credential.is_some());
+        // A token expiring before the configured TTL ends the credentials with it.
+        let out = ice_servers_for(&cfg, "alice", 400, 400 + 30);
+        assert_eq!(out[1].username.as_deref(), Some("430:alice"));
     }
 }

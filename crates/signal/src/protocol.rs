@@ -190,6 +190,13 @@ pub enum ClientMessage {
         #[serde(default)]
         timestamp: u64,
     },
+    /// A fresh token for the same identity, room and grants: the session then ends at its
+    /// `exp` instead of the old one's. No answer on success; `invalid_token` or
+    /// `permission_denied` (and the old expiry stands) otherwise.
+    RefreshToken {
+        /// The new token.
+        token: String,
+    },
 }
 
 fn default_true() -> bool {
@@ -301,6 +308,17 @@ pub enum ErrorCode {
     UnknownTrack,
     /// The server failed internally.
     Internal,
+    /// The session's token expired (and was not refreshed): the server closes the socket.
+    TokenExpired,
+    /// The connection sent more messages than its rate allows: the server closes the socket.
+    RateLimited,
+    /// Nothing (not even a pong) was received for the idle timeout: the server closes the socket.
+    IdleTimeout,
+    /// The server's connection limit (overall or for the client's address) is reached.
+    TooManyConnections,
+    /// A per-participant limit (media sections per offer, candidates, subscriptions) is reached;
+    /// the request was not applied.
+    LimitExceeded,
 }
 
 impl ErrorCode {
@@ -317,6 +335,11 @@ impl ErrorCode {
             Self::InvalidState => "invalid_state",
             Self::UnknownTrack => "unknown_track",
             Self::Internal => "internal",
+            Self::TokenExpired => "token_expired",
+            Self::RateLimited => "rate_limited",
+            Self::IdleTimeout => "idle_timeout",
+            Self::TooManyConnections => "too_many_connections",
+            Self::LimitExceeded => "limit_exceeded",
         }
     }
 }
@@ -335,6 +358,7 @@ impl ClientMessage {
             Self::Mute { .. } => "mute",
             Self::Leave {} => "leave",
             Self::Ping { .. } => "ping",
+            Self::RefreshToken { .. } => "refresh_token",
         }
     }
 }
@@ -396,6 +420,10 @@ mod tests {
                 r#"{"type":"ping","timestamp":5}"#,
                 ClientMessage::Ping { timestamp: 5 },
             ),
+            (
+                r#"{"type":"refresh_token","token":"t2"}"#,
+                ClientMessage::RefreshToken { token: "t2".into() },
+            ),
         ];
         for (json, msg) in cases {
             let parsed: ClientMessage = serde_json::from_str(json).expect(json);
@@ -452,5 +480,16 @@ mod tests {
             r#"{"type":"error","code":"room_full","message":"full"}"#
         );
         assert_eq!(ErrorCode::RoomFull.as_str(), "room_full");
+        // Every code's wire name is its metric label.
+        for code in [
+            ErrorCode::TokenExpired,
+            ErrorCode::RateLimited,
+            ErrorCode::IdleTimeout,
+            ErrorCode::TooManyConnections,
+            ErrorCode::LimitExceeded,
+        ] {
+            let json = serde_json::to_string(&code).expect("serializes");
+            assert_eq!(json, format!("\"{}\"", code.as_str()));
+        }
     }
 }

@@ -1,11 +1,17 @@
 //! The `/ws` endpoint: one task per WebSocket, a thin translator between protocol messages and
-//! the participant's [`SessionHandle`].
+//! the participant's [`SessionHandle`], and the bounds on what one connection may do: caps on
+//! connections, a fixed join deadline, small frames before join, a message rate, keepalive
+//! pings with an idle timeout, the token's expiry, and per-participant caps on media sections,
+//! candidates and subscriptions. Each refusal is an [`ErrorCode`] (docs/protocol.md §8).
 
+use std::collections::HashSet;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::extract::ws::{close_code, CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
-use axum::extract::State;
+use axum::extract::{ConnectInfo, State};
+use axum::http::Extensions;
 use axum::response::Response;
 use chorus_sfu::{
     CandidateInit, Origin, ParticipantDesc, PeerRole, Permissions, RoomEvent, Session,
@@ -13,8 +19,9 @@ use chorus_sfu::{
 };
 use tracing::{debug, info, info_span, Instrument};
 
-use crate::auth::Claims;
+use crate::auth::{Claims, TokenError};
 use crate::ice::ice_servers_for;
+use crate::limits::{ConnRefusal, ConnSlot, TokenBucket};
 use crate::protocol::{
     ClientMessage, ErrorCode, IceCandidate, ParticipantInfo, Quality, ServerMessage, Target,
     TrackInfo, TrackKind, MAX_MESSAGE_BYTES, PROTOCOL_VERSION,
@@ -25,11 +32,67 @@ use crate::{error_code, SharedState};
 /// they get a `message_too_large` error and the connection goes on.
 const HARD_FRAME_LIMIT: usize = 4 * 1024 * 1024;
 
-/// `GET /ws`: upgrades to the signaling WebSocket.
-pub async fn handler(ws: WebSocketUpgrade, State(state): State<SharedState>) -> Response {
+/// `GET /ws`: upgrades to the signaling WebSocket, or, when the connection caps are reached,
+/// answers `too_many_connections` on the upgraded socket and closes it.
+pub async fn handler(
+    ws: WebSocketUpgrade,
+    State(state): State<SharedState>,
+    extensions: Extensions,
+) -> Response {
+    let peer = extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip());
+    let slot = state.connections.acquire(peer, &state.config);
     ws.max_message_size(HARD_FRAME_LIMIT)
         .max_frame_size(HARD_FRAME_LIMIT)
-        .on_upgrade(move |socket| connection(socket, state))
+        .on_upgrade(move |socket| async move {
+            match slot {
+                Ok(slot) => connection(socket, state, peer, slot).await,
+                Err(why) => refuse_connection(socket, state, peer, why).await,
+            }
+        })
+}
+
+/// Tells a client over a cap why, and closes (1013: try again later).
+async fn refuse_connection(
+    mut socket: WebSocket,
+    state: SharedState,
+    peer: Option<IpAddr>,
+    why: ConnRefusal,
+) {
+    let (reason, message) = match why {
+        ConnRefusal::Total => (
+            "server connection limit",
+            "the server has too many connections",
+        ),
+        ConnRefusal::PerIp => (
+            "per-address connection limit",
+            "too many connections from your address",
+        ),
+    };
+    state.refusals.refused("websocket", reason, peer);
+    let code = ErrorCode::TooManyConnections;
+    state
+        .metrics
+        .errors
+        .with_label_values(&[code.as_str()])
+        .inc();
+    let msg = ServerMessage::Error {
+        code,
+        message: message.to_owned(),
+    };
+    if let Ok(text) = serde_json::to_string(&msg) {
+        let _ = tokio::time::timeout(Duration::from_secs(2), async {
+            let _ = socket.send(Message::Text(Utf8Bytes::from(text))).await;
+            let _ = socket
+                .send(Message::Close(Some(CloseFrame {
+                    code: close_code::AGAIN,
+                    reason: Utf8Bytes::from_static("too many connections"),
+                })))
+                .await;
+        })
+        .await;
+    }
 }
 
 fn sfu_quality(q: Quality) -> chorus_sfu::Quality {
@@ -75,6 +138,24 @@ fn role(t: Target) -> PeerRole {
 struct Conn {
     socket: WebSocket,
     state: SharedState,
+    peer: Option<IpAddr>,
+    /// Messages this connection may still send now.
+    bucket: TokenBucket,
+    /// When the last frame (of any kind) arrived.
+    last_rx: Instant,
+    joined: bool,
+}
+
+/// What reading the socket gave.
+enum Incoming {
+    /// A protocol message.
+    Message(ClientMessage),
+    /// A frame that was handled already (control frame, or an error was sent).
+    Nothing,
+    /// The socket is done: closed by the client, or failed.
+    Done,
+    /// The client went over its message rate (`rate_limited` was sent).
+    RateLimited,
 }
 
 impl Conn {
@@ -100,12 +181,28 @@ impl Conn {
         self.send(&ServerMessage::Error { code, message }).await
     }
 
-    /// Reads the next client message; `Err(())` when the socket is done.
-    async fn recv(&mut self) -> Result<Option<ClientMessage>, ()> {
+    /// Reads the next client frame.
+    async fn recv(&mut self) -> Incoming {
         let frame = match self.socket.recv().await {
             Some(Ok(f)) => f,
-            _ => return Err(()),
+            _ => return Incoming::Done,
         };
+        let now = Instant::now();
+        self.last_rx = now;
+        if !self.bucket.take(now) {
+            self.state
+                .refusals
+                .refused("websocket message", "over the message rate", self.peer);
+            self.error(
+                ErrorCode::RateLimited,
+                format!(
+                    "more than {} messages per second",
+                    self.state.config.messages_per_sec
+                ),
+            )
+            .await;
+            return Incoming::RateLimited;
+        }
         let text = match frame {
             Message::Text(t) => t,
             Message::Binary(_) => {
@@ -114,21 +211,24 @@ impl Conn {
                     "binary frames are not part of the protocol",
                 )
                 .await;
-                return Ok(None);
+                return Incoming::Nothing;
             }
-            Message::Close(_) => return Err(()),
-            Message::Ping(_) | Message::Pong(_) => return Ok(None),
+            Message::Close(_) => return Incoming::Done,
+            Message::Ping(_) | Message::Pong(_) => return Incoming::Nothing,
         };
-        if text.len() > MAX_MESSAGE_BYTES {
+        let limit = if self.joined {
+            MAX_MESSAGE_BYTES
+        } else {
+            self.state.config.max_frame_bytes_before_join
+        };
+        if text.len() > limit {
+            let when = if self.joined { "" } else { " before join" };
             self.error(
                 ErrorCode::MessageTooLarge,
-                format!(
-                    "message of {} bytes exceeds {MAX_MESSAGE_BYTES}",
-                    text.len()
-                ),
+                format!("message of {} bytes exceeds {limit}{when}", text.len()),
             )
             .await;
-            return Ok(None);
+            return Incoming::Nothing;
         }
         match serde_json::from_str::<ClientMessage>(text.as_str()) {
             Ok(m) => {
@@ -137,7 +237,7 @@ impl Conn {
                     .messages
                     .with_label_values(&[m.kind()])
                     .inc();
-                Ok(Some(m))
+                Incoming::Message(m)
             }
             Err(e) => {
                 self.state
@@ -147,51 +247,73 @@ impl Conn {
                     .inc();
                 self.error(ErrorCode::BadMessage, format!("cannot parse message: {e}"))
                     .await;
-                Ok(None)
+                Incoming::Nothing
             }
         }
     }
+
+    /// Refuses a token: the client hears only `invalid_token`; the reason goes to the log, at
+    /// a bounded rate.
+    async fn refuse_token(&mut self, e: &TokenError, what: &str) {
+        self.state.refusals.refused(what, e.reason(), self.peer);
+        self.error(ErrorCode::InvalidToken, "invalid token").await;
+    }
 }
 
-async fn connection(socket: WebSocket, state: SharedState) {
+async fn connection(socket: WebSocket, state: SharedState, peer: Option<IpAddr>, _slot: ConnSlot) {
     state.metrics.websockets.inc();
+    let now = Instant::now();
     let mut conn = Conn {
         socket,
         state: state.clone(),
+        peer,
+        bucket: TokenBucket::new(
+            state.config.messages_per_sec,
+            state.config.message_burst,
+            now,
+        ),
+        last_rx: now,
+        joined: false,
     };
-    // 1000: normal end (leave, server removed us); 1008: the join was refused.
+    // 1000: normal end (leave, server removed us); 1008: the join was refused, or the client
+    // broke a limit (rate, idle, token expiry).
     let (code, reason) = match join(&mut conn).await {
         Some((session, claims)) => {
+            conn.joined = true;
             let span =
                 info_span!("participant", room = %claims.grants.room, participant = %session.me.id);
-            run(&mut conn, session, claims).instrument(span).await;
-            (close_code::NORMAL, "bye")
+            match run(&mut conn, session, claims).instrument(span).await {
+                End::Normal => (close_code::NORMAL, "bye"),
+                End::Policy(reason) => (close_code::POLICY, reason),
+            }
         }
         None => (close_code::POLICY, "join refused"),
     };
-    let _ = conn
-        .socket
-        .send(Message::Close(Some(CloseFrame {
+    let _ = tokio::time::timeout(
+        Duration::from_secs(2),
+        conn.socket.send(Message::Close(Some(CloseFrame {
             code,
             reason: Utf8Bytes::from_static(reason),
-        })))
-        .await;
+        }))),
+    )
+    .await;
     state.metrics.websockets.dec();
 }
 
-/// Waits for `join`, checks it, and joins the room.
+/// Waits for `join` until a fixed deadline, checks it, and joins the room.
 async fn join(conn: &mut Conn) -> Option<(Session, Claims)> {
-    let timeout = Duration::from_secs(conn.state.config.join_timeout_secs);
+    let deadline =
+        tokio::time::Instant::now() + Duration::from_secs(conn.state.config.join_timeout_secs);
     let first = loop {
-        match tokio::time::timeout(timeout, conn.recv()).await {
+        match tokio::time::timeout_at(deadline, conn.recv()).await {
             Err(_) => {
                 conn.error(ErrorCode::InvalidState, "no join message in time")
                     .await;
                 return None;
             }
-            Ok(Err(())) => return None,
-            Ok(Ok(None)) => continue,
-            Ok(Ok(Some(m))) => break m,
+            Ok(Incoming::Done | Incoming::RateLimited) => return None,
+            Ok(Incoming::Nothing) => continue,
+            Ok(Incoming::Message(m)) => break m,
         }
     };
     let ClientMessage::Join {
@@ -221,7 +343,7 @@ async fn join(conn: &mut Conn) -> Option<(Session, Claims)> {
     let claims = match conn.state.keys.verify(&token) {
         Ok(c) => c,
         Err(e) => {
-            conn.error(ErrorCode::InvalidToken, e.to_string()).await;
+            conn.refuse_token(&e, "websocket join").await;
             return None;
         }
     };
@@ -256,6 +378,7 @@ async fn join(conn: &mut Conn) -> Option<(Session, Claims)> {
             &conn.state.config.ice_servers,
             &claims.sub,
             crate::auth::unix_now(),
+            claims.exp,
         ),
     };
     if !conn.send(&joined).await {
@@ -265,26 +388,81 @@ async fn join(conn: &mut Conn) -> Option<(Session, Claims)> {
     Some((session, claims))
 }
 
-/// The joined connection: client messages in, room events out, until either side ends.
-async fn run(conn: &mut Conn, mut session: Session, claims: Claims) {
+/// How a joined connection ended.
+enum End {
+    /// Leave, the socket closed, or the server removed the participant.
+    Normal,
+    /// The client broke a limit; the reason goes in the close frame.
+    Policy(&'static str),
+}
+
+/// What a joined connection is allowed and has used.
+struct Budget {
+    candidates: usize,
+    subscribed: HashSet<String>,
+}
+
+/// When the token with expiry `exp` (Unix seconds) runs out, on the tokio clock.
+fn expiry_instant(exp: u64) -> tokio::time::Instant {
+    let left = exp.saturating_sub(crate::auth::unix_now());
+    tokio::time::Instant::now() + Duration::from_secs(left)
+}
+
+/// The joined connection: client messages in, room events out, until either side ends, the
+/// client goes silent, or its token expires.
+async fn run(conn: &mut Conn, mut session: Session, mut claims: Claims) -> End {
     let handle = session.handle.clone();
-    loop {
+    let ping_every = Duration::from_secs(conn.state.config.ping_interval_secs);
+    let idle_timeout = Duration::from_secs(conn.state.config.idle_timeout_secs);
+    let mut pings = tokio::time::interval_at(tokio::time::Instant::now() + ping_every, ping_every);
+    let expiry = tokio::time::sleep_until(expiry_instant(claims.exp));
+    tokio::pin!(expiry);
+    let mut budget = Budget {
+        candidates: 0,
+        subscribed: HashSet::new(),
+    };
+    let end = loop {
         tokio::select! {
             msg = conn.recv() => match msg {
-                Err(()) => break,
-                Ok(None) => {}
-                Ok(Some(m)) => {
-                    if !dispatch(conn, &handle, &claims, m).await {
-                        break;
+                Incoming::Done => break End::Normal,
+                Incoming::RateLimited => break End::Policy("rate limited"),
+                Incoming::Nothing => {}
+                Incoming::Message(ClientMessage::RefreshToken { token }) => {
+                    if let Some(exp) = refresh(conn, &claims, &token).await {
+                        claims.exp = exp;
+                        expiry.as_mut().reset(expiry_instant(exp));
+                    }
+                }
+                Incoming::Message(m) => {
+                    if !dispatch(conn, &handle, &claims, &mut budget, m).await {
+                        break End::Normal;
                     }
                 }
             },
+            _ = pings.tick() => {
+                if conn.last_rx.elapsed() >= idle_timeout {
+                    conn.error(
+                        ErrorCode::IdleTimeout,
+                        format!("nothing received for {idle_timeout:?}"),
+                    )
+                    .await;
+                    break End::Policy("idle timeout");
+                }
+                if conn.socket.send(Message::Ping(Default::default())).await.is_err() {
+                    break End::Normal;
+                }
+            }
+            () = &mut expiry => {
+                conn.error(ErrorCode::TokenExpired, "the session's token expired").await;
+                info!(identity = %claims.sub, "token expired, removing participant");
+                break End::Policy("token expired");
+            }
             ev = session.events.recv() => {
-                let Some(ev) = ev else { break };
+                let Some(ev) = ev else { break End::Normal };
                 let out = match ev {
                     RoomEvent::Closed { reason } => {
                         conn.error(ErrorCode::InvalidState, format!("removed from room: {reason}")).await;
-                        break;
+                        break End::Normal;
                     }
                     RoomEvent::ParticipantJoined(p) => {
                         ServerMessage::ParticipantJoined { participant: participant_info(&p) }
@@ -316,12 +494,39 @@ async fn run(conn: &mut Conn, mut session: Session, claims: Claims) {
                     },
                 };
                 if !conn.send(&out).await {
-                    break;
+                    break End::Normal;
                 }
             }
         }
-    }
+    };
     handle.leave();
+    end
+}
+
+/// Checks a refreshed token: valid, same identity, room and grants. Returns its expiry.
+async fn refresh(conn: &mut Conn, claims: &Claims, token: &str) -> Option<u64> {
+    let fresh = match conn.state.keys.verify(token) {
+        Ok(c) => c,
+        Err(e) => {
+            conn.refuse_token(&e, "token refresh").await;
+            return None;
+        }
+    };
+    if fresh.sub != claims.sub || fresh.grants != claims.grants {
+        conn.error(
+            ErrorCode::PermissionDenied,
+            "a refreshed token must name the same identity, room and grants",
+        )
+        .await;
+        return None;
+    }
+    debug!(exp = fresh.exp, "token refreshed");
+    Some(fresh.exp)
+}
+
+/// The number of media sections in an SDP.
+pub fn media_sections(sdp: &str) -> usize {
+    sdp.lines().filter(|l| l.starts_with("m=")).count()
 }
 
 /// Handles one client message; false ends the connection.
@@ -329,12 +534,21 @@ async fn dispatch(
     conn: &mut Conn,
     handle: &SessionHandle,
     claims: &Claims,
+    budget: &mut Budget,
     m: ClientMessage,
 ) -> bool {
+    let limits = &conn.state.config;
+    let (max_sections, max_candidates, max_subs) = (
+        limits.max_media_sections,
+        limits.max_candidates,
+        limits.max_subscriptions,
+    );
     let result = match m {
         ClientMessage::Join { .. } => {
             return conn.error(ErrorCode::InvalidState, "already joined").await;
         }
+        // Handled by `run`, which owns the expiry.
+        ClientMessage::RefreshToken { .. } => return true,
         ClientMessage::Leave {} => return false,
         ClientMessage::Ping { timestamp } => {
             return conn.send(&ServerMessage::Pong { timestamp }).await;
@@ -345,6 +559,15 @@ async fn dispatch(
                     .error(ErrorCode::PermissionDenied, "token does not grant publish")
                     .await;
             }
+            let sections = media_sections(&sdp);
+            if sections > max_sections {
+                return conn
+                    .error(
+                        ErrorCode::LimitExceeded,
+                        format!("offer has {sections} media sections; at most {max_sections}"),
+                    )
+                    .await;
+            }
             match handle.publisher_offer(sdp).await {
                 Ok(sdp) => return conn.send(&ServerMessage::Answer { sdp }).await,
                 Err(e) => Err(e),
@@ -352,6 +575,15 @@ async fn dispatch(
         }
         ClientMessage::Answer { sdp } => handle.subscriber_answer(sdp).await,
         ClientMessage::Candidate { target, candidate } => {
+            if budget.candidates >= max_candidates {
+                return conn
+                    .error(
+                        ErrorCode::LimitExceeded,
+                        format!("more than {max_candidates} ICE candidates"),
+                    )
+                    .await;
+            }
+            budget.candidates += 1;
             handle
                 .add_candidate(
                     role(target),
@@ -373,10 +605,47 @@ async fn dispatch(
                     )
                     .await;
             }
-            handle.set_subscribed(track_ids, true).await
+            let new: HashSet<&String> = track_ids
+                .iter()
+                .filter(|t| !budget.subscribed.contains(*t))
+                .collect();
+            if track_ids.len() > max_subs || budget.subscribed.len() + new.len() > max_subs {
+                return conn
+                    .error(
+                        ErrorCode::LimitExceeded,
+                        format!("more than {max_subs} subscriptions"),
+                    )
+                    .await;
+            }
+            let result = handle.set_subscribed(track_ids.clone(), true).await;
+            if result.is_ok() {
+                budget.subscribed.extend(track_ids);
+            }
+            result
         }
-        ClientMessage::Unsubscribe { track_ids } => handle.set_subscribed(track_ids, false).await,
+        ClientMessage::Unsubscribe { track_ids } => {
+            if track_ids.len() > max_subs {
+                return conn
+                    .error(
+                        ErrorCode::LimitExceeded,
+                        format!("more than {max_subs} track ids in one message"),
+                    )
+                    .await;
+            }
+            for t in &track_ids {
+                budget.subscribed.remove(t);
+            }
+            handle.set_subscribed(track_ids, false).await
+        }
         ClientMessage::TrackSettings { track_ids, quality } => {
+            if track_ids.len() > max_subs {
+                return conn
+                    .error(
+                        ErrorCode::LimitExceeded,
+                        format!("more than {max_subs} track ids in one message"),
+                    )
+                    .await;
+            }
             handle.set_quality(track_ids, sfu_quality(quality)).await
         }
         ClientMessage::Mute { track_id, muted } => handle.mute(track_id, muted).await,

@@ -26,6 +26,43 @@ pub async fn server_with(tweak: impl FnOnce(&mut Config)) -> RunningServer {
     chorus_server::start(config).await.expect("server starts")
 }
 
+/// The API key of [`production_server_with`].
+pub const PROD_KEY: &str = "prodkey";
+/// Its secret (32 bytes or more, as outside dev mode required).
+pub const PROD_SECRET: &str = "test-secret-0123456789abcdef-0123456789";
+
+/// Starts a server as production runs it: not in dev mode, one API key ([`PROD_KEY`]),
+/// HTTP, media and the metrics listener on free loopback ports, after `tweak`.
+pub async fn production_server_with(tweak: impl FnOnce(&mut Config)) -> RunningServer {
+    init_tracing();
+    let mut config = Config {
+        file: Some("test.toml".into()),
+        ..Config::default()
+    };
+    config.server.http_bind = "127.0.0.1:0".parse().expect("addr");
+    config.media.bind_ip = "127.0.0.1".parse().expect("ip");
+    config.media.udp_port = 0;
+    config.metrics.bind = Some("127.0.0.1:0".parse().expect("addr"));
+    config.auth.keys.insert(PROD_KEY.into(), PROD_SECRET.into());
+    tweak(&mut config);
+    assert!(
+        !config.dev_mode(),
+        "a production test server is not in dev mode"
+    );
+    chorus_server::start(config).await.expect("server starts")
+}
+
+/// A token signed with [`PROD_KEY`], valid for `ttl`, granting publish, subscribe and data.
+pub fn prod_token(room: &str, identity: &str, ttl: Duration) -> String {
+    let grants = Grants {
+        room: room.into(),
+        can_publish: true,
+        can_subscribe: true,
+        can_publish_data: true,
+    };
+    mint(PROD_KEY, PROD_SECRET, &claims(identity, room, ttl, grants)).expect("mints")
+}
+
 /// Logs to the test's output when `RUST_LOG` is set (e.g. `RUST_LOG=chorus_sfu=debug`).
 fn init_tracing() {
     if std::env::var("RUST_LOG").is_ok() {
@@ -171,5 +208,82 @@ impl Rng {
     /// `len` random bytes.
     pub fn bytes(&mut self, len: usize) -> Vec<u8> {
         (0..len).map(|_| self.next_u64() as u8).collect()
+    }
+}
+
+/// A client WebSocket.
+pub type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// Opens `/ws` on the server at `base` (`http://...`).
+pub async fn ws_connect(base: &str) -> Ws {
+    let url = format!("{}/ws", base.replacen("http", "ws", 1));
+    tokio_tungstenite::connect_async(url)
+        .await
+        .expect("ws connects")
+        .0
+}
+
+/// What the server said next, skipping subscriber offers and trickled candidates (tests of
+/// limits do not use them); `None` once the server closed the socket (with the close frame's
+/// code, if any, in `closed`). Silence for `wait` fails the test.
+pub async fn ws_next_within(
+    ws: &mut Ws,
+    wait: Duration,
+) -> Result<chorus_signal::protocol::ServerMessage, Option<u16>> {
+    use chorus_signal::protocol::ServerMessage;
+    use futures::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    loop {
+        let frame = tokio::time::timeout(wait, ws.next())
+            .await
+            .unwrap_or_else(|_| panic!("a server message or a close within {wait:?}"));
+        let frame = match frame {
+            Some(Ok(f)) => f,
+            _ => return Err(None),
+        };
+        match frame {
+            Message::Text(t) => {
+                match serde_json::from_str(&t).expect("server sends protocol JSON") {
+                    ServerMessage::Offer { .. } | ServerMessage::Candidate { .. } => continue,
+                    m => return Ok(m),
+                }
+            }
+            Message::Close(c) => return Err(c.map(|c| u16::from(c.code))),
+            _ => continue,
+        }
+    }
+}
+
+/// [`ws_next_within`] with 5 s.
+pub async fn ws_next(ws: &mut Ws) -> Result<chorus_signal::protocol::ServerMessage, Option<u16>> {
+    ws_next_within(ws, Duration::from_secs(5)).await
+}
+
+/// Sends a text frame.
+pub async fn ws_send(ws: &mut Ws, text: &str) {
+    use futures::SinkExt;
+    ws.send(tokio_tungstenite::tungstenite::Message::text(
+        text.to_owned(),
+    ))
+    .await
+    .expect("send");
+}
+
+/// Sends `join` with `token` and returns the answer.
+pub async fn ws_join(ws: &mut Ws, token: &str) -> chorus_signal::protocol::ServerMessage {
+    let msg = serde_json::json!({"type": "join", "version": 1, "token": token});
+    ws_send(ws, &msg.to_string()).await;
+    ws_next(ws).await.expect("an answer to join")
+}
+
+/// Asserts that the next message is an error with `code`, then returns its text.
+pub async fn expect_error(ws: &mut Ws, code: chorus_signal::protocol::ErrorCode) -> String {
+    match ws_next(ws).await {
+        Ok(chorus_signal::protocol::ServerMessage::Error { code: got, message }) => {
+            assert_eq!(got, code, "error message: {message}");
+            message
+        }
+        other => panic!("expected error {code:?}, got {other:?}"),
     }
 }

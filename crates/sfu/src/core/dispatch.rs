@@ -96,6 +96,24 @@ impl Core {
                     tracks: self.tracks.len(),
                 });
             }
+            Command::ListRooms { reply } => {
+                let _ = reply.send(self.list_rooms());
+            }
+            Command::RemoveParticipant {
+                room,
+                identity,
+                reason,
+                reply,
+            } => {
+                let _ = reply.send(self.remove_identity(now, &room, &identity, &reason));
+            }
+            Command::CloseRoom {
+                room,
+                reason,
+                reply,
+            } => {
+                let _ = reply.send(self.close_room(now, &room, &reason));
+            }
         }
     }
 }

@@ -150,6 +150,8 @@ impl Core {
                 qualities: HashMap::new(),
                 join_started: now,
                 join_reported: false,
+                data_tokens: f64::from(self.config.data_message_burst),
+                data_refilled: now,
             },
         );
         if !self.rooms.contains_key(&room_name) {
@@ -254,5 +256,62 @@ impl Core {
                 },
             );
         }
+    }
+
+    /// Every room with its participants, sorted by room name (the admin API's listing).
+    pub(crate) fn list_rooms(&self) -> Vec<(String, Vec<ParticipantDesc>)> {
+        let mut rooms: Vec<(String, Vec<ParticipantDesc>)> = self
+            .rooms
+            .iter()
+            .map(|(name, room)| {
+                let members = room
+                    .participants
+                    .iter()
+                    .filter_map(|k| self.participant_desc(*k))
+                    .collect();
+                (name.clone(), members)
+            })
+            .collect();
+        rooms.sort_by(|a, b| a.0.cmp(&b.0));
+        rooms
+    }
+
+    /// Removes the participant with `identity` from `room` (the admin API), telling it
+    /// `reason`.
+    pub(crate) fn remove_identity(
+        &mut self,
+        now: Instant,
+        room: &str,
+        identity: &str,
+        reason: &str,
+    ) -> Result<(), SfuError> {
+        let key = self
+            .room_members(room)
+            .into_iter()
+            .find(|k| {
+                self.participants
+                    .get(k)
+                    .is_some_and(|p| p.identity == identity)
+            })
+            .ok_or_else(|| SfuError::NotFound(format!("no {identity:?} in room {room:?}")))?;
+        self.remove_participant(now, key, reason);
+        Ok(())
+    }
+
+    /// Removes everyone from `room` (the admin API), which closes it; returns how many left.
+    pub(crate) fn close_room(
+        &mut self,
+        now: Instant,
+        room: &str,
+        reason: &str,
+    ) -> Result<usize, SfuError> {
+        let members = self.room_members(room);
+        if members.is_empty() {
+            return Err(SfuError::NotFound(format!("no room {room:?}")));
+        }
+        for key in &members {
+            self.remove_participant(now, *key, reason);
+        }
+        Ok(members.len())
     }
 }

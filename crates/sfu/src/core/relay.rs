@@ -1,14 +1,15 @@
 //! The data-channel relay: a message a participant sends on its publisher connection reaches
 //! everyone else in the room on the server's `chorus` channel of their subscriber connection,
-//! wrapped in a JSON envelope naming the sender.
+//! wrapped in a JSON envelope naming the sender; at most `media.data_messages_per_sec` per
+//! sender (with a burst), the rest dropped as `data_rate_limited`.
 
 use std::time::Instant;
 
 use rtc::data_channel::RTCDataChannelMessage;
 
 use super::Core;
-use crate::types::PeerKey;
 use crate::types::PeerRole;
+use crate::types::{ParticipantKey, PeerKey};
 
 /// Label of the data channel the server opens on each subscriber connection.
 pub const DATA_CHANNEL_LABEL: &str = "chorus";
@@ -35,6 +36,13 @@ impl Core {
             self.drop_reason("data_not_permitted");
             return;
         }
+        if !self.take_data_token(now, sender) {
+            self.drop_reason("data_rate_limited");
+            return;
+        }
+        let Some(p) = self.participants.get(&sender) else {
+            return;
+        };
 
         if msg.data.len() > MAX_DATA_MESSAGE {
             self.drop_reason("data_too_large");
@@ -86,6 +94,25 @@ impl Core {
                 }
                 _ => self.drop_reason("data_send_failed"),
             }
+        }
+    }
+
+    /// Takes one of `participant`'s data-message tokens (`media.data_messages_per_sec`, burst
+    /// `media.data_message_burst`); false when it has none left.
+    fn take_data_token(&mut self, now: Instant, participant: ParticipantKey) -> bool {
+        let rate = f64::from(self.config.data_messages_per_sec);
+        let burst = f64::from(self.config.data_message_burst);
+        let Some(p) = self.participants.get_mut(&participant) else {
+            return false;
+        };
+        let elapsed = now.saturating_duration_since(p.data_refilled).as_secs_f64();
+        p.data_refilled = now;
+        p.data_tokens = (p.data_tokens + elapsed * rate).min(burst);
+        if p.data_tokens >= 1.0 {
+            p.data_tokens -= 1.0;
+            true
+        } else {
+            false
         }
     }
 }

@@ -118,6 +118,10 @@ pub struct BotResult {
     pub rtcp: RtcpSentStats,
     /// Errors by kind.
     pub errors: BTreeMap<String, u64>,
+    /// Time received video tracks spent at each frame size (simulcast layer), summed over the
+    /// bot's tracks; sampled at each 0.5 s tick (a track counts when a packet arrived since
+    /// the previous tick, at the size of its latest keyframe).
+    pub layer_time: BTreeMap<(u16, u16), Duration>,
 }
 
 impl BotResult {
@@ -265,6 +269,10 @@ struct Reported {
     bytes_out: u64,
     expected: u64,
     lost: u64,
+    /// The previous tick.
+    at: Instant,
+    /// See [`BotResult::layer_time`].
+    layer_time: BTreeMap<(u16, u16), Duration>,
 }
 
 /// Runs one bot until `stop` turns true; leaves once `leave` turns true. With `metrics`
@@ -312,6 +320,7 @@ pub async fn run(
         sent: Vec::new(),
         rtcp: RtcpSentStats::default(),
         errors: BTreeMap::new(),
+        layer_time: BTreeMap::new(),
     };
     let http = spec.http_url.as_ref().map(|_| match spec.role {
         Role::Publisher => WhipKind::Publish,
@@ -344,6 +353,8 @@ pub async fn run(
         bytes_out: 0,
         expected: 0,
         lost: 0,
+        at: Instant::now(),
+        layer_time: BTreeMap::new(),
     };
     let mut failed = false;
     let mut connect_timed_out = false;
@@ -411,6 +422,7 @@ pub async fn run(
         *errors.entry("write_error".into()).or_insert(0) += write_errors;
     }
     result.errors = errors;
+    result.layer_time = std::mem::take(&mut reported.layer_time);
     if result.connected.is_some() && !failed {
         live.connected.fetch_sub(1, Ordering::Relaxed);
     }
@@ -440,6 +452,15 @@ fn report_live(
     if let Some(m) = metrics {
         m.tick(join_sent, &received, &sent, &client.rtcp_sent());
     }
+    let now = Instant::now();
+    for t in received.iter().filter(|t| t.kind == TrackKind::Video) {
+        if let (Some(size), Some(last)) = (t.frame_size, t.last_packet_at) {
+            if last > reported.at {
+                *reported.layer_time.entry(size).or_default() += now - reported.at;
+            }
+        }
+    }
+    reported.at = now;
     let bytes_in: u64 = received.iter().map(|t| t.bytes).sum();
     let expected: u64 = received.iter().map(|t| t.seq.expected()).sum();
     let lost: u64 = received.iter().map(|t| t.lost()).sum();

@@ -295,6 +295,7 @@ fn layers_tables(r: &RoleReport) -> String {
             .iter()
             .map(|l| l.tracks as f64 * l.kbps_per_track)
             .sum();
+        let seconds: f64 = r.layers_in.iter().map(|l| l.seconds).sum();
         let rows: Vec<Vec<String>> = r
             .layers_in
             .iter()
@@ -305,6 +306,8 @@ fn layers_tables(r: &RoleReport) -> String {
                     l.tracks.to_string(),
                     format!("{:.0}", l.kbps_per_track),
                     format!("{share:.0}"),
+                    format!("{:.1}", l.seconds),
+                    format!("{:.0}", l.seconds * 100.0 / seconds.max(1e-9)),
                 ]
             })
             .collect();
@@ -314,7 +317,9 @@ fn layers_tables(r: &RoleReport) -> String {
                 "layer".into(),
                 "tracks".into(),
                 "kbit/s per track".into(),
-                "share of received video (%)".into(),
+                "share of received bits (%)".into(),
+                "time received (track-seconds)".into(),
+                "share of time (%)".into(),
             ],
             &rows,
         );

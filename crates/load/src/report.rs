@@ -148,6 +148,9 @@ pub struct LayerIn {
     pub tracks: u64,
     /// Mean payload bitrate per such track while receiving it.
     pub kbps_per_track: f64,
+    /// Track-seconds of video received at this size (sampled every 0.5 s per bot).
+    #[serde(default)]
+    pub seconds: f64,
 }
 
 /// Sent video of one simulcast encoding.
@@ -313,8 +316,12 @@ pub fn aggregate<'a>(
     // size -> (tracks, bytes, seconds); rid -> (publishers, bytes, seconds, keyframe requests)
     let mut sizes: BTreeMap<(u16, u16), (u64, u64, f64)> = BTreeMap::new();
     let mut rids: Vec<(String, u64, u64, f64, u64)> = Vec::new();
+    let mut layer_time: BTreeMap<(u16, u16), Duration> = BTreeMap::new();
     for b in results {
         r.sessions += 1;
+        for (size, d) in &b.layer_time {
+            *layer_time.entry(*size).or_default() += *d;
+        }
         for (k, v) in &b.errors {
             *r.errors.entry(k.clone()).or_insert(0) += v;
         }
@@ -476,6 +483,7 @@ pub fn aggregate<'a>(
             size: format!("{w}x{h}"),
             tracks,
             kbps_per_track: kbps(bytes, secs),
+            seconds: round(layer_time.get(&(w, h)).map_or(0.0, |d| d.as_secs_f64())),
         })
         .collect();
     r.layers_out = rids

@@ -446,6 +446,20 @@ async fn simulcast_layers_reach_the_subscribers_that_ask_for_them() {
         sizes[0].2 < sizes[1].2 && sizes[1].2 < sizes[2].2,
         "{sizes:?}\n{out_text}"
     );
+    // Each subscriber spent its whole steady state (5 s) on its own layer.
+    for l in layers {
+        let secs = num(l, "/seconds");
+        assert!((3.5..8.0).contains(&secs), "{l}\n{out_text}");
+    }
+    let html = std::fs::read_to_string(dir.join("s/index.html")).expect("index.html");
+    assert!(
+        html.contains("<th>time received (track-seconds)</th>"),
+        "{html}"
+    );
+    assert!(
+        html.contains("<caption>Video sent per simulcast layer</caption>"),
+        "{html}"
+    );
     let sent = r["roles"]["publisher"]["layers_out"]
         .as_array()
         .expect("layers_out");

@@ -245,3 +245,62 @@ async fn every_dashboard_query_returns_data_from_a_real_prometheus() {
         assert_eq!(health, "ok", "rule {name}: {error}");
     }
 }
+
+/// The dashboard's shape: unique panel ids, every panel on the `${datasource}` variable, a unit
+/// on every chart, no two panels overlapping, and the datasource uid Grafana is provisioned with.
+#[test]
+fn the_dashboard_is_well_formed() {
+    let path = root().join("deploy/grafana/dashboards/chorus.json");
+    let dash: Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).expect("dashboard")).expect("json");
+    assert_eq!(dash["uid"], "chorus-sfu");
+    let panels = dash["panels"].as_array().expect("panels");
+    let mut ids = std::collections::HashSet::new();
+    let mut boxes: Vec<(String, [i64; 4])> = Vec::new();
+    for p in panels {
+        let title = p["title"].as_str().unwrap_or("?").to_owned();
+        assert!(
+            ids.insert(p["id"].as_i64().expect("id")),
+            "duplicate id: {title}"
+        );
+        let g = &p["gridPos"];
+        let n = |k: &str| {
+            g[k].as_i64()
+                .unwrap_or_else(|| panic!("{title}: gridPos.{k}"))
+        };
+        let b = [n("x"), n("y"), n("w"), n("h")];
+        assert!(b[0] + b[2] <= 24, "{title} is wider than the dashboard");
+        for (other, o) in &boxes {
+            let apart = b[0] + b[2] <= o[0]
+                || o[0] + o[2] <= b[0]
+                || b[1] + b[3] <= o[1]
+                || o[1] + o[3] <= b[1];
+            assert!(apart, "{title} overlaps {other}");
+        }
+        boxes.push((title.clone(), b));
+        if p["type"] == "row" {
+            continue;
+        }
+        assert_eq!(p["datasource"]["uid"], "${datasource}", "{title}");
+        assert!(
+            p["fieldConfig"]["defaults"]["unit"].is_string(),
+            "{title} has no unit"
+        );
+        assert!(
+            p["targets"].as_array().is_some_and(|t| !t.is_empty()),
+            "{title} has no query"
+        );
+    }
+    // The provisioned datasource's uid is the variable's default.
+    let ds = std::fs::read_to_string(
+        root().join("deploy/grafana/provisioning/datasources/prometheus.yaml"),
+    )
+    .expect("datasource provisioning");
+    let uid = dash["templating"]["list"][0]["current"]["value"]
+        .as_str()
+        .expect("datasource default");
+    assert!(
+        ds.contains(&format!("uid: {uid}\n")),
+        "{uid} not provisioned"
+    );
+}

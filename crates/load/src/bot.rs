@@ -1,6 +1,7 @@
 //! One simulated participant: joins, publishes or only receives, reports live counters, and
 //! hands back its final statistics.
 
+use crate::metrics::BotMetrics;
 use chorus_client::{
     AudioSource, Client, ClientError, ClientOptions, ConnectionStates, Impairment, Quality,
     RTCPeerConnectionState, ReceivedTrackStats, RtcpSentStats, SentTrackStats, SharedEngine,
@@ -117,6 +118,10 @@ pub struct BotResult {
     pub rtcp: RtcpSentStats,
     /// Errors by kind.
     pub errors: BTreeMap<String, u64>,
+    /// Time received video tracks spent at each frame size (simulcast layer), summed over the
+    /// bot's tracks; sampled at each 0.5 s tick (a track counts when a packet arrived since
+    /// the previous tick, at the size of its latest keyframe).
+    pub layer_time: BTreeMap<(u16, u16), Duration>,
 }
 
 impl BotResult {
@@ -264,18 +269,28 @@ struct Reported {
     bytes_out: u64,
     expected: u64,
     lost: u64,
+    /// The previous tick.
+    at: Instant,
+    /// See [`BotResult::layer_time`].
+    layer_time: BTreeMap<(u16, u16), Duration>,
 }
 
-/// Runs one bot until `stop` turns true; leaves once `leave` turns true.
+/// Runs one bot until `stop` turns true; leaves once `leave` turns true. With `metrics`
+/// (`--metrics-bind`), it also feeds the live Prometheus figures.
 pub async fn run(
     spec: BotSpec,
     live: Arc<Live>,
+    mut metrics: Option<BotMetrics>,
     mut stop: watch::Receiver<bool>,
     mut leave: watch::Receiver<bool>,
 ) -> BotResult {
     let mut errors = BTreeMap::new();
+    let error_metric = metrics.as_ref().map(BotMetrics::errors);
     let error = |kind: String, errors: &mut BTreeMap<String, u64>| {
         live.errors.fetch_add(1, Ordering::Relaxed);
+        if let Some(m) = &error_metric {
+            m.inc();
+        }
         *errors.entry(kind).or_insert(0) += 1;
     };
     let opts = ClientOptions {
@@ -305,6 +320,7 @@ pub async fn run(
         sent: Vec::new(),
         rtcp: RtcpSentStats::default(),
         errors: BTreeMap::new(),
+        layer_time: BTreeMap::new(),
     };
     let http = spec.http_url.as_ref().map(|_| match spec.role {
         Role::Publisher => WhipKind::Publish,
@@ -328,12 +344,17 @@ pub async fn run(
         }
     };
     result.signaled = Some(join_sent.elapsed());
+    if let Some(m) = &mut metrics {
+        m.joined(join_sent.elapsed());
+    }
     let mut muted = false;
     let mut reported = Reported {
         bytes_in: 0,
         bytes_out: 0,
         expected: 0,
         lost: 0,
+        at: Instant::now(),
+        layer_time: BTreeMap::new(),
     };
     let mut failed = false;
     let mut connect_timed_out = false;
@@ -355,12 +376,18 @@ pub async fn run(
         if up && result.connected.is_none() {
             result.connected = Some(join_sent.elapsed());
             live.connected.fetch_add(1, Ordering::Relaxed);
+            if let Some(m) = &mut metrics {
+                m.connected(true, join_sent.elapsed());
+            }
         }
         if !failed && (down(states.publisher) || down(states.subscriber)) {
             failed = true;
             error("connection_failed".into(), &mut errors);
             if result.connected.is_some() {
                 live.connected.fetch_sub(1, Ordering::Relaxed);
+            }
+            if let Some(m) = &mut metrics {
+                m.connected(false, join_sent.elapsed());
             }
         }
         if result.connected.is_none() && !connect_timed_out && join_sent.elapsed() > CONNECT_TIMEOUT
@@ -381,12 +408,12 @@ pub async fn run(
                 }
             }
         }
-        report_live(&client, &live, &mut reported);
+        report_live(&client, &live, &mut reported, metrics.as_mut(), join_sent);
     }
     // Snapshot first, leave when everyone has snapshotted (a publisher leaving must not look
     // like a freeze to a subscriber that is still measuring).
     result.stopped_at = Instant::now();
-    report_live(&client, &live, &mut reported);
+    report_live(&client, &live, &mut reported, metrics.as_mut(), join_sent);
     result.received = client.received();
     result.sent = client.sent();
     result.rtcp = client.rtcp_sent();
@@ -395,23 +422,49 @@ pub async fn run(
         *errors.entry("write_error".into()).or_insert(0) += write_errors;
     }
     result.errors = errors;
+    result.layer_time = std::mem::take(&mut reported.layer_time);
     if result.connected.is_some() && !failed {
         live.connected.fetch_sub(1, Ordering::Relaxed);
+    }
+    if let Some(m) = &mut metrics {
+        m.connected(false, join_sent.elapsed());
     }
     let _ = leave.wait_for(|l| *l).await;
     if let Ok(Some(kind)) = tokio::time::timeout(Duration::from_secs(5), client.leave()).await {
         live.errors.fetch_add(1, Ordering::Relaxed);
+        if let Some(m) = &error_metric {
+            m.inc();
+        }
         *result.errors.entry(kind).or_insert(0) += 1;
     }
     result
 }
 
-fn report_live(client: &Session, live: &Live, reported: &mut Reported) {
+fn report_live(
+    client: &Session,
+    live: &Live,
+    reported: &mut Reported,
+    metrics: Option<&mut BotMetrics>,
+    join_sent: Instant,
+) {
     let received = client.received();
+    let sent = client.sent();
+    if let Some(m) = metrics {
+        m.tick(join_sent, &received, &sent, &client.rtcp_sent());
+    }
+    let now = Instant::now();
+    for t in received.iter().filter(|t| t.kind == TrackKind::Video) {
+        if let (Some(size), Some(last)) = (t.frame_size, t.last_packet_at) {
+            if last > reported.at {
+                *reported.layer_time.entry(size).or_default() += now - reported.at;
+            }
+        }
+    }
+    reported.at = now;
     let bytes_in: u64 = received.iter().map(|t| t.bytes).sum();
     let expected: u64 = received.iter().map(|t| t.seq.expected()).sum();
     let lost: u64 = received.iter().map(|t| t.lost()).sum();
-    let bytes_out: u64 = client.sent().iter().map(|t| t.bytes).sum();
+    let bytes_out: u64 = sent.iter().map(|t| t.bytes).sum();
     let delta = |now: u64, before: &mut u64, counter: &AtomicU64| {
         if now > *before {
             counter.fetch_add(now - *before, Ordering::Relaxed);

@@ -10,6 +10,7 @@
 
 mod bot;
 mod html;
+mod metrics;
 mod probe;
 mod report;
 mod scenario;
@@ -63,6 +64,11 @@ struct Args {
     /// Where to scrape `/metrics` (default: `--url`). Plain HTTP only.
     #[arg(long)]
     metrics_url: Option<String>,
+    /// Serve the bots' live figures (join times, latency, loss, freezes, bitrate, per role) as
+    /// Prometheus metrics on `http://<ADDR>/metrics` while the run lasts, e.g.
+    /// `127.0.0.1:9465` (port 0: any free port, printed at the start).
+    #[arg(long, value_name = "ADDR")]
+    metrics_bind: Option<std::net::SocketAddr>,
     /// PID of a server on this machine: its CPU and memory are then read from `/proc/<pid>`
     /// (10 ms resolution) instead of `/metrics` (whole CPU seconds).
     #[arg(long)]
@@ -565,6 +571,8 @@ struct Ctx {
     media: MediaPlan,
     /// The shared engines (`--engine shared`, `--engines`); none with `--engine per-bot`.
     engines: Vec<SharedEngine>,
+    /// The live Prometheus figures (`--metrics-bind`).
+    metrics: Option<Arc<metrics::LoadMetrics>>,
 }
 
 impl Ctx {
@@ -658,7 +666,8 @@ impl Ctx {
         let role = spec.role;
         let room = spec.room_index;
         let slot = spec.slot;
-        let handle = tokio::spawn(bot::run(spec, Arc::clone(&self.live), stop, leave));
+        let metrics = self.metrics.as_ref().map(|m| m.bot(role));
+        let handle = tokio::spawn(bot::run(spec, Arc::clone(&self.live), metrics, stop, leave));
         Running {
             role,
             room,
@@ -790,6 +799,15 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     let out_dir = args.results_dir.join(&run);
     std::fs::create_dir_all(&out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
     let media = MediaPlan::prepare(&scenario)?;
+    let live_metrics = match args.metrics_bind {
+        Some(bind) => {
+            let m = Arc::new(metrics::LoadMetrics::new().context("creating the metrics")?);
+            let addr = metrics::serve(bind, Arc::clone(&m)).await?;
+            eprintln!("chorus-load: live metrics on http://{addr}/metrics");
+            Some(m)
+        }
+        None => None,
+    };
     let run_id = format!("{:08x}", rand::random::<u32>());
     let (stop_tx, stop_rx) = watch::channel(false);
     let (leave_tx, leave_rx) = watch::channel(false);
@@ -810,6 +828,7 @@ async fn run(args: Args) -> anyhow::Result<bool> {
                 .collect::<anyhow::Result<_>>()?,
             EngineMode::PerBot => Vec::new(),
         },
+        metrics: live_metrics,
         args,
     });
     let started_unix = SystemTime::now()

@@ -119,6 +119,24 @@ pub struct RoleReport {
     pub keyframe_requests_received: u64,
     /// Errors by kind.
     pub errors: BTreeMap<String, u64>,
+    /// Distributions as `(quantile, milliseconds)` points from 0 to 1, for CDF plots:
+    /// `signaling`, `join_video`, `join_audio`, `latency_video`, `latency_audio`.
+    #[serde(default)]
+    pub distributions: BTreeMap<String, Vec<(f64, f64)>>,
+}
+
+/// The quantiles a distribution is sampled at for [`RoleReport::distributions`].
+const CDF_QUANTILES: &[f64] = &[
+    0.0, 0.01, 0.02, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9,
+    0.95, 0.97, 0.98, 0.99, 0.995, 0.999, 1.0,
+];
+
+/// `(quantile, ms)` points of `h`, empty when it is.
+fn cdf(h: &LatencyHistogram) -> Vec<(f64, f64)> {
+    CDF_QUANTILES
+        .iter()
+        .filter_map(|&q| h.quantile(q).map(|d| (q, round(d.as_secs_f64() * 1000.0))))
+        .collect()
 }
 
 /// Received video at one frame size.
@@ -130,6 +148,9 @@ pub struct LayerIn {
     pub tracks: u64,
     /// Mean payload bitrate per such track while receiving it.
     pub kbps_per_track: f64,
+    /// Track-seconds of video received at this size (sampled every 0.5 s per bot).
+    #[serde(default)]
+    pub seconds: f64,
 }
 
 /// Sent video of one simulcast encoding.
@@ -295,8 +316,12 @@ pub fn aggregate<'a>(
     // size -> (tracks, bytes, seconds); rid -> (publishers, bytes, seconds, keyframe requests)
     let mut sizes: BTreeMap<(u16, u16), (u64, u64, f64)> = BTreeMap::new();
     let mut rids: Vec<(String, u64, u64, f64, u64)> = Vec::new();
+    let mut layer_time: BTreeMap<(u16, u16), Duration> = BTreeMap::new();
     for b in results {
         r.sessions += 1;
+        for (size, d) in &b.layer_time {
+            *layer_time.entry(*size).or_default() += *d;
+        }
         for (k, v) in &b.errors {
             *r.errors.entry(k.clone()).or_insert(0) += v;
         }
@@ -417,6 +442,17 @@ pub fn aggregate<'a>(
         r.keyframe_requests_received += b.sent.iter().map(|s| s.keyframe_requests).sum::<u64>();
     }
     let _ = end;
+    for (name, h) in [
+        ("signaling", &sig),
+        ("join_video", &jv),
+        ("join_audio", &ja),
+        ("latency_video", &lv),
+        ("latency_audio", &la),
+    ] {
+        if !h.is_empty() {
+            r.distributions.insert(name.to_owned(), cdf(h));
+        }
+    }
     r.signaling_ms = Quantiles::of(&sig);
     r.join_video_ms = Quantiles::of(&jv);
     r.join_audio_ms = Quantiles::of(&ja);
@@ -447,6 +483,7 @@ pub fn aggregate<'a>(
             size: format!("{w}x{h}"),
             tracks,
             kbps_per_track: kbps(bytes, secs),
+            seconds: round(layer_time.get(&(w, h)).map_or(0.0, |d| d.as_secs_f64())),
         })
         .collect();
     r.layers_out = rids
@@ -501,109 +538,104 @@ pub fn checks(overall: &RoleReport, limits: &Limits) -> Vec<Check> {
     out
 }
 
-/// The stdout table.
-pub fn table(report: &Report) -> String {
+/// `p50/p95/p99` of a distribution, or `-`.
+fn q3(x: &Option<Quantiles>) -> String {
+    x.map_or("-".to_owned(), |q| {
+        format!("{:.0}/{:.0}/{:.0}", q.p50, q.p95, q.p99)
+    })
+}
+
+/// A value with one decimal and a unit, or `-`.
+pub(crate) fn opt(x: Option<f64>, unit: &str) -> String {
+    x.map_or("-".to_owned(), |v| format!("{v:.1}{unit}"))
+}
+
+/// A row of the per-role table: its label and how to show a role's figure.
+pub(crate) type Row = (&'static str, fn(&RoleReport) -> String);
+
+/// The rows of the per-role table (stdout and HTML).
+pub(crate) fn role_rows() -> Vec<Row> {
+    vec![
+        ("sessions (joined/connected)", |r: &RoleReport| {
+            format!("{} ({}/{})", r.sessions, r.joined, r.connected)
+        }),
+        ("join->joined ms p50/95/99", |r: &RoleReport| {
+            q3(&r.signaling_ms)
+        }),
+        ("join->video ms p50/95/99", |r: &RoleReport| {
+            q3(&r.join_video_ms)
+        }),
+        ("join->audio ms p50/95/99", |r: &RoleReport| {
+            q3(&r.join_audio_ms)
+        }),
+        ("video latency ms p50/95/99", |r: &RoleReport| {
+            q3(&r.latency_video_ms)
+        }),
+        ("audio latency ms p50/95/99", |r: &RoleReport| {
+            q3(&r.latency_audio_ms)
+        }),
+        ("loss % (lost/expected)", |r: &RoleReport| {
+            format!(
+                "{:.2} ({}/{})",
+                r.loss_percent, r.packets_lost, r.packets_expected
+            )
+        }),
+        ("jitter video/audio ms", |r: &RoleReport| {
+            format!(
+                "{} / {}",
+                opt(r.jitter_video_ms, ""),
+                opt(r.jitter_audio_ms, "")
+            )
+        }),
+        ("bitrate in/out kbit/s per bot", |r: &RoleReport| {
+            format!("{:.0} / {:.0}", r.bitrate_in_kbps, r.bitrate_out_kbps)
+        }),
+        ("video in per layer: tracks@kbit/s", |r: &RoleReport| {
+            if r.layers_in.is_empty() {
+                return "-".to_owned();
+            }
+            r.layers_in
+                .iter()
+                .map(|l| format!("{}:{}@{:.0}", l.size, l.tracks, l.kbps_per_track))
+                .collect::<Vec<_>>()
+                .join(" ")
+        }),
+        ("video fps", |r: &RoleReport| opt(r.fps, "")),
+        ("freezes (total ms)", |r: &RoleReport| {
+            format!("{} ({:.0})", r.freezes.count, r.freezes.total_ms)
+        }),
+        ("NACK / PLI sent", |r: &RoleReport| {
+            format!("{} / {}", r.nacks_sent, r.plis_sent)
+        }),
+        ("decoded / decode errors", |r: &RoleReport| {
+            format!("{} / {}", r.frames_decoded, r.decode_errors)
+        }),
+        ("errors", |r: &RoleReport| {
+            if r.errors.is_empty() {
+                "0".to_owned()
+            } else {
+                r.errors
+                    .iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            }
+        }),
+    ]
+}
+
+/// The report's columns: each role, then every bot.
+pub(crate) fn columns(report: &Report) -> Vec<(&str, &RoleReport)> {
     let mut cols: Vec<(&str, &RoleReport)> =
         report.roles.iter().map(|(k, v)| (k.as_str(), v)).collect();
     cols.push(("overall", &report.overall));
-    let q = |x: &Option<Quantiles>| {
-        x.map_or("-".to_owned(), |q| {
-            format!("{:.0}/{:.0}/{:.0}", q.p50, q.p95, q.p99)
-        })
-    };
-    let opt = |x: Option<f64>, unit: &str| x.map_or("-".to_owned(), |v| format!("{v:.1}{unit}"));
-    type Row<'a> = (&'a str, Box<dyn Fn(&RoleReport) -> String>);
-    let rows: Vec<Row> = vec![
-        (
-            "sessions (joined/connected)",
-            Box::new(|r: &RoleReport| format!("{} ({}/{})", r.sessions, r.joined, r.connected)),
-        ),
-        (
-            "join->joined ms p50/95/99",
-            Box::new(move |r: &RoleReport| q(&r.signaling_ms)),
-        ),
-        (
-            "join->video ms p50/95/99",
-            Box::new(move |r: &RoleReport| q(&r.join_video_ms)),
-        ),
-        (
-            "join->audio ms p50/95/99",
-            Box::new(move |r: &RoleReport| q(&r.join_audio_ms)),
-        ),
-        (
-            "video latency ms p50/95/99",
-            Box::new(move |r: &RoleReport| q(&r.latency_video_ms)),
-        ),
-        (
-            "audio latency ms p50/95/99",
-            Box::new(move |r: &RoleReport| q(&r.latency_audio_ms)),
-        ),
-        (
-            "loss % (lost/expected)",
-            Box::new(|r: &RoleReport| {
-                format!(
-                    "{:.2} ({}/{})",
-                    r.loss_percent, r.packets_lost, r.packets_expected
-                )
-            }),
-        ),
-        (
-            "jitter video/audio ms",
-            Box::new(move |r: &RoleReport| {
-                format!(
-                    "{} / {}",
-                    opt(r.jitter_video_ms, ""),
-                    opt(r.jitter_audio_ms, "")
-                )
-            }),
-        ),
-        (
-            "bitrate in/out kbit/s per bot",
-            Box::new(|r: &RoleReport| {
-                format!("{:.0} / {:.0}", r.bitrate_in_kbps, r.bitrate_out_kbps)
-            }),
-        ),
-        (
-            "video in per layer: tracks@kbit/s",
-            Box::new(|r: &RoleReport| {
-                if r.layers_in.is_empty() {
-                    return "-".to_owned();
-                }
-                r.layers_in
-                    .iter()
-                    .map(|l| format!("{}:{}@{:.0}", l.size, l.tracks, l.kbps_per_track))
-                    .collect::<Vec<_>>()
-                    .join(" ")
-            }),
-        ),
-        ("video fps", Box::new(move |r: &RoleReport| opt(r.fps, ""))),
-        (
-            "freezes (total ms)",
-            Box::new(|r: &RoleReport| format!("{} ({:.0})", r.freezes.count, r.freezes.total_ms)),
-        ),
-        (
-            "NACK / PLI sent",
-            Box::new(|r: &RoleReport| format!("{} / {}", r.nacks_sent, r.plis_sent)),
-        ),
-        (
-            "decoded / decode errors",
-            Box::new(|r: &RoleReport| format!("{} / {}", r.frames_decoded, r.decode_errors)),
-        ),
-        (
-            "errors",
-            Box::new(|r: &RoleReport| {
-                if r.errors.is_empty() {
-                    "0".to_owned()
-                } else {
-                    r.errors
-                        .iter()
-                        .map(|(k, v)| format!("{k}={v}"))
-                        .collect::<Vec<_>>()
-                        .join(",")
-                }
-            }),
-        ),
-    ];
+    cols
+}
+
+/// The stdout table.
+pub fn table(report: &Report) -> String {
+    let cols = columns(report);
+    let rows = role_rows();
     let width = 30;
     let colw = 22;
     let mut s = format!("{:width$}", "");

@@ -45,6 +45,49 @@ async fn one_publisher_three_subscribers_with_connections_of_their_own() {
     fanout_1x3("per-bot").await;
 }
 
+/// The value of the sample of `name` whose labels include each of `labels` (`key="value"`).
+fn sample(text: &str, name: &str, labels: &[&str]) -> Option<f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| l.split(['{', ' ']).next() == Some(name))
+        .find(|l| labels.iter().all(|want| l.contains(want)))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+/// Polls chorus-load's `--metrics-bind` endpoint while it runs, until the three subscribers
+/// are connected and have been seen joining, receiving video and measuring latency; returns
+/// the last scrape.
+async fn live_metrics(url: &str) -> String {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let mut last = String::new();
+    while std::time::Instant::now() < deadline {
+        if let Ok(r) = reqwest::get(url).await {
+            last = r.text().await.unwrap_or_default();
+            let sub = "role=\"subscriber\"";
+            let ready = sample(&last, "chorus_load_bots_connected", &[sub]) == Some(3.0)
+                && sample(
+                    &last,
+                    "chorus_load_join_seconds_count",
+                    &[sub, "until=\"first_video\""],
+                ) == Some(3.0)
+                && sample(
+                    &last,
+                    "chorus_load_latency_seconds_count",
+                    &[sub, "kind=\"video\""],
+                )
+                .is_some_and(|n| n > 10.0)
+                && sample(&last, "chorus_load_packets_expected_total", &[sub])
+                    .is_some_and(|n| n > 50.0);
+            if ready {
+                return last;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("chorus-load's live metrics never showed three connected subscribers:\n{last}");
+}
+
 async fn fanout_1x3(receive: &str) {
     let srv = server().await;
     let dir = scratch(&format!("fanout-{receive}"));
@@ -55,35 +98,110 @@ async fn fanout_1x3(receive: &str) {
     )
     .expect("write scenario");
     let mut cmd = load();
-    if receive == "shared" {
+    let metrics_url = if receive == "shared" {
         // Two engine threads, the bots dealt between them round robin.
         cmd.args(["--engines", "2"]);
+        // The live figures on a free port, scraped while the run lasts.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        cmd.args(["--metrics-bind", &format!("127.0.0.1:{port}")]);
         // The scenario as a flag, the form the load tool's docs show.
         cmd.arg("--scenario");
-    }
-    let out = tokio::time::timeout(
-        Duration::from_secs(60),
-        cmd.arg(&scenario)
-            .args(["--url", &srv.base_url()])
-            .arg("--results-dir")
-            .arg(&dir)
-            .args(["--run", "r", "--no-progress"])
-            .args(["--max-loss", "0", "--max-join-p95-ms", "5000"])
-            .args(["--max-latency-p95-ms", "1000"])
-            .args(["--engine", receive])
-            .output(),
-    )
-    .await
-    .expect("chorus-load finishes")
-    .expect("chorus-load runs");
+        Some(format!("http://127.0.0.1:{port}/metrics"))
+    } else {
+        None
+    };
+    let child = cmd
+        .arg(&scenario)
+        .args(["--url", &srv.base_url()])
+        .arg("--results-dir")
+        .arg(&dir)
+        .args(["--run", "r", "--no-progress"])
+        .args(["--max-loss", "0", "--max-join-p95-ms", "5000"])
+        .args(["--max-latency-p95-ms", "1000"])
+        .args(["--engine", receive])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("chorus-load runs");
+    let live = match &metrics_url {
+        Some(url) => Some(live_metrics(url).await),
+        None => None,
+    };
+    let out = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
+        .await
+        .expect("chorus-load finishes")
+        .expect("chorus-load runs");
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{:?}\n{stdout}\n{stderr}", out.status);
     assert!(stdout.contains("join->video ms"), "{stdout}");
+    if let Some(live) = live {
+        // The publisher's own figures are there too, and the process's.
+        assert_eq!(
+            sample(&live, "chorus_load_sessions_total", &["role=\"publisher\""]),
+            Some(1.0),
+            "{live}"
+        );
+        assert!(
+            sample(
+                &live,
+                "chorus_load_sent_bytes_total",
+                &["role=\"publisher\""]
+            )
+            .is_some_and(|b| b > 1000.0),
+            "{live}"
+        );
+        assert_eq!(
+            sample(
+                &live,
+                "chorus_load_packets_lost_total",
+                &["role=\"subscriber\""]
+            ),
+            Some(0.0),
+            "{live}"
+        );
+        assert!(
+            sample(&live, "process_resident_memory_bytes", &[]).is_some(),
+            "{live}"
+        );
+        assert!(
+            stderr.contains("live metrics on http://127.0.0.1:"),
+            "{stderr}"
+        );
+    }
 
     let text = std::fs::read_to_string(dir.join("r/report.json")).expect("report.json");
     let r: Value = serde_json::from_str(&text).expect("report parses");
-    assert!(dir.join("r/index.html").exists());
+    // The HTML report: tables of figures, CDFs and timeline charts with titled axes.
+    let html = std::fs::read_to_string(dir.join("r/index.html")).expect("index.html");
+    for needle in [
+        "<caption>What the bots felt, per role</caption>",
+        "<caption>What the server paid",
+        "<caption>What the load generator paid</caption>",
+        "<caption>Threshold checks</caption>",
+        "<th>join-&gt;video ms p50/95/99</th>",
+        "Join time: join sent → first video keyframe",
+        "Capture → receive latency (CDF)",
+        "join time (ms)",
+        "share at or below (%)",
+        "time since the start (s)",
+        "kbit/s",
+    ] {
+        assert!(html.contains(needle), "index.html lacks {needle:?}");
+    }
+    // Two CDFs with two lines each (subscriber video and audio; the publisher receives
+    // nothing), and six timeline charts.
+    assert_eq!(html.matches("<svg").count(), 8, "{html}");
+    assert!(html.matches("<polyline").count() >= 4 + 6, "{html}");
+    let dist = &r["roles"]["subscriber"]["distributions"]["join_video"];
+    assert_eq!(dist[0][0], 0.0, "{dist}");
+    assert_eq!(
+        dist.as_array().and_then(|d| d.last()).map(|p| p[0].clone()),
+        Some(Value::from(1.0))
+    );
     assert_eq!(r["passed"], Value::Bool(true), "{stdout}");
     assert_eq!(r["checks"].as_array().map(Vec::len), Some(3));
 
@@ -327,6 +445,20 @@ async fn simulcast_layers_reach_the_subscribers_that_ask_for_them() {
     assert!(
         sizes[0].2 < sizes[1].2 && sizes[1].2 < sizes[2].2,
         "{sizes:?}\n{out_text}"
+    );
+    // Each subscriber spent its whole steady state (5 s) on its own layer.
+    for l in layers {
+        let secs = num(l, "/seconds");
+        assert!((3.5..8.0).contains(&secs), "{l}\n{out_text}");
+    }
+    let html = std::fs::read_to_string(dir.join("s/index.html")).expect("index.html");
+    assert!(
+        html.contains("<th>time received (track-seconds)</th>"),
+        "{html}"
+    );
+    assert!(
+        html.contains("<caption>Video sent per simulcast layer</caption>"),
+        "{html}"
     );
     let sent = r["roles"]["publisher"]["layers_out"]
         .as_array()

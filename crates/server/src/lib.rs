@@ -90,6 +90,10 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
     registry
         .register(Box::new(process::CpuSecondsCollector::new()?))
         .context("registering CPU seconds")?;
+    #[cfg(target_os = "linux")]
+    registry
+        .register(Box::new(process::EngineCpuCollector::new()?))
+        .context("registering engine CPU seconds")?;
     let media_metrics = Metrics::new(&registry).context("registering media metrics")?;
     let signal_metrics = SignalMetrics::new(&registry).context("registering signal metrics")?;
     let sfu = Sfu::start(config.media.clone(), media_metrics.clone()).await?;

@@ -363,6 +363,21 @@ impl Config {
 mod tests {
     use super::*;
 
+    /// A minute's claims for identity `a` in room `r`; `all` grants everything, else publish.
+    fn claims(all: bool) -> chorus_signal::auth::Claims {
+        chorus_signal::auth::claims(
+            "a",
+            "r",
+            std::time::Duration::from_secs(60),
+            chorus_signal::auth::Grants {
+                room: "r".into(),
+                can_publish: true,
+                can_subscribe: all,
+                can_publish_data: all,
+            },
+        )
+    }
+
     const SAMPLE: &str = include_str!("../../../deploy/chorus.sample.toml");
 
     /// The sample with its placeholder secrets replaced by real-looking ones.
@@ -431,18 +446,7 @@ mod tests {
         c.validate()
             .expect("the embedded defaults are a valid dev server");
         let ring = c.key_ring();
-        let claims = chorus_signal::auth::claims(
-            "a",
-            "r",
-            std::time::Duration::from_secs(60),
-            chorus_signal::auth::Grants {
-                room: "r".into(),
-                can_publish: true,
-                can_subscribe: true,
-                can_publish_data: true,
-            },
-        );
-        let t = ring.mint(DEV_API_KEY, &claims).expect("dev key mints");
+        let t = ring.mint(DEV_API_KEY, &claims(true)).expect("dev key mints");
         assert!(ring.verify(&t).is_ok());
         assert_eq!(c.token_endpoint().as_deref(), Some("/dev/token"));
         assert!(c.metrics_on_http());
@@ -479,17 +483,7 @@ mod tests {
         assert!(!c.dev_mode(), "keys switch the implicit dev mode off");
         c.validate().expect("valid");
         let ring = c.key_ring();
-        let claims = chorus_signal::auth::claims(
-            "a",
-            "r",
-            std::time::Duration::from_secs(60),
-            chorus_signal::auth::Grants {
-                room: "r".into(),
-                can_publish: true,
-                can_subscribe: false,
-                can_publish_data: false,
-            },
-        );
+        let claims = claims(false);
         let dev_token =
             chorus_signal::auth::mint(DEV_API_KEY, DEV_API_SECRET, &claims).expect("mints");
         assert!(ring.verify(&dev_token).is_err());

@@ -7,12 +7,15 @@
 
 use std::net::SocketAddr;
 
+use chorus_fuzz::stun::{binding_request, Check};
 use chorus_fuzz::Input;
 use chorus_sfu::router::{Router, Unroutable};
 use chorus_sfu::stun::{classify, local_ufrag, DatagramKind};
 use libfuzzer_sys::fuzz_target;
 
 const UFRAGS: [&str; 3] = ["aaaa", "bbbbbbbbbbbbbbbb", "c"];
+/// Every peer's ICE password.
+const PWD: &str = "fuzzpasswordfuzzpassword";
 
 fuzz_target!(|data: &[u8]| {
     let mut input = Input::new(data);
@@ -34,7 +37,22 @@ fuzz_target!(|data: &[u8]| {
             live[i] = !live[i];
             continue;
         }
-        let d = input.chunk(1500);
+        // Bit 5: a binding request for the username the input gives, signed with the peers'
+        // password (what a real client's check looks like); else the input's bytes as they are.
+        let signed;
+        let d = if tag & 0x20 != 0 {
+            signed = binding_request(&Check {
+                username: input.chunk(64),
+                txid: [3; 12],
+                extra: Vec::new(),
+                key: Some(PWD.as_bytes()),
+                corrupt: tag & 0x10 != 0,
+                fingerprint: true,
+            });
+            &signed[..]
+        } else {
+            input.chunk(1500)
+        };
         let kind = classify(d);
         let ufrag = local_ufrag(d);
         if let Some(u) = ufrag {

@@ -60,10 +60,12 @@ thread_local! {
 fn rtp(call: &mut Call, input: &mut Input<'_>, flags: u8) {
     let net = &mut call.net;
     let step = input.u16().unwrap_or(1);
-    net.seq = net.seq.wrapping_add(if flags & 0x08 != 0 { step } else { step % 4 });
-    net.timestamp = net
-        .timestamp
-        .wrapping_add(u32::from(input.u16().unwrap_or(3000)) * if flags & 0x10 != 0 { 97 } else { 1 });
+    net.seq = net
+        .seq
+        .wrapping_add(if flags & 0x08 != 0 { step } else { step % 4 });
+    net.timestamp = net.timestamp.wrapping_add(
+        u32::from(input.u16().unwrap_or(3000)) * if flags & 0x10 != 0 { 97 } else { 1 },
+    );
     let mut header = rtc::rtp::header::Header {
         version: 2,
         marker: flags & 0x20 != 0,
@@ -151,9 +153,9 @@ fuzz_target!(|data: &[u8]| {
                 0..=3 => rtp(call, &mut input, tag),
                 4 => rtcp(call, &mut input, tag >> 3),
                 5 => raw(call, &mut input, tag >> 3),
-                _ => call
-                    .net
-                    .advance(Duration::from_millis(u64::from(input.u8().unwrap_or(1)) * 2)),
+                _ => call.net.advance(Duration::from_millis(
+                    u64::from(input.u8().unwrap_or(1)) * 2,
+                )),
             }
             call.net.pump();
         }

@@ -56,7 +56,10 @@ fuzz_target!(|data: &[u8]| {
     let payload = Bytes::copy_from_slice(payload);
     let mut munger = Vp8Munger::default();
     let first = munger.munge(&desc, &payload);
-    assert_eq!(first, payload, "no switch yet: the payload is shared untouched");
+    assert_eq!(
+        first, payload,
+        "no switch yet: the payload is shared untouched"
+    );
     // A switch to a source whose picture ids are elsewhere: rewrite from here on.
     let mut other = desc;
     if let Some(p) = other.picture_id.as_mut() {
@@ -70,7 +73,17 @@ fuzz_target!(|data: &[u8]| {
     assert_eq!(out.len(), payload.len());
     let back = Vp8Descriptor::parse(&out).expect("a rewritten descriptor parses");
     assert_eq!(back.len, desc.len);
-    assert_eq!(back.picture_id.map(|p| (p.long, p.offset)), desc.picture_id.map(|p| (p.long, p.offset)));
-    assert_eq!(back.tl0_pic_idx.map(|t| t.offset), desc.tl0_pic_idx.map(|t| t.offset));
-    assert_eq!(out[desc.len..], payload[desc.len..], "only the descriptor changes");
+    assert_eq!(
+        back.picture_id.map(|p| (p.long, p.offset)),
+        desc.picture_id.map(|p| (p.long, p.offset))
+    );
+    assert_eq!(
+        back.tl0_pic_idx.map(|t| t.offset),
+        desc.tl0_pic_idx.map(|t| t.offset)
+    );
+    assert_eq!(
+        out[desc.len..],
+        payload[desc.len..],
+        "only the descriptor changes"
+    );
 });

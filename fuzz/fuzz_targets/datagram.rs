@@ -56,7 +56,11 @@ fuzz_target!(|data: &[u8]| {
             0 | 1 => input.chunk(1500).to_vec(),
             2..=4 => {
                 // A check to the publisher (2, 3) or subscriber (4) connection: 3 forges it.
-                let (ufrag, pwd) = if tag & 0x7 == 4 { &subscriber } else { &publisher };
+                let (ufrag, pwd) = if tag & 0x7 == 4 {
+                    &subscriber
+                } else {
+                    &publisher
+                };
                 let username = format!("{ufrag}:{client_ufrag}");
                 let mut txid = [0u8; 12];
                 txid.copy_from_slice(&{

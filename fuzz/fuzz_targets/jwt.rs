@@ -20,7 +20,10 @@ const SECRET: &str = "fuzz-secret-0123456789-abcdefghijklmnop";
 fuzz_target!(|data: &[u8]| {
     let ring = KeyRing::new([
         (KEY.to_owned(), SECRET.to_owned()),
-        ("k2".to_owned(), "another-secret-0123456789-abcdefghijkl".to_owned()),
+        (
+            "k2".to_owned(),
+            "another-secret-0123456789-abcdefghijkl".to_owned(),
+        ),
     ]);
     let mut input = Input::new(data);
     let Some(mode) = input.u8() else { return };
@@ -50,6 +53,9 @@ fuzz_target!(|data: &[u8]| {
         // Only the two configured keys can have signed it, and `iss` must name the signer.
         assert!(claims.iss == KEY || claims.iss == "k2", "{claims:?}");
         // Unsigned or wrongly signed tokens never pass.
-        assert!(mode % 4 == 0 || mode % 4 == 3, "mode {mode} verified: {token}");
+        assert!(
+            mode % 4 == 0 || mode % 4 == 3,
+            "mode {mode} verified: {token}"
+        );
     }
 });

@@ -40,7 +40,10 @@ fuzz_target!(|data: &[u8]| {
                 Origin::Whip
             };
             let joined = core
-                .join(now, request("pub", origin, true, origin == Origin::WebSocket))
+                .join(
+                    now,
+                    request("pub", origin, true, origin == Origin::WebSocket),
+                )
                 .expect("join");
             if let Ok(answer) = core.publisher_offer(now, joined.key, sdp) {
                 assert!(answer.starts_with("v=0"), "{answer}");
@@ -60,8 +63,13 @@ fuzz_target!(|data: &[u8]| {
         }
         _ => {
             let metrics = Metrics::unregistered();
-            let mut pc = build_peer_connection("fuzzufragfuzzufr", "fuzzpasswordfuzzpasswordfuzzpass", &metrics, now)
-                .expect("peer connection");
+            let mut pc = build_peer_connection(
+                "fuzzufragfuzzufr",
+                "fuzzpasswordfuzzpasswordfuzzpass",
+                &metrics,
+                now,
+            )
+            .expect("peer connection");
             if let Ok(offer) = RTCSessionDescription::offer(sdp) {
                 if pc.set_remote_description(now, offer).is_ok() {
                     let addr: SocketAddr = CORE_ADDR.parse().expect("addr");

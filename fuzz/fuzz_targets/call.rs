@@ -42,7 +42,7 @@ impl Call {
         let ext_ids = sdp
             .lines()
             .filter_map(|l| l.strip_prefix("a=extmap:"))
-            .filter_map(|l| l.split(|c: char| c == ' ' || c == '/').next())
+            .filter_map(|l| l.split([' ', '/']).next())
             .filter_map(|id| id.parse().ok())
             .collect();
         Call { net, ext_ids }

@@ -69,7 +69,7 @@ pub mod stun {
         m.extend_from_slice(&typ.to_be_bytes());
         m.extend_from_slice(&(value.len() as u16).to_be_bytes());
         m.extend_from_slice(value);
-        while m.len() % 4 != 0 {
+        while !m.len().is_multiple_of(4) {
             m.push(0);
         }
     }

@@ -446,7 +446,9 @@ mod tests {
         c.validate()
             .expect("the embedded defaults are a valid dev server");
         let ring = c.key_ring();
-        let t = ring.mint(DEV_API_KEY, &claims(true)).expect("dev key mints");
+        let t = ring
+            .mint(DEV_API_KEY, &claims(true))
+            .expect("dev key mints");
         assert!(ring.verify(&t).is_ok());
         assert_eq!(c.token_endpoint().as_deref(), Some("/dev/token"));
         assert!(c.metrics_on_http());

@@ -65,7 +65,10 @@ pub(crate) fn downtrack_header(
         extensions: Vec::with_capacity(params.ext.len() + 1),
         ..Default::default()
     };
-    for e in &incoming.extensions {
+    // An empty value (legal in the two-byte form only) is skipped: rebuilt into the one-byte
+    // form, it made the stack's marshal underflow its length field (a panic with overflow
+    // checks, a corrupt extension block without).
+    for e in incoming.extensions.iter().filter(|e| !e.payload.is_empty()) {
         if let Some(&(_, out_id)) = params.ext.iter().find(|(i, _)| *i == e.id) {
             // Ids come from our own negotiation (1..=14), so this cannot fail in practice;
             // an extension that does not fit is dropped rather than the packet.
@@ -137,4 +140,52 @@ pub(crate) fn resolve_leg(
             .map(|h| (h.id as u8, bytes::Bytes::from(m.into_bytes())))
     });
     Some(LegParams { ssrc, pt, ext, mid })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use rtc::rtp::header::{Extension, Header};
+    use rtc::shared::marshal::{Marshal, Unmarshal};
+
+    /// Found by the `rtp_rtcp` fuzz target: a publisher's two-byte-form header extension with
+    /// an empty value, forwarded, must give a packet that marshals and parses.
+    #[test]
+    fn an_empty_two_byte_extension_is_not_forwarded() {
+        let incoming = Header {
+            version: 2,
+            extension: true,
+            extension_profile: 0x1000,
+            extensions: vec![
+                Extension {
+                    id: 3,
+                    payload: Bytes::new(),
+                },
+                Extension {
+                    id: 4,
+                    payload: Bytes::from_static(&[1, 2, 3]),
+                },
+            ],
+            ..Default::default()
+        };
+        let params = LegParams {
+            ssrc: 7,
+            pt: vec![(96, 96)],
+            ext: vec![(3, 5), (4, 6)],
+            mid: Some((1, Bytes::from_static(b"0"))),
+        };
+        let packet = rtc::rtp::Packet {
+            header: downtrack_header(&incoming, &params, 96, 1, 2),
+            payload: Bytes::from_static(b"payload"),
+        };
+        let bytes = packet.marshal().expect("marshals");
+        let back = rtc::rtp::Packet::unmarshal(&mut &bytes[..]).expect("parses");
+        assert_eq!(back.header.get_extension(5), None);
+        assert_eq!(back.header.get_extension(1), Some(Bytes::from_static(b"0")));
+        assert_eq!(
+            back.header.get_extension(6),
+            Some(Bytes::from_static(&[1, 2, 3]))
+        );
+    }
 }

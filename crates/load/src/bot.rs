@@ -2,6 +2,7 @@
 //! hands back its final statistics.
 
 use crate::metrics::BotMetrics;
+pub use crate::role::Role;
 use chorus_client::{
     AudioSource, Client, ClientError, ClientOptions, ConnectionStates, Impairment, Quality,
     RTCPeerConnectionState, ReceivedTrackStats, RtcpSentStats, SentTrackStats, SharedEngine,
@@ -17,26 +18,6 @@ use tokio::sync::watch;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
 /// How often a bot publishes its counters.
 const TICK: Duration = Duration::from_millis(500);
-
-/// Publisher (publishes and subscribes) or subscriber (receive only).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Role {
-    /// Publishes audio/video and receives everyone else.
-    Publisher,
-    /// Receives only.
-    Subscriber,
-}
-
-impl Role {
-    /// Lower-case name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Role::Publisher => "publisher",
-            Role::Subscriber => "subscriber",
-        }
-    }
-}
 
 /// What one bot is.
 #[derive(Debug, Clone)]

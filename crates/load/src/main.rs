@@ -13,6 +13,7 @@ mod html;
 mod metrics;
 mod probe;
 mod report;
+mod role;
 mod scenario;
 
 use anyhow::{bail, Context};

@@ -7,7 +7,7 @@
 //! Bots feed a [`BotMetrics`] each tick (their cumulative stats; it turns them into counter
 //! increments and histogram observations).
 
-use crate::bot::Role;
+use crate::role::Role;
 use chorus_client::{ReceivedTrackStats, RtcpSentStats, SentTrackStats, TrackKind};
 use prometheus::{
     Counter, CounterVec, Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter,

@@ -17,7 +17,7 @@ use chorus_sfu::SfuError;
 use serde::{Deserialize, Serialize};
 use tracing::info;
 
-use crate::http::{bearer, constant_time_eq};
+use crate::auth::{bearer, constant_time_eq};
 use crate::SharedState;
 
 /// The reason a removed participant hears.

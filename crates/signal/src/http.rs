@@ -18,6 +18,7 @@ use serde::Deserialize;
 use tower_http::cors::{AllowOrigin, Any, CorsLayer};
 use tracing::{debug, info};
 
+use crate::auth::{bearer, constant_time_eq};
 use crate::auth::{claims, Claims, Grants};
 use crate::ice::ice_servers_for;
 use crate::{error_code, ws, HttpSession, SharedState};
@@ -185,14 +186,6 @@ async fn http_metrics(State(state): State<SharedState>, headers: HeaderMap) -> R
     metrics(State(state)).await
 }
 
-/// Compares secrets without an early exit on the first differing byte.
-pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
 async fn metrics(State(state): State<SharedState>) -> Response {
     let mut buf = Vec::new();
     if let Err(e) = prometheus::TextEncoder::new().encode(&state.registry.gather(), &mut buf) {
@@ -247,16 +240,6 @@ fn fail(state: &SharedState, status: StatusCode, code: &str, msg: impl Into<Stri
     let msg = msg.into();
     debug!(status = status.as_u16(), code, %msg, "WHIP/WHEP request refused");
     (status, msg).into_response()
-}
-
-/// The bearer token of a request, if it has one.
-pub fn bearer(headers: &HeaderMap) -> Option<&str> {
-    headers
-        .get(header::AUTHORIZATION)?
-        .to_str()
-        .ok()?
-        .strip_prefix("Bearer ")
-        .map(str::trim)
 }
 
 /// Checks the bearer token and SDP body of a WHIP/WHEP request. The error is the response
@@ -636,12 +619,5 @@ mod tests {
             html_attr_escape(r#"/t?a=1&b="><script>"#),
             "/t?a=1&amp;b=&quot;&gt;&lt;script&gt;"
         );
-    }
-
-    #[test]
-    fn constant_time_eq_compares_exactly() {
-        assert!(constant_time_eq(b"abc", b"abc"));
-        assert!(!constant_time_eq(b"abc", b"abd"));
-        assert!(!constant_time_eq(b"abc", b"abcd"));
     }
 }

@@ -618,7 +618,7 @@ mod tests {
             }
         }
         names.sort();
-        for want in ["audio-200", "churn", "fanout-1x50", "meeting-10"] {
+        for want in ["audio-200", "churn", "fanout-1x50", "meeting-10", "soak"] {
             assert!(names.iter().any(|n| n == want), "{names:?}");
         }
     }

@@ -7,42 +7,10 @@ use std::time::Duration;
 use chorus_server::config::DEV_API_KEY;
 use chorus_signal::auth::{claims, mint, Grants};
 use chorus_signal::protocol::{ErrorCode, ServerMessage, MAX_MESSAGE_BYTES};
-use futures::{SinkExt, StreamExt};
+use futures::SinkExt;
 use tokio_tungstenite::tungstenite::Message;
 
-type Ws =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-async fn connect(base: &str) -> Ws {
-    let url = format!("{}/ws", base.replacen("http", "ws", 1));
-    tokio_tungstenite::connect_async(url)
-        .await
-        .expect("ws connects")
-        .0
-}
-
-/// The next server message, skipping subscriber offers (every join gets one, for its data
-/// channel) and the server's trickled candidates, which these tests do not use; `None` once the
-/// server closes the socket. Silence for 5 s fails the test (it is neither a message nor a
-/// close).
-async fn next_server_message(ws: &mut Ws) -> Option<ServerMessage> {
-    loop {
-        let frame = tokio::time::timeout(Duration::from_secs(5), ws.next())
-            .await
-            .expect("a server message or a close within 5 s")?
-            .ok()?;
-        match frame {
-            Message::Text(t) => {
-                match serde_json::from_str(&t).expect("server sends protocol JSON") {
-                    ServerMessage::Offer { .. } | ServerMessage::Candidate { .. } => continue,
-                    m => return Some(m),
-                }
-            }
-            Message::Close(_) => return None,
-            _ => continue,
-        }
-    }
-}
+use common::{next_server_message, ws_connect as connect, Ws};
 
 async fn expect_error(ws: &mut Ws, want: ErrorCode) {
     match next_server_message(ws).await {

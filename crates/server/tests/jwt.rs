@@ -13,7 +13,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use chorus_signal::auth::{claims, mint, unix_now, Claims, Grants};
 use chorus_signal::protocol::{ErrorCode, ServerMessage};
-use futures::{SinkExt, StreamExt};
+use futures::SinkExt;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use tokio_tungstenite::tungstenite::Message;
 
@@ -22,8 +22,7 @@ const SECRET: &str = "jwt-test-secret-4f1c9a7e2b8d6053-a1b2c3d4e5f6";
 const OTHER_KEY: &str = "jwt-other-key";
 const OTHER_SECRET: &str = "jwt-other-secret-9e8d7c6b5a4f3e2d-0a1b2c3d4e";
 
-type Ws =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+use common::{next_server_message as next, ws_connect as connect, Ws};
 
 fn good_claims(room: &str, identity: &str) -> Claims {
     let mut c = claims(
@@ -176,37 +175,12 @@ fn bad_tokens(room: &str) -> Vec<(&'static str, String)> {
     ]
 }
 
-async fn connect(base: &str) -> Ws {
-    let url = format!("{}/ws", base.replacen("http", "ws", 1));
-    tokio_tungstenite::connect_async(url)
-        .await
-        .expect("ws connects")
-        .0
-}
-
 /// Joins with `token` and returns the reply, skipping the subscriber offer and candidates a
 /// successful join brings; `None` if the server closes first. Silence for 5 s fails.
 async fn join(ws: &mut Ws, token: &str) -> Option<ServerMessage> {
     let msg = serde_json::json!({"type": "join", "version": 1, "token": token});
     ws.send(Message::text(msg.to_string())).await.expect("send");
     next(ws).await
-}
-
-async fn next(ws: &mut Ws) -> Option<ServerMessage> {
-    loop {
-        let frame = tokio::time::timeout(Duration::from_secs(5), ws.next())
-            .await
-            .expect("a server message or a close within 5 s")?
-            .ok()?;
-        match frame {
-            Message::Text(t) => match serde_json::from_str(&t).expect("protocol JSON") {
-                ServerMessage::Offer { .. } | ServerMessage::Candidate { .. } => continue,
-                m => return Some(m),
-            },
-            Message::Close(_) => return None,
-            _ => continue,
-        }
-    }
 }
 
 #[tokio::test]

@@ -3,6 +3,8 @@
 #![allow(dead_code)]
 
 use std::fmt::Debug;
+
+use chorus_signal::protocol::ServerMessage;
 use std::future::Future;
 use std::time::{Duration, Instant};
 
@@ -286,4 +288,10 @@ pub async fn expect_error(ws: &mut Ws, code: chorus_signal::protocol::ErrorCode)
         }
         other => panic!("expected error {code:?}, got {other:?}"),
     }
+}
+
+/// The next server message within 5 s ([`ws_next_within`]); `None` once the server closed the
+/// socket.
+pub async fn next_server_message(ws: &mut Ws) -> Option<ServerMessage> {
+    ws_next_within(ws, Duration::from_secs(5)).await.ok()
 }

@@ -187,6 +187,15 @@ struct Participant {
 
 impl Participant {
     async fn join(base: &str, room: &str, identity: &str, via: Via) -> Participant {
+        Self::join_as(base, room, identity, via, true).await
+    }
+
+    /// A participant that only receives (it offers its track but sends nothing on it).
+    async fn listener(base: &str, room: &str, identity: &str, via: Via) -> Participant {
+        Self::join_as(base, room, identity, via, false).await
+    }
+
+    async fn join_as(base: &str, room: &str, identity: &str, via: Via, talks: bool) -> Participant {
         let seen = Arc::new(Mutex::new(Seen::default()));
         let (ask, asks) = tokio::sync::mpsc::unbounded_channel();
         let mut ws = common::ws_connect(base).await;
@@ -195,7 +204,7 @@ impl Participant {
             panic!("join: {joined:?}");
         };
         seen.lock().expect("lock").participant_id = participant.id;
-        let task = tokio::spawn(run(ws, via, identity.to_owned(), seen.clone(), asks));
+        let task = tokio::spawn(run(ws, via, talks, identity.to_owned(), seen.clone(), asks));
         Participant { seen, ask, task }
     }
 
@@ -217,6 +226,7 @@ impl Participant {
 async fn run(
     mut ws: common::Ws,
     via: Via,
+    talks: bool,
     identity: String,
     seen: Arc<Mutex<Seen>>,
     mut asks: tokio::sync::mpsc::UnboundedReceiver<Ask>,
@@ -345,7 +355,12 @@ async fn run(
             }
             _ = media_tick.tick() => {
                 let now = Instant::now();
-                if seen.lock().expect("lock").connected[0] {
+                // The connections' timers run at least this often (consent checks, reports),
+                // whatever their own deadlines say.
+                for l in &mut legs {
+                    let _ = l.pc.handle_timeout(now);
+                }
+                if talks && seen.lock().expect("lock").connected[0] {
                     seq = seq.wrapping_add(1);
                     ts = ts.wrapping_add(960);
                     let packet = rtc::rtp::Packet {
@@ -852,5 +867,137 @@ async fn without_ice_tcp_there_is_no_listener_and_no_tcp_candidate() {
     assert_eq!(common::sample(&m, "chorus_engine_tcp_connections"), 0.0);
     carol.leave().await;
     dave.leave().await;
+    srv.shutdown(Duration::from_secs(2)).await;
+}
+
+/// The same stream to subscribers over TCP and over UDP: each gets the same packets. Also what
+/// the engine pays per forwarded packet on each transport (printed; run by hand with
+/// `CHORUS_TCP_COST_SECS=10 CHORUS_TCP_COST_ROUNDS=6 cargo test -p chorus-server --test ice_tcp
+/// -- --nocapture cost`, figures in docs/benchmarks.md): phases of the same length, the
+/// publisher alone, then with `N` new UDP listeners, then with `N` new TCP listeners, on one
+/// engine, `ROUNDS` times. Phases stay short (at most 10 s): these sans-IO listeners send no
+/// consent checks once connected (browsers do), so an ICE-lite server stops hearing them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_and_udp_listeners_get_the_same_stream_and_what_each_costs() {
+    const N: usize = 4;
+    let env = |name: &str, default: u64| {
+        std::env::var(name)
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(default)
+    };
+    let secs = env("CHORUS_TCP_COST_SECS", 2).min(10);
+    let rounds = env("CHORUS_TCP_COST_ROUNDS", 1).max(1);
+    let phase = Duration::from_secs(secs);
+    let srv = common::server_with(|c| c.media.engines = 1).await;
+    let base = srv.base_url();
+    let room = common::room();
+    let url = format!("ws://{}/ws", srv.http_addr);
+    let alice = Client::join(ClientOptions::new(url, common::token(&room, "alice")))
+        .await
+        .expect("alice joins");
+    alice.wait_connected(T).await.expect("alice connected");
+    let sample = || async {
+        let m = common::scrape(&base).await;
+        (
+            common::sample(&m, "chorus_engine_cpu_seconds_total{engine=\"0\"}"),
+            common::sample(
+                &m,
+                "chorus_rtp_packets_total{direction=\"in\",kind=\"video\"}",
+            ) + common::sample(
+                &m,
+                "chorus_rtp_packets_total{direction=\"in\",kind=\"audio\"}",
+            ),
+            common::sample(
+                &m,
+                "chorus_rtp_packets_total{direction=\"out\",kind=\"video\"}",
+            ) + common::sample(
+                &m,
+                "chorus_rtp_packets_total{direction=\"out\",kind=\"audio\"}",
+            ),
+        )
+    };
+    // (engine CPU seconds, packets in, packets out) over one phase.
+    let measure = || async {
+        let a = sample().await;
+        tokio::time::sleep(phase).await;
+        let b = sample().await;
+        (b.0 - a.0, b.1 - a.1, b.2 - a.2)
+    };
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let mut alone = (0.0, 0.0, 0.0);
+    let mut results = Vec::new();
+    for round in 0..rounds {
+        let a = measure().await;
+        alone = (alone.0 + a.0, alone.1 + a.1, alone.2 + a.2);
+        for via in [Via::Udp, Via::Tcp] {
+            let mut listeners = Vec::new();
+            for i in 0..N {
+                let name = format!("{via:?}{round}-{i}");
+                listeners.push(Participant::listener(&base, &room, &name, via).await);
+            }
+            for l in &listeners {
+                common::eventually("listener receives audio and video", T, || async {
+                    let got = l.seen(|s| (s.connected, s.packets(OPUS_PT), s.packets(VP8_PT)));
+                    common::ok_if(got.0 == [true, true] && got.1 > 20 && got.2 > 20, got)
+                })
+                .await;
+            }
+            let before: Vec<u64> = listeners
+                .iter()
+                .map(|l| l.seen(|s| s.packets(OPUS_PT) + s.packets(VP8_PT)))
+                .collect();
+            let cost = measure().await;
+            let got: Vec<u64> = listeners
+                .iter()
+                .zip(&before)
+                .map(|(l, b)| l.seen(|s| s.packets(OPUS_PT) + s.packets(VP8_PT)) - b)
+                .collect();
+            for l in &listeners {
+                l.seen(|s| {
+                    assert_eq!(s.gaps(), 0, "{via:?}: {:?}", s.rtp);
+                    let used = s.protocols.iter().all(|p| match via {
+                        Via::Udp => *p == TransportProtocol::UDP,
+                        Via::Tcp => *p == TransportProtocol::TCP,
+                    });
+                    assert!(used, "{via:?} listener used the other transport");
+                });
+            }
+            results.push((via, cost, got));
+            for l in listeners {
+                l.leave().await;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+    // Every listener, on either transport, got the same stream over its phase (within what
+    // the phase boundaries cut: a second of media at most).
+    let per_phase: Vec<u64> = results.iter().flat_map(|r| r.2.clone()).collect();
+    let (lo, hi) = (
+        per_phase.iter().min().copied().unwrap_or(0),
+        per_phase.iter().max().copied().unwrap_or(0),
+    );
+    assert!(
+        lo > 0 && hi - lo <= hi / 4 + 60,
+        "packets per listener: {results:?}"
+    );
+    let forwarded = |r: &(f64, f64, f64)| r.2.max(1.0);
+    println!("{rounds} x phases of {secs} s, {N} listeners; engine CPU s, packets in, out:");
+    println!("  publisher alone: {alone:?}");
+    for via in [Via::Udp, Via::Tcp] {
+        let cost = results
+            .iter()
+            .filter(|r| r.0 == via)
+            .fold((0.0, 0.0, 0.0), |s, r| {
+                (s.0 + r.1 .0, s.1 + r.1 .1, s.2 + r.1 .2)
+            });
+        // What the publisher's packets cost alone, scaled to this phase's packets in.
+        let extra = (cost.0 - alone.0 * (cost.1 / alone.1.max(1.0))).max(0.0);
+        println!(
+            "  {via:?} listeners: {cost:?}: {:.1} us of engine CPU per forwarded packet",
+            extra / forwarded(&cost) * 1e6
+        );
+    }
+    alice.leave().await;
     srv.shutdown(Duration::from_secs(2)).await;
 }

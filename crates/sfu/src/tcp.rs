@@ -49,6 +49,8 @@ pub const AUTH_TIMEOUT: Duration = Duration::from_secs(5);
 pub const WRITE_QUEUE: usize = 256;
 /// A connection whose peer does not take a batch of writes within this long is closed.
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long accepting pauses after an accept fails.
+const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
 /// Bytes asked of the kernel per read.
 const READ_CHUNK: usize = 16 * 1024;
 /// Frames the engine takes from its connections per batch.
@@ -200,6 +202,9 @@ pub struct TcpTransport {
     inbound_rx: mpsc::Receiver<Inbound>,
     batch: Vec<Inbound>,
     closed_peers: Vec<PeerKey>,
+    /// After a failed accept (e.g. out of file descriptors), no accept until then: the error
+    /// would otherwise come back at once, forever.
+    accept_paused: Option<Instant>,
     counters: TcpCounters,
 }
 
@@ -227,6 +232,7 @@ impl TcpTransport {
             inbound_rx,
             batch: Vec::with_capacity(INBOUND_BATCH),
             closed_peers: Vec::new(),
+            accept_paused: None,
             counters: TcpCounters {
                 connections: metrics.engine_tcp_connections.with_label_values(&[&engine]),
                 frames_in: metrics
@@ -263,11 +269,16 @@ impl TcpTransport {
             inbound_rx,
             batch,
             pending,
+            accept_paused,
             ..
         } = self;
-        let deadline = pending.front().map(|(t, _)| *t);
+        let paused = accept_paused.is_some_and(|t| Instant::now() < t);
+        let deadline = match (pending.front().map(|(t, _)| *t), *accept_paused) {
+            (Some(a), Some(b)) if paused => Some(a.min(b)),
+            (a, b) => a.or(b.filter(|_| paused)),
+        };
         tokio::select! {
-            accepted = listener.accept() => TcpEvent::Accepted(accepted),
+            accepted = listener.accept(), if !paused => TcpEvent::Accepted(accepted),
             _ = inbound_rx.recv_many(batch, INBOUND_BATCH) => TcpEvent::Inbound,
             _ = sleep_until(deadline) => TcpEvent::Deadline,
         }
@@ -278,7 +289,10 @@ impl TcpTransport {
     pub fn handle(&mut self, event: TcpEvent, core: &mut Core, now: Instant) {
         match event {
             TcpEvent::Accepted(Ok((stream, from))) => self.accept(stream, from, now),
-            TcpEvent::Accepted(Err(e)) => debug!("tcp accept: {e}"),
+            TcpEvent::Accepted(Err(e)) => {
+                debug!("tcp accept: {e}");
+                self.accept_paused = Some(now + ACCEPT_PAUSE);
+            }
             TcpEvent::Inbound => {
                 let mut batch = std::mem::take(&mut self.batch);
                 let mut frames = 0;

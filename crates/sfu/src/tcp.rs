@@ -617,6 +617,91 @@ mod tests {
         assert!(packets + oversize > 0);
     }
 
+    /// A transport on a fresh loopback listener, with one connection bound to peer 7 whose
+    /// queue nobody reads (a receiver that stopped reading), and the core it sends for.
+    fn stalled() -> (
+        TcpTransport,
+        Core,
+        Metrics,
+        SocketAddr,
+        mpsc::Receiver<BytesMut>,
+    ) {
+        let metrics = Metrics::unregistered();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let local = listener.local_addr().expect("addr");
+        let mut t = TcpTransport::new(listener, 8, &metrics, 0).expect("transport");
+        let core = Core::new(crate::MediaConfig::default(), metrics.clone(), local);
+        let from: SocketAddr = "127.0.0.1:40000".parse().expect("addr");
+        let (tx, rx) = mpsc::channel(WRITE_QUEUE);
+        t.conns.insert(
+            1,
+            Conn {
+                from,
+                peer: Some(7),
+                tx,
+            },
+        );
+        t.by_addr.insert(from, 1);
+        (t, core, metrics, from, rx)
+    }
+
+    fn dropped(m: &Metrics, reason: &str) -> u64 {
+        m.dropped.with_label_values(&[reason]).get()
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_drops_what_does_not_fit_and_counts_it() {
+        let (mut t, mut core, metrics, from, mut rx) = stalled();
+        let mut scratch = Vec::new();
+        for i in 0..WRITE_QUEUE + 10 {
+            core.tcp_outbox
+                .push((from, BytesMut::from(&[i as u8; 100][..])));
+        }
+        t.send(&mut core, &mut scratch);
+        assert_eq!(dropped(&metrics, "tcp_backlog"), 10);
+        assert_eq!(t.counters.frames_out.get(), WRITE_QUEUE as u64);
+        // What was queued is the oldest, in order.
+        let first = rx.recv().await.expect("queued");
+        assert_eq!(first[0], 0);
+    }
+
+    #[tokio::test]
+    async fn closing_a_connection_or_its_peer_takes_the_route() {
+        let (mut t, mut core, metrics, from, _rx) = stalled();
+        let mut scratch = Vec::new();
+        // Packets for an address no connection has, and for an unauthenticated one.
+        let stranger: SocketAddr = "127.0.0.1:40001".parse().expect("addr");
+        let (tx, _rx2) = mpsc::channel(WRITE_QUEUE);
+        t.conns.insert(
+            2,
+            Conn {
+                from: stranger,
+                peer: None,
+                tx,
+            },
+        );
+        t.by_addr.insert(stranger, 2);
+        core.tcp_outbox.push((stranger, BytesMut::from(&b"x"[..])));
+        core.tcp_outbox.push((
+            "127.0.0.1:9".parse().expect("addr"),
+            BytesMut::from(&b"x"[..]),
+        ));
+        t.send(&mut core, &mut scratch);
+        assert_eq!(dropped(&metrics, "tcp_no_connection"), 2);
+        // The core closed peer 7: its connection goes, and with it the route.
+        core.closed_tcp.push(7);
+        t.send(&mut core, &mut scratch);
+        assert!(!t.conns.contains_key(&1) && !t.by_addr.contains_key(&from));
+        core.tcp_outbox.push((from, BytesMut::from(&b"x"[..])));
+        t.send(&mut core, &mut scratch);
+        assert_eq!(dropped(&metrics, "tcp_no_connection"), 3);
+        // An unauthenticated connection past its deadline is closed; a bound one is not.
+        t.pending.push_back((Instant::now(), 2));
+        t.expire(Instant::now());
+        assert!(t.conns.is_empty() && t.by_addr.is_empty());
+        assert_eq!(dropped(&metrics, "tcp_auth_timeout"), 1);
+    }
+
     #[test]
     fn framing_writes_the_length_and_refuses_what_cannot_be_framed() {
         let mut out = BytesMut::new();

@@ -480,7 +480,8 @@ async fn connection(
     };
     let writing = async {
         let mut batch = Vec::with_capacity(WRITE_BATCH);
-        let mut buf = BytesMut::with_capacity(READ_CHUNK);
+        // Grows to the largest batch written, on first use: an idle connection holds none.
+        let mut buf = BytesMut::new();
         while outbound.recv_many(&mut batch, WRITE_BATCH).await > 0 {
             buf.clear();
             for packet in batch.drain(..) {

@@ -46,6 +46,13 @@ pub struct MediaConfig {
     /// `udp_port`, or free ports of `udp_port_range`); rooms are spread over them. 0: one per
     /// core.
     pub engines: usize,
+    /// ICE-TCP (RFC 6544): each engine also listens on TCP at its UDP socket's address and
+    /// port, and every answer and offer carries a passive TCP host candidate beside the UDP
+    /// one, at a lower priority, for clients whose UDP is blocked.
+    pub ice_tcp: bool,
+    /// Most ICE-TCP connections one engine holds open (authenticated or not); connections
+    /// beyond it are closed at once.
+    pub max_tcp_connections: usize,
 }
 
 impl Default for MediaConfig {
@@ -63,6 +70,8 @@ impl Default for MediaConfig {
             engines: 0,
             connect_timeout_secs: 30,
             silence_timeout_secs: 15,
+            ice_tcp: true,
+            max_tcp_connections: 1024,
         }
     }
 }
@@ -98,6 +107,9 @@ impl MediaConfig {
         }
         if self.max_participants_per_room == 0 || self.max_rooms == 0 {
             return Err("media.max_participants_per_room and media.max_rooms must be > 0".into());
+        }
+        if self.ice_tcp && self.max_tcp_connections == 0 {
+            return Err("media.max_tcp_connections must be > 0 with media.ice_tcp on".into());
         }
         if self.data_messages_per_sec == 0 || self.data_message_burst == 0 {
             return Err(

@@ -5,7 +5,8 @@
 //! A server runs `media.engines` of them (default: one per core). Rooms are placed on engines
 //! ([`crate::placement`]); everything about a room (its participants' peer connections, its
 //! tracks and downtracks) lives in one engine, so engines share nothing and take no locks.
-//! Each engine's candidate names its own port, so STUN routing by ufrag stays inside it.
+//! Each engine's candidate names its own port, so STUN routing by ufrag stays inside it. With
+//! ICE-TCP (`media.ice_tcp`) an engine also listens on TCP at that port ([`crate::tcp`]).
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -20,23 +21,56 @@ use crate::command::Command;
 use crate::core::Core;
 use crate::metrics::EngineCounters;
 use crate::socket::MediaSocket;
+use crate::tcp::{TcpEvent, TcpTransport};
 use crate::{MediaConfig, Metrics, SfuError};
 
 /// One engine: its socket and the core it feeds.
 pub struct Engine {
     socket: MediaSocket,
+    /// The ICE-TCP listener and connections (`media.ice_tcp`).
+    tcp: Option<TcpTransport>,
     core: Core,
     counters: EngineCounters,
 }
 
+/// One engine's bound sockets: its UDP socket and, with `media.ice_tcp`, a TCP listener at
+/// the same address and port.
+pub(crate) struct Bound {
+    pub(crate) udp: std::net::UdpSocket,
+    pub(crate) tcp: Option<std::net::TcpListener>,
+}
+
+/// Binds UDP (and, with ICE-TCP, TCP) at `ip:port`; port 0 takes the UDP socket's free port
+/// for TCP too, trying a few times should that TCP port be taken.
+fn bind_one(ip: std::net::IpAddr, port: u16, tcp: bool) -> std::io::Result<Bound> {
+    let tries = if port == 0 && tcp { 16 } else { 1 };
+    let mut last = None;
+    for _ in 0..tries {
+        let udp = std::net::UdpSocket::bind(SocketAddr::new(ip, port))?;
+        if !tcp {
+            return Ok(Bound { udp, tcp: None });
+        }
+        let at = udp.local_addr()?;
+        match std::net::TcpListener::bind(at) {
+            Ok(listener) => {
+                return Ok(Bound {
+                    udp,
+                    tcp: Some(listener),
+                })
+            }
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| std::io::Error::other("no port")))
+}
+
 /// Binds the sockets of `count` engines as `config` says: consecutive ports from
 /// `media.udp_port` (each port 0 when it is 0), or the first free ports of
-/// `media.udp_port_range`.
-pub(crate) fn bind_sockets(
-    config: &MediaConfig,
-    count: usize,
-) -> Result<Vec<std::net::UdpSocket>, SfuError> {
+/// `media.udp_port_range`; with `media.ice_tcp` each also a TCP listener on the same port.
+pub(crate) fn bind_sockets(config: &MediaConfig, count: usize) -> Result<Vec<Bound>, SfuError> {
     let ip = config.bind_ip;
+    let tcp = config.ice_tcp;
+    let what = if tcp { "UDP and TCP" } else { "UDP" };
     let mut sockets = Vec::with_capacity(count);
     match config.udp_port_range {
         Some([first, last]) => {
@@ -44,13 +78,13 @@ pub(crate) fn bind_sockets(
                 if sockets.len() == count {
                     break;
                 }
-                if let Ok(s) = std::net::UdpSocket::bind(SocketAddr::new(ip, port)) {
+                if let Ok(s) = bind_one(ip, port, tcp) {
                     sockets.push(s);
                 }
             }
             if sockets.len() < count {
                 return Err(SfuError::Bind(format!(
-                    "{count} engines need {count} free UDP ports in [{first}, {last}], found {}",
+                    "{count} engines need {count} free {what} ports in [{first}, {last}], found {}",
                     sockets.len()
                 )));
             }
@@ -63,8 +97,8 @@ pub(crate) fn bind_sockets(
                         SfuError::Bind(format!("no port after {p} for engine {i}"))
                     })?,
                 };
-                let s = std::net::UdpSocket::bind(SocketAddr::new(ip, port))
-                    .map_err(|e| SfuError::Bind(format!("{ip}:{port} (engine {i}): {e}")))?;
+                let s = bind_one(ip, port, tcp)
+                    .map_err(|e| SfuError::Bind(format!("{what} {ip}:{port} (engine {i}): {e}")))?;
                 sockets.push(s);
             }
         }
@@ -73,16 +107,21 @@ pub(crate) fn bind_sockets(
 }
 
 impl Engine {
-    /// Starts engine `index` on a thread of its own, over `socket`; it runs until every
-    /// sender of `commands` is gone. Returns the socket's address.
+    /// Starts engine `index` on a thread of its own, over `bound`; it runs until every
+    /// sender of `commands` is gone. Returns the UDP socket's address (the TCP listener, if
+    /// any, has the same).
     pub(crate) fn spawn(
         index: usize,
-        socket: std::net::UdpSocket,
+        bound: Bound,
         config: MediaConfig,
         metrics: Metrics,
         commands: mpsc::Receiver<Command>,
         failed: Arc<watch::Sender<bool>>,
     ) -> Result<SocketAddr, SfuError> {
+        let Bound {
+            udp: socket,
+            tcp: listener,
+        } = bound;
         let local_addr = socket
             .local_addr()
             .map_err(|e| SfuError::Bind(e.to_string()))?;
@@ -113,6 +152,19 @@ impl Engine {
                         }
                     }
                 };
+                let tcp = match listener {
+                    None => None,
+                    Some(l) => {
+                        let _guard = runtime.enter();
+                        match TcpTransport::new(l, config.max_tcp_connections, &metrics, index) {
+                            Ok(t) => Some(t),
+                            Err(e) => {
+                                let _ = ready.send(Err(SfuError::Bind(e.to_string())));
+                                return;
+                            }
+                        }
+                    }
+                };
                 let mut core = Core::new(config, metrics.clone(), local_addr);
                 core.set_engine(index);
                 info!(
@@ -120,10 +172,12 @@ impl Engine {
                     %local_addr,
                     advertised = ?core.advertised(),
                     gso_segments = socket.max_segments(),
+                    ice_tcp = tcp.is_some(),
                     "media engine bound"
                 );
                 let engine = Engine {
                     socket,
+                    tcp,
                     core,
                     counters: EngineCounters::new(&metrics, index),
                 };
@@ -147,6 +201,7 @@ impl Engine {
     /// Runs until every command sender is gone.
     async fn run(mut self, mut commands: mpsc::Receiver<Command>) {
         let mut transmits: Vec<(SocketAddr, BytesMut)> = Vec::new();
+        let mut tcp_transmits: Vec<(SocketAddr, BytesMut)> = Vec::new();
         loop {
             let deadline = self
                 .core
@@ -167,8 +222,17 @@ impl Engine {
                 _ = tokio::time::sleep_until(deadline.into()) => {
                     self.core.handle_timeout(Instant::now());
                 }
+                event = tcp_event(&mut self.tcp) => {
+                    if let Some(tcp) = &mut self.tcp {
+                        tcp.handle(event, &mut self.core, Instant::now());
+                    }
+                }
             }
             self.core.take_transmits(&mut transmits);
+            if let Some(tcp) = &mut self.tcp {
+                // Queued on the connections' tasks, which run once this loop awaits.
+                tcp.send(&mut self.core, &mut tcp_transmits);
+            }
             let flushed = self.socket.flush(&mut transmits).await;
             self.counters.record(&flushed);
         }
@@ -199,5 +263,13 @@ impl Engine {
         if read > 0 {
             self.core.drain(now);
         }
+    }
+}
+
+/// The TCP side's next event; never, without ICE-TCP.
+async fn tcp_event(tcp: &mut Option<TcpTransport>) -> TcpEvent {
+    match tcp {
+        Some(t) => t.next_event().await,
+        None => std::future::pending().await,
     }
 }

@@ -8,8 +8,9 @@
 //! The driver and the handles:
 //! - [`engine`]: the media engines (`media.engines`, one per core by default), each an OS
 //!   thread with its own UDP socket and its own core, driven with datagrams, commands and the
-//!   clock; [`socket`]: their batched I/O (`recvmmsg`, GSO, `sendmmsg`); `placement`: which
-//!   engine a room lives on.
+//!   clock; [`socket`]: their batched I/O (`recvmmsg`, GSO, `sendmmsg`); [`tcp`]: their
+//!   ICE-TCP listener and connections (RFC 6544/4571); `placement`: which engine a room
+//!   lives on.
 //! - [`session`]: the handles the signaling layer holds ([`Sfu`], [`Session`],
 //!   [`SessionHandle`]); [`types`]: the plain types they exchange (a leaf module).
 //! - `command`: the commands a session sends, and their dispatch onto the core.
@@ -61,6 +62,7 @@ pub mod session;
 pub mod simulcast;
 pub mod socket;
 pub mod stun;
+pub mod tcp;
 mod track;
 pub mod types;
 

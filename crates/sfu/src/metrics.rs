@@ -43,6 +43,10 @@ pub struct Metrics {
     pub engine_send_calls: IntCounterVec,
     /// Per engine: participants placed on it.
     pub engine_participants: IntGaugeVec,
+    /// Per engine: ICE-TCP connections open (authenticated or not).
+    pub engine_tcp_connections: IntGaugeVec,
+    /// Per engine: ICE-TCP frames received and sent (`direction`).
+    pub engine_tcp_frames: IntCounterVec,
 }
 
 impl Metrics {
@@ -141,7 +145,23 @@ impl Metrics {
                 ),
                 &["engine"],
             )?,
+            engine_tcp_connections: IntGaugeVec::new(
+                Opts::new(
+                    "chorus_engine_tcp_connections",
+                    "ICE-TCP connections open per media engine",
+                ),
+                &["engine"],
+            )?,
+            engine_tcp_frames: IntCounterVec::new(
+                Opts::new(
+                    "chorus_engine_tcp_frames_total",
+                    "ICE-TCP frames (packets) per media engine, by direction",
+                ),
+                &["engine", "direction"],
+            )?,
         };
+        registry.register(Box::new(m.engine_tcp_connections.clone()))?;
+        registry.register(Box::new(m.engine_tcp_frames.clone()))?;
         registry.register(Box::new(m.engine_datagrams.clone()))?;
         registry.register(Box::new(m.engine_messages.clone()))?;
         registry.register(Box::new(m.engine_send_calls.clone()))?;

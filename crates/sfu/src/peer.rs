@@ -7,6 +7,7 @@ use std::time::Instant;
 use interceptor::{NackGeneratorBuilder, NackResponderBuilder};
 use interceptor::{Registry, Slot};
 use rtc::dtls::extension::extension_use_srtp::SrtpProtectionProfile;
+use rtc::ice::tcp_type::TcpType;
 use rtc::peer_connection::configuration::interceptor_registry::{
     configure_rtcp_reports, configure_simulcast_extension_headers, configure_twcc_receiver_only,
 };
@@ -26,6 +27,7 @@ use rtc::sdp::extmap::{
     ABS_SEND_TIME_URI, AUDIO_LEVEL_URI, SDES_MID_URI, SDES_REPAIR_RTP_STREAM_ID_URI,
     SDES_RTP_STREAM_ID_URI,
 };
+use rtc::shared::TransportProtocol;
 
 use std::collections::HashMap;
 
@@ -195,32 +197,84 @@ pub fn build_peer_connection(
         .map_err(SfuError::rtc)
 }
 
-/// Adds host candidates for `addrs` (the shared media socket, or its external addresses) and
-/// returns them, to be trickled as well.
+/// The candidates every peer connection of an engine hands out: the engine's addresses (its
+/// socket's, or each `media.external_ips` entry with its port), each as a UDP host candidate
+/// and, with ICE-TCP, as a passive TCP host candidate on the same port (RFC 6544; a lower
+/// priority than UDP, so a client whose UDP works keeps using it). Derefs to the addresses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Advertised {
+    /// The addresses, the first one the address the ICE agent is told it received on.
+    pub addrs: Vec<SocketAddr>,
+    /// Whether a passive TCP candidate goes beside each UDP one.
+    pub tcp: bool,
+}
+
+impl Advertised {
+    /// UDP candidates only, at `addrs`.
+    pub fn udp(addrs: Vec<SocketAddr>) -> Self {
+        Self { addrs, tcp: false }
+    }
+}
+
+impl std::ops::Deref for Advertised {
+    type Target = [SocketAddr];
+    fn deref(&self) -> &[SocketAddr] {
+        &self.addrs
+    }
+}
+
+/// Where a datagram came from: the address, and the transport it came over (a datagram on
+/// the UDP socket, or one RFC 4571 frame of an ICE-TCP connection).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Source {
+    /// The remote address (for TCP, the connection's remote end).
+    pub addr: SocketAddr,
+    /// UDP or TCP.
+    pub protocol: TransportProtocol,
+}
+
+impl From<SocketAddr> for Source {
+    /// A UDP datagram from `addr`.
+    fn from(addr: SocketAddr) -> Self {
+        Self {
+            addr,
+            protocol: TransportProtocol::UDP,
+        }
+    }
+}
+
+/// Adds our host candidates (see [`Advertised`]) and returns them, to be trickled as well.
 pub fn add_local_candidates(
     pc: &mut RTCPeerConnection,
-    addrs: &[SocketAddr],
+    advertised: &Advertised,
 ) -> Result<Vec<RTCIceCandidateInit>, SfuError> {
-    let mut added = Vec::with_capacity(addrs.len());
-    for addr in addrs {
-        let candidate = CandidateHostConfig {
-            base_config: CandidateConfig {
-                network: "udp".to_owned(),
-                address: addr.ip().to_string(),
-                port: addr.port(),
-                component: 1,
-                ..Default::default()
-            },
-            ..Default::default()
+    let transports: &[(&str, TcpType)] = if advertised.tcp {
+        &[("udp", TcpType::Unspecified), ("tcp", TcpType::Passive)]
+    } else {
+        &[("udp", TcpType::Unspecified)]
+    };
+    let mut added = Vec::with_capacity(advertised.len() * transports.len());
+    for (network, tcp_type) in transports {
+        for addr in advertised.iter() {
+            let candidate = CandidateHostConfig {
+                base_config: CandidateConfig {
+                    network: (*network).to_owned(),
+                    address: addr.ip().to_string(),
+                    port: addr.port(),
+                    component: 1,
+                    ..Default::default()
+                },
+                tcp_type: *tcp_type,
+            }
+            .new_candidate_host()
+            .map_err(SfuError::rtc)?;
+            let init = RTCIceCandidate::from(&candidate)
+                .to_json()
+                .map_err(SfuError::rtc)?;
+            pc.add_local_candidate(init.clone())
+                .map_err(SfuError::rtc)?;
+            added.push(init);
         }
-        .new_candidate_host()
-        .map_err(SfuError::rtc)?;
-        let init = RTCIceCandidate::from(&candidate)
-            .to_json()
-            .map_err(SfuError::rtc)?;
-        pc.add_local_candidate(init.clone())
-            .map_err(SfuError::rtc)?;
-        added.push(init);
     }
     Ok(added)
 }
@@ -250,7 +304,7 @@ pub(crate) struct Peer {
     /// STUN checks that arrived before the remote description (a client starts checking as
     /// soon as it has answered, racing its answer over the WebSocket); replayed once it is
     /// applied instead of being rejected and retried by the client much later.
-    pub(crate) early_checks: Vec<(SocketAddr, BytesMut)>,
+    pub(crate) early_checks: Vec<(Source, BytesMut)>,
     /// Whether the remote description (so the client's ICE credentials) is known.
     pub(crate) remote_known: bool,
     /// Subscriber: the server's `chorus` data channel, once open.
@@ -261,4 +315,7 @@ pub(crate) struct Peer {
     /// When a datagram last arrived for this connection: a connection silent for
     /// `media.silence_timeout_secs` is taken as gone.
     pub(crate) last_rx: Option<Instant>,
+    /// Whether an ICE-TCP connection was bound to this connection: when it goes, the engine
+    /// closes them.
+    pub(crate) tcp: bool,
 }

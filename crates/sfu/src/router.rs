@@ -132,6 +132,22 @@ impl Router {
         Ok(Routed { peer, is_stun })
     }
 
+    /// The peer a STUN check names, if its MESSAGE-INTEGRITY verifies with that peer's ICE
+    /// password; learns no address. An ICE-TCP connection is bound to a peer this way, by its
+    /// first frame (the connection, not an address, is then the route).
+    pub fn authenticate(&self, data: &[u8]) -> Result<PeerKey, Unroutable> {
+        if stun::classify(data) != stun::DatagramKind::Stun {
+            return Err(Unroutable::UnknownSource);
+        }
+        let (peer, pwd) = stun::local_ufrag(data)
+            .and_then(|u| self.by_ufrag.get(u))
+            .ok_or(Unroutable::UnknownUfrag)?;
+        if !self.signed(data, pwd) {
+            return Err(Unroutable::Unauthenticated);
+        }
+        Ok(*peer)
+    }
+
     /// The addresses learned for `peer`.
     pub fn addrs(&self, peer: PeerKey) -> &[SocketAddr] {
         self.addrs.get(&peer).map_or(&[], Vec::as_slice)
@@ -290,6 +306,23 @@ mod tests {
         // checks them itself).
         let unsigned = stun::binding_request(&[(0x0006, b"aaaa:remote")]);
         assert_eq!(r.route(&unsigned, addr(5000)).map(|x| x.peer), Ok(1));
+    }
+
+    #[test]
+    fn authenticate_names_the_peer_of_a_signed_check_and_learns_nothing() {
+        let r = router(&[("aaaa", 1), ("bbbb", 2)]);
+        assert_eq!(r.authenticate(&check("bbbb")), Ok(2));
+        assert_eq!(
+            r.authenticate(&check("zzzz")),
+            Err(Unroutable::UnknownUfrag)
+        );
+        assert_eq!(
+            r.authenticate(&check_signed("aaaa", "guess")),
+            Err(Unroutable::Unauthenticated)
+        );
+        assert_eq!(r.authenticate(RTP), Err(Unroutable::UnknownSource));
+        assert_eq!(r.authenticate(&[]), Err(Unroutable::UnknownSource));
+        assert_eq!(r.len(), (2, 0), "no address learned");
     }
 
     #[test]

@@ -36,11 +36,11 @@ impl Sfu {
         let (failed_tx, failed) = watch::channel(false);
         let failed_tx = Arc::new(failed_tx);
         let mut engines = Vec::with_capacity(count);
-        for (index, socket) in sockets.into_iter().enumerate() {
+        for (index, bound) in sockets.into_iter().enumerate() {
             let (commands, rx) = mpsc::channel(1024);
             let media_addr = Engine::spawn(
                 index,
-                socket,
+                bound,
                 config.clone(),
                 metrics.clone(),
                 rx,

@@ -40,9 +40,10 @@ pub(crate) mod relay;
 mod subscribe;
 
 use crate::metrics::PathDrops;
-use crate::peer::Peer;
+use crate::peer::{Advertised, Peer, Source};
 use crate::room::{Participant, Room};
 use crate::router::Router;
+use crate::stun;
 use crate::track::PublishedTrack;
 use crate::types::{ParticipantKey, PeerKey, PeerRole, TrackKey};
 use crate::{MediaConfig, Metrics};
@@ -58,7 +59,7 @@ pub struct Core {
     pub(crate) engine: usize,
     /// When participants are next checked for connect and silence timeouts.
     pub(crate) next_sweep: Option<Instant>,
-    pub(crate) advertised: Vec<SocketAddr>,
+    pub(crate) advertised: Advertised,
     pub(crate) config: MediaConfig,
     pub(crate) metrics: Metrics,
     pub(crate) drops: PathDrops,
@@ -73,7 +74,13 @@ pub struct Core {
     pub(crate) dirty: Vec<PeerKey>,
     /// Participants whose event queue overflowed, removed once the current input is handled.
     pub(crate) slow: Vec<ParticipantKey>,
+    /// Datagrams to send on the UDP socket.
     pub(crate) outbox: Vec<(SocketAddr, BytesMut)>,
+    /// Packets to send on ICE-TCP connections (by their remote address), for peers whose
+    /// selected candidate pair is TCP: a queue of its own, so the UDP path stays as it was.
+    pub(crate) tcp_outbox: Vec<(SocketAddr, BytesMut)>,
+    /// Peers with an ICE-TCP connection that were closed since the driver last asked.
+    pub(crate) closed_tcp: Vec<PeerKey>,
     /// Scratch for messages drained from one peer before they are acted on.
     pub(crate) reads: Vec<RTCMessage>,
     pub(crate) events: Vec<RTCPeerConnectionEvent>,
@@ -89,7 +96,10 @@ pub(crate) fn random_id(prefix: &str) -> String {
 impl Core {
     /// A core whose media socket is bound at `local_addr`.
     pub fn new(config: MediaConfig, metrics: Metrics, local_addr: SocketAddr) -> Core {
-        let advertised = config.advertised_addrs(local_addr);
+        let advertised = Advertised {
+            addrs: config.advertised_addrs(local_addr),
+            tcp: config.ice_tcp,
+        };
         Core {
             engine: 0,
             next_sweep: None,
@@ -108,6 +118,8 @@ impl Core {
             dirty: Vec::new(),
             slow: Vec::new(),
             outbox: Vec::new(),
+            tcp_outbox: Vec::new(),
+            closed_tcp: Vec::new(),
             reads: Vec::new(),
             events: Vec::new(),
         }
@@ -127,10 +139,61 @@ impl Core {
         }
     }
 
-    /// Moves every datagram waiting to be sent into `out` (which is cleared first).
+    /// Moves every datagram waiting to be sent on the UDP socket into `out` (which is cleared
+    /// first).
     pub fn take_transmits(&mut self, out: &mut Vec<(SocketAddr, BytesMut)>) {
         out.clear();
         std::mem::swap(out, &mut self.outbox);
+    }
+
+    /// Moves every packet waiting to be sent on an ICE-TCP connection into `out` (cleared
+    /// first), each with the connection's remote address.
+    pub fn take_tcp_transmits(&mut self, out: &mut Vec<(SocketAddr, BytesMut)>) {
+        out.clear();
+        std::mem::swap(out, &mut self.tcp_outbox);
+    }
+
+    /// Moves the peers closed since the last call that had an ICE-TCP connection bound to
+    /// them into `out` (cleared first): their connections are to be closed.
+    pub fn take_closed_tcp_peers(&mut self, out: &mut Vec<PeerKey>) {
+        out.clear();
+        std::mem::swap(out, &mut self.closed_tcp);
+    }
+
+    /// The peer connection an ICE-TCP connection's first frame names: a STUN check for a
+    /// known ufrag whose MESSAGE-INTEGRITY verifies (see [`Router::authenticate`]).
+    pub fn authenticate_tcp(&self, frame: &[u8]) -> Result<PeerKey, crate::router::Unroutable> {
+        self.router.authenticate(frame)
+    }
+
+    /// Hands one frame of an ICE-TCP connection bound to `peer` (by [`Core::authenticate_tcp`])
+    /// to that peer connection, without draining (call [`Core::drain`] after a batch).
+    /// Returns false when the peer is gone: the connection is to be closed.
+    pub fn receive_tcp(
+        &mut self,
+        now: Instant,
+        peer: PeerKey,
+        from: SocketAddr,
+        frame: BytesMut,
+    ) -> bool {
+        let Some(p) = self.peers.get_mut(&peer) else {
+            return false;
+        };
+        p.tcp = true;
+        let from = Source {
+            addr: from,
+            protocol: TransportProtocol::TCP,
+        };
+        if !p.remote_known && stun::classify(&frame) == stun::DatagramKind::Stun {
+            if p.early_checks.len() < MAX_EARLY_CHECKS {
+                p.early_checks.push((from, frame));
+            } else {
+                self.drop_reason("early_check");
+            }
+            return true;
+        }
+        self.read_into_peer(now, peer, from, frame);
+        true
     }
 
     pub(crate) fn key(&mut self) -> u64 {
@@ -200,7 +263,7 @@ impl Core {
         };
         if is_stun && !peer.remote_known {
             if peer.early_checks.len() < MAX_EARLY_CHECKS {
-                peer.early_checks.push((from, BytesMut::from(data)));
+                peer.early_checks.push((from.into(), BytesMut::from(data)));
             } else {
                 self.drop_reason("early_check");
             }
@@ -214,9 +277,13 @@ impl Core {
         &mut self,
         now: Instant,
         key: PeerKey,
-        from: SocketAddr,
+        from: impl Into<Source>,
         data: BytesMut,
     ) {
+        let Source {
+            addr: from,
+            protocol,
+        } = from.into();
         let Some(peer) = self.peers.get_mut(&key) else {
             return;
         };
@@ -229,7 +296,7 @@ impl Core {
                 local_addr: self.advertised[0],
                 peer_addr: from,
                 ecn: None,
-                transport_protocol: TransportProtocol::UDP,
+                transport_protocol: protocol,
             },
             message: data,
         };
@@ -387,7 +454,11 @@ impl Core {
             };
             peer.dirty = false;
             while let Some(out) = peer.pc.poll_write() {
-                self.outbox.push((out.transport.peer_addr, out.message));
+                let outbox = match out.transport.transport_protocol {
+                    TransportProtocol::TCP => &mut self.tcp_outbox,
+                    _ => &mut self.outbox,
+                };
+                outbox.push((out.transport.peer_addr, out.message));
             }
             while let Some(ev) = peer.pc.poll_event() {
                 events.push(ev);

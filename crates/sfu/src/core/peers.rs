@@ -7,6 +7,7 @@ use crate::types::{ParticipantKey, PeerKey};
 use crate::SfuError;
 use rand::distr::{Alphanumeric, SampleString};
 use rtc::sansio::Protocol;
+use rtc::shared::TransportProtocol;
 use std::collections::HashMap;
 use std::time::Instant;
 use tracing::debug;
@@ -46,6 +47,7 @@ impl Core {
                 timer: None,
                 dirty: false,
                 last_rx: None,
+                tcp: false,
             },
         );
         Ok(key)
@@ -61,7 +63,14 @@ impl Core {
         }
         // Flush what close() queued (DTLS close_notify) so the client learns promptly.
         while let Some(out) = peer.pc.poll_write() {
-            self.outbox.push((out.transport.peer_addr, out.message));
+            let outbox = match out.transport.transport_protocol {
+                TransportProtocol::TCP => &mut self.tcp_outbox,
+                _ => &mut self.outbox,
+            };
+            outbox.push((out.transport.peer_addr, out.message));
+        }
+        if peer.tcp {
+            self.closed_tcp.push(key);
         }
         self.router.remove_peer(&peer.ufrag, key);
         if let Some(t) = peer.timer {

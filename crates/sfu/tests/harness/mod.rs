@@ -119,7 +119,11 @@ impl ClientPeer {
             .with_interceptor_registry(registry)
             .build(now)
             .unwrap();
-        chorus_sfu::peer::add_local_candidates(&mut pc, &[addr]).unwrap();
+        chorus_sfu::peer::add_local_candidates(
+            &mut pc,
+            &chorus_sfu::peer::Advertised::udp(vec![addr]),
+        )
+        .unwrap();
         ClientPeer {
             pc,
             addr,

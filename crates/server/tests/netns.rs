@@ -2,6 +2,8 @@
 //! own test (a veth pair to the root namespace, where Chorus runs on the pair's address, not
 //! loopback, outside dev mode with real keys), reach each other when the network is hostile:
 //!
+//! - with every UDP datagram dropped in the namespace, over ICE-TCP (the page's selected pair:
+//!   its TCP host candidate to an engine's passive TCP candidate);
 //! - with every UDP datagram dropped in the namespace and ICE-TCP off, through a real coturn
 //!   over TCP (the page's selected pair: a relay candidate reached over TCP);
 //! - with only TURN allowed (the page's `?relay=1`: `iceTransportPolicy: "relay"`), through
@@ -63,13 +65,14 @@ fn random_secret() -> String {
 }
 
 /// Chorus outside dev mode on the veth's root-side address (HTTP and media), advertising it,
-/// handing out `ice_servers`.
-async fn server_on(net: &Net, ice_servers: Vec<IceServerConfig>) -> RunningServer {
+/// handing out `ice_servers`, with ICE-TCP on or off.
+async fn server_on(net: &Net, ice_servers: Vec<IceServerConfig>, ice_tcp: bool) -> RunningServer {
     let ip = IpAddr::V4(net.host_ip);
     common::production_server_with(|c| {
         c.server.http_bind = SocketAddr::new(ip, 0);
         c.media.bind_ip = ip;
         c.media.external_ips = vec![ip];
+        c.media.ice_tcp = ice_tcp;
         c.signal.ice_servers = ice_servers;
     })
     .await
@@ -145,11 +148,12 @@ async fn call(net: &Net, server: &RunningServer, query: &str) -> Value {
 }
 
 /// Asserts that all four connections (alice's and bob's publisher and subscriber) selected a
-/// pair whose local candidate has this type, protocol and relay protocol, and whose remote
+/// pair whose local candidate has one of these types, this protocol and relay protocol, and
+/// whose remote
 /// candidate is an SFU engine's host candidate (one of `media`) over `media_protocol`.
 fn assert_pairs(
     summary: &Value,
-    (candidate_type, protocol, relay): (&str, &str, Option<&str>),
+    (types, protocol, relay): (&[&str], &str, Option<&str>),
     media: &[SocketAddr],
     media_protocol: &str,
 ) {
@@ -157,14 +161,15 @@ fn assert_pairs(
         for target in ["publisher", "subscriber"] {
             let pair = &summary["pairs"][who][target];
             let (local, remote) = (&pair["local"], &pair["remote"]);
-            let got = (
-                local["candidateType"].as_str(),
-                local["protocol"].as_str(),
-                local["relayProtocol"].as_str(),
+            let local_type = local["candidateType"].as_str().unwrap_or("none");
+            assert!(
+                types.contains(&local_type),
+                "{who}'s {target} connection: local candidate {local_type}, want one of \
+                 {types:?}: {pair}"
             );
             assert_eq!(
-                got,
-                (Some(candidate_type), Some(protocol), relay),
+                (local["protocol"].as_str(), local["relayProtocol"].as_str()),
+                (Some(protocol), relay),
                 "{who}'s {target} connection: selected pair {pair}"
             );
             let remote_addr = format!(
@@ -184,6 +189,19 @@ fn assert_pairs(
     }
 }
 
+/// ICE-TCP frames the server's engines sent, summed over engines (`/metrics`).
+async fn tcp_frames_sent(server: &RunningServer) -> f64 {
+    let metrics = format!("http://{}", server.metrics_addr.expect("metrics listener"));
+    common::scrape(&metrics)
+        .await
+        .lines()
+        .filter(|l| {
+            l.starts_with("chorus_engine_tcp_frames_total{") && l.contains("direction=\"out\"")
+        })
+        .filter_map(|l| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()))
+        .sum()
+}
+
 /// The allocations coturn granted (each a browser that authenticated with Chorus's TURN
 /// credentials) and the bytes it relayed, from its log.
 fn coturn_evidence(turn: &Coturn) -> (usize, String) {
@@ -195,6 +213,57 @@ fn coturn_evidence(turn: &Coturn) -> (usize, String) {
     (allocations, log)
 }
 
+/// UDP dropped both ways in the client namespace, no TURN server: the page reaches Chorus over
+/// ICE-TCP (its active TCP host candidate to an engine's passive one), and media flows both
+/// ways over those TCP connections.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn udp_blocked_reaches_the_sfu_over_ice_tcp() {
+    check_browser();
+    let _turn = ONE_SCENARIO_AT_A_TIME.lock().await;
+    let started = Instant::now();
+    let net = Net::new(true);
+    let server = server_on(&net, Vec::new(), true).await;
+    let summary = call(&net, &server, "").await;
+    assert_pairs(
+        &summary,
+        // An active TCP candidate's real port is only known once connected, and Chrome
+        // reports the connection's local end as peer-reflexive (the port the SFU's STUN
+        // response maps); the address is the namespace's own.
+        (&["host", "prflx"], "tcp", None),
+        &server.state.sfu.media_addrs(),
+        "tcp",
+    );
+    for who in ["alice", "bob"] {
+        for target in ["publisher", "subscriber"] {
+            let pair = &summary["pairs"][who][target];
+            let local = &pair["local"];
+            assert_eq!(local["tcpType"], "active", "{who}'s {target}: {pair}");
+            assert_eq!(
+                pair["remote"]["tcpType"], "passive",
+                "{who}'s {target}: {pair}"
+            );
+            assert_eq!(
+                local["address"].as_str(),
+                Some(net.client_ip.to_string().as_str()),
+                "{who}'s {target}: {pair}"
+            );
+        }
+    }
+    // Media went out over the engines' TCP connections (the call lasted seconds, at 50 audio
+    // packets a second and more video packets per participant).
+    let frames = tcp_frames_sent(&server).await;
+    assert!(frames > 500.0, "ICE-TCP frames sent: {frames}");
+    let (dropped_in, dropped_out) = net.udp_dropped();
+    assert!(
+        dropped_out > 0,
+        "the namespace dropped no outgoing UDP: was it really blocked? ({dropped_in} in, {dropped_out} out)"
+    );
+    println!(
+        "ICE-TCP with UDP blocked: {:?}, {frames} TCP frames sent, UDP dropped in/out {dropped_in}/{dropped_out}",
+        started.elapsed()
+    );
+}
+
 /// UDP dropped both ways in the client namespace and no ICE-TCP: the page reaches Chorus
 /// through coturn over TCP (`turn:...?transport=tcp`), coturn relaying over UDP to the SFU.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -204,11 +273,11 @@ async fn udp_blocked_reaches_the_sfu_through_coturn_over_tcp() {
     let started = Instant::now();
     let net = Net::new(true);
     let (turn, entry) = coturn(&net, "tcp");
-    let server = server_on(&net, vec![entry]).await;
+    let server = server_on(&net, vec![entry], false).await;
     let summary = call(&net, &server, "").await;
     assert_pairs(
         &summary,
-        ("relay", "udp", Some("tcp")),
+        (&["relay"], "udp", Some("tcp")),
         &server.state.sfu.media_addrs(),
         "udp",
     );
@@ -217,6 +286,8 @@ async fn udp_blocked_reaches_the_sfu_through_coturn_over_tcp() {
         allocations >= 4,
         "coturn granted {allocations} allocations (want one per connection):\n{log}"
     );
+    let frames = tcp_frames_sent(&server).await;
+    assert_eq!(frames, 0.0, "ICE-TCP is off, yet TCP frames were sent");
     let (dropped_in, dropped_out) = net.udp_dropped();
     assert!(
         dropped_out > 0,
@@ -237,11 +308,11 @@ async fn relay_only_reaches_the_sfu_through_coturn_over_udp() {
     let started = Instant::now();
     let net = Net::new(false);
     let (turn, entry) = coturn(&net, "udp");
-    let server = server_on(&net, vec![entry]).await;
+    let server = server_on(&net, vec![entry], true).await;
     let summary = call(&net, &server, "relay=1").await;
     assert_pairs(
         &summary,
-        ("relay", "udp", Some("udp")),
+        (&["relay"], "udp", Some("udp")),
         &server.state.sfu.media_addrs(),
         "udp",
     );

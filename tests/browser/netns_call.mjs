@@ -5,8 +5,12 @@
 // receives its audio, media keeps flowing, and the summary reports the ICE candidate pair
 // each of the four peer connections selected (getStats), for the caller to check.
 //
-//   node tests/browser/netns_call.mjs <base_url> <token A> <token B> [page query, e.g. relay=1]
+//   node tests/browser/netns_call.mjs <base_url> <token A> <token B> [--query=relay=1]
+//        [--chromium-arg=<flag>]...
 //
+// --query adds to the page address (e.g. relay=1: iceTransportPolicy "relay"); --chromium-arg
+// adds a Chromium flag (e.g. --ignore-certificate-errors for a TURN server with a test
+// certificate).
 // The base URL is not loopback, so Chromium is told to treat it as a secure origin (camera and
 // microphone need one). Exit 0: passed (the last stdout line is a JSON summary with `pairs`).
 // Exit 1: failed (diagnostics on stderr). Exit 2: could not run (no Chromium, bad arguments).
@@ -18,9 +22,11 @@ import {
 
 const base = baseUrlFromArgs('tests/browser/netns_call.mjs');
 const tokens = process.argv.slice(3, 5);
-const query = process.argv[5] || '';
-if (tokens.length !== 2) {
-  console.error('usage: node tests/browser/netns_call.mjs <base_url> <token A> <token B> [page query]');
+const options = process.argv.slice(5);
+const query = options.filter((o) => o.startsWith('--query=')).map((o) => o.slice('--query='.length)).join('&');
+const extraArgs = options.filter((o) => o.startsWith('--chromium-arg=')).map((o) => o.slice('--chromium-arg='.length));
+if (tokens.length !== 2 || options.some((o) => !/^--(query|chromium-arg)=/.test(o))) {
+  console.error('usage: node tests/browser/netns_call.mjs <base_url> <token A> <token B> [--query=q] [--chromium-arg=flag]...');
   process.exit(2);
 }
 requireChromium();
@@ -49,7 +55,7 @@ const diagnose = async () => {
 
 run('netns_call', async (browsers) => {
   const started = Date.now();
-  const args = [`--unsafely-treat-insecure-origin-as-secure=${base}`];
+  const args = [`--unsafely-treat-insecure-origin-as-secure=${base}`, ...extraArgs];
   const [a, b] = await Promise.all(['alice', 'bob'].map((n) => launch(n, { args })));
   browsers.push(a, b);
   a.diagnose = diagnose;

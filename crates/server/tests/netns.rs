@@ -92,9 +92,10 @@ fn coturn(net: &Net, transport: &str) -> (Coturn, IceServerConfig) {
     (turn, entry)
 }
 
-/// Runs the call page scenario in the namespace (two Chromiums, `query` added to the page
-/// address), checks that the server released everything, and returns the script's summary.
-async fn call(net: &Net, server: &RunningServer, query: &str) -> Value {
+/// Runs the call page scenario in the namespace (two Chromiums; `options` for the script:
+/// `--query=...` added to the page address, `--chromium-arg=...`), checks that the server
+/// released everything, and returns the script's summary.
+async fn call(net: &Net, server: &RunningServer, options: &[&str]) -> Value {
     let room = common::room();
     let tokens = [
         common::prod_token(&room, "alice", Duration::from_secs(600)),
@@ -107,7 +108,7 @@ async fn call(net: &Net, server: &RunningServer, query: &str) -> Value {
         .arg(&script)
         .arg(&base)
         .args(&tokens)
-        .arg(query)
+        .args(options)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -223,7 +224,7 @@ async fn udp_blocked_reaches_the_sfu_over_ice_tcp() {
     let started = Instant::now();
     let net = Net::new(true);
     let server = server_on(&net, Vec::new(), true).await;
-    let summary = call(&net, &server, "").await;
+    let summary = call(&net, &server, &[]).await;
     assert_pairs(
         &summary,
         // An active TCP candidate's real port is only known once connected, and Chrome
@@ -274,7 +275,7 @@ async fn udp_blocked_reaches_the_sfu_through_coturn_over_tcp() {
     let net = Net::new(true);
     let (turn, entry) = coturn(&net, "tcp");
     let server = server_on(&net, vec![entry], false).await;
-    let summary = call(&net, &server, "").await;
+    let summary = call(&net, &server, &[]).await;
     assert_pairs(
         &summary,
         (&["relay"], "udp", Some("tcp")),
@@ -309,7 +310,7 @@ async fn relay_only_reaches_the_sfu_through_coturn_over_udp() {
     let net = Net::new(false);
     let (turn, entry) = coturn(&net, "udp");
     let server = server_on(&net, vec![entry], true).await;
-    let summary = call(&net, &server, "relay=1").await;
+    let summary = call(&net, &server, &["--query=relay=1"]).await;
     assert_pairs(
         &summary,
         (&["relay"], "udp", Some("udp")),
@@ -322,4 +323,84 @@ async fn relay_only_reaches_the_sfu_through_coturn_over_udp() {
         "coturn granted {allocations} allocations (want one per connection):\n{log}"
     );
     println!("relay only over UDP: {:?}", started.elapsed());
+}
+
+/// UDP dropped both ways, no ICE-TCP, and the only ICE server a `turns:` URL: the page reaches
+/// Chorus through TURN over TLS, served by a coturn started from the production sample
+/// `deploy/turnserver.sample.conf` (its address, ports, certificate and secret overridden on
+/// the command line; the sample's denied private ranges stay, Chorus's address is allowed).
+/// The certificate is made here, so Chromium is told to accept it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn udp_blocked_reaches_the_sfu_through_the_sample_coturn_over_tls() {
+    check_browser();
+    let _turn = ONE_SCENARIO_AT_A_TIME.lock().await;
+    let started = Instant::now();
+    let net = Net::new(true);
+    let secret = random_secret();
+    let certified = rcgen::generate_simple_self_signed(vec![net.host_ip.to_string()])
+        .expect("a certificate for the TURN address");
+    let scratch = tempdir();
+    let (cert, key) = (scratch.0.join("cert.pem"), scratch.0.join("key.pem"));
+    std::fs::write(&cert, certified.cert.pem()).expect("write cert");
+    std::fs::write(&key, certified.signing_key.serialize_pem()).expect("write key");
+    let sample =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../deploy/turnserver.sample.conf");
+    let tls_port = net.free_port();
+    let turn = Coturn::from_config(
+        &sample,
+        net.host_ip,
+        (net.free_port(), tls_port),
+        &secret,
+        (&cert, &key),
+    );
+    let entry = IceServerConfig {
+        urls: vec![format!("turns:{}:{tls_port}?transport=tcp", net.host_ip)],
+        username: None,
+        credential: None,
+        secret: Some(secret),
+        ttl_secs: 600,
+    };
+    let server = server_on(&net, vec![entry], false).await;
+    let summary = call(
+        &net,
+        &server,
+        &["--chromium-arg=--ignore-certificate-errors"],
+    )
+    .await;
+    assert_pairs(
+        &summary,
+        (&["relay"], "udp", Some("tls")),
+        &server.state.sfu.media_addrs(),
+        "udp",
+    );
+    let (allocations, log) = coturn_evidence(&turn);
+    assert!(
+        allocations >= 4,
+        "coturn granted {allocations} allocations (want one per connection):\n{log}"
+    );
+    let (dropped_in, dropped_out) = net.udp_dropped();
+    assert!(dropped_out > 0, "no outgoing UDP dropped: was it blocked?");
+    println!(
+        "TURN/TLS (sample config) with UDP blocked: {:?}, UDP dropped in/out {dropped_in}/{dropped_out}",
+        started.elapsed()
+    );
+}
+
+/// A scratch directory removed on drop.
+struct Scratch(PathBuf);
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn tempdir() -> Scratch {
+    let dir = std::env::temp_dir().join(format!(
+        "chorus-netns-{}-{}",
+        std::process::id(),
+        random_secret()
+    ));
+    std::fs::create_dir_all(&dir).expect("scratch dir");
+    Scratch(dir)
 }

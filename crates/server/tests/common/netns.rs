@@ -286,8 +286,50 @@ pub struct Coturn {
 }
 
 impl Coturn {
-    /// Starts `turnserver` on `ip:port`, relaying from `ip` to peers at `ip` only.
+    /// Starts `turnserver` with no configuration file, on `ip:port` (UDP and TCP, no TLS),
+    /// relaying from `ip` to peers at `ip` only.
     pub fn start(ip: Ipv4Addr, port: u16, secret: &str) -> Coturn {
+        let ip_s = ip.to_string();
+        let args = [
+            "-n".to_owned(), // no configuration file: everything is on this command line
+            "--no-cli".into(),
+            "--no-tls".into(),
+            "--no-dtls".into(),
+            "--simple-log".into(),
+            "--fingerprint".into(),
+            "--use-auth-secret".into(),
+            "--realm=chorus.test".into(),
+            // Only the SFU may be a peer (coturn allows private peers unless told not to;
+            // saying it keeps this test honest if a later coturn denies them by default).
+            format!("--allowed-peer-ip={ip_s}"),
+        ];
+        Self::spawn(&args, ip, port, port, secret)
+    }
+
+    /// Starts `turnserver -c config` (e.g. the production sample) with the test's own address
+    /// (listening and relaying on `ip`, plain TURN on `port`, TLS on `tls_port`), certificate,
+    /// secret and scratch files on the command line, which take precedence over the file;
+    /// `ip` is allowed as a peer (the sample denies private ranges). Ready when `tls_port`
+    /// accepts TCP.
+    pub fn from_config(
+        config: &Path,
+        ip: Ipv4Addr,
+        (port, tls_port): (u16, u16),
+        secret: &str,
+        (cert, key): (&Path, &Path),
+    ) -> Coturn {
+        let args = [
+            "-c".to_owned(),
+            config.display().to_string(),
+            format!("--tls-listening-port={tls_port}"),
+            format!("--cert={}", cert.display()),
+            format!("--pkey={}", key.display()),
+            format!("--allowed-peer-ip={ip}"),
+        ];
+        Self::spawn(&args, ip, port, tls_port, secret)
+    }
+
+    fn spawn(args: &[String], ip: Ipv4Addr, port: u16, ready_port: u16, secret: &str) -> Coturn {
         let dir = std::env::temp_dir().join(format!(
             "chorus-coturn-{}-{}",
             std::process::id(),
@@ -295,30 +337,19 @@ impl Coturn {
         ));
         std::fs::create_dir_all(&dir).expect("coturn dir");
         let log = std::fs::File::create(dir.join("turnserver.log")).expect("log file");
-        let ip_s = ip.to_string();
         let child = Command::new("turnserver")
+            .args(args)
             .args([
-                "-n", // no configuration file: everything is on this command line
-                "--no-cli",
-                "--no-tls",
-                "--no-dtls",
-                "--log-file=stdout",
-                "--simple-log",
-                "--verbose",
-                "--fingerprint",
-                "--use-auth-secret",
-                &format!("--static-auth-secret={secret}"),
-                "--realm=chorus.test",
-                &format!("--listening-ip={ip_s}"),
-                &format!("--listening-port={port}"),
-                &format!("--relay-ip={ip_s}"),
-                "--min-port=40000",
-                "--max-port=40999",
-                // Only the SFU may be a peer (coturn allows private peers unless told not to;
-                // saying it keeps this test honest if a later coturn denies them by default).
-                &format!("--allowed-peer-ip={ip_s}"),
-                &format!("--pidfile={}", dir.join("turnserver.pid").display()),
-                &format!("--userdb={}", dir.join("turndb").display()),
+                "--log-file=stdout".to_owned(),
+                "--verbose".into(),
+                format!("--static-auth-secret={secret}"),
+                format!("--listening-ip={ip}"),
+                format!("--listening-port={port}"),
+                format!("--relay-ip={ip}"),
+                "--min-port=40000".into(),
+                "--max-port=40999".into(),
+                format!("--pidfile={}", dir.join("turnserver.pid").display()),
+                format!("--userdb={}", dir.join("turndb").display()),
             ])
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))
@@ -330,16 +361,16 @@ impl Coturn {
             dir,
             addr: SocketAddr::from((ip, port)),
         };
-        // Ready when it accepts TCP on its port.
+        // Ready when it accepts TCP.
+        let ready = SocketAddr::from((ip, ready_port));
         let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect_timeout(&turn.addr, Duration::from_millis(200)).is_err() {
+        while TcpStream::connect_timeout(&ready, Duration::from_millis(200)).is_err() {
             if let Ok(Some(status)) = turn.child.try_wait() {
                 panic!("turnserver exited ({status}):\n{}", turn.log());
             }
             assert!(
                 Instant::now() < deadline,
-                "turnserver did not listen on {} within 10 s:\n{}",
-                turn.addr,
+                "turnserver did not listen on {ready} within 10 s:\n{}",
                 turn.log()
             );
             std::thread::sleep(Duration::from_millis(50));

@@ -82,6 +82,35 @@ pub fn check_prerequisites() {
     }
 }
 
+/// Deletes the namespaces of earlier runs of these tests whose process is gone (killed before
+/// its Drop could run), with whatever they still hold.
+fn remove_stale_namespaces() {
+    let list = String::from_utf8_lossy(&output(&mut ip(&["netns", "list"])).stdout).to_string();
+    for ns in list.lines().filter_map(|l| l.split_whitespace().next()) {
+        let Some(owner) = ns
+            .strip_prefix("chorus-t")
+            .and_then(|rest| rest.split('-').next())
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if Path::new(&format!("/proc/{owner}")).exists() {
+            continue;
+        }
+        kill_namespace_processes(ns);
+        let _ = ip(&["netns", "del", ns]).status();
+    }
+}
+
+/// Kills, by id, the processes running in namespace `ns` (all started by these tests).
+fn kill_namespace_processes(ns: &str) {
+    if let Ok(out) = ip(&["netns", "pids", ns]).output() {
+        for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+            let _ = Command::new("kill").args(["-9", pid]).status();
+        }
+    }
+}
+
 /// A client network namespace joined to the root namespace by a veth pair:
 /// `host_ip` (root namespace, where the servers listen) and `client_ip` (in the namespace).
 pub struct Net {
@@ -100,6 +129,7 @@ impl Net {
     /// the namespace is dropped (nftables, both directions), TCP passes.
     pub fn new(block_udp: bool) -> Net {
         check_prerequisites();
+        remove_stale_namespaces();
         let pid = std::process::id();
         let existing =
             String::from_utf8_lossy(&output(&mut ip(&["-4", "addr"])).stdout).to_string();
@@ -261,11 +291,7 @@ impl Drop for Net {
     fn drop(&mut self) {
         // Whatever still runs in the namespace (a Chromium whose node parent was killed) was
         // started by this test: kill it by id, or the namespace outlives its name.
-        if let Ok(out) = ip(&["netns", "pids", &self.ns]).output() {
-            for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
-                let _ = Command::new("kill").args(["-9", pid]).status();
-            }
-        }
+        kill_namespace_processes(&self.ns);
         let _ = ip(&["netns", "del", &self.ns]).status();
         // Gone with the namespace's end; deleted here in case the namespace was not made.
         let _ = ip(&["link", "del", &self.host_if])

@@ -122,6 +122,9 @@ pub struct Net {
     pub host_ip: Ipv4Addr,
     /// The address of the namespace's end.
     pub client_ip: Ipv4Addr,
+    /// `TMPDIR` of what runs in the namespace (Chromium profiles): removed on drop, so a
+    /// killed browser leaves nothing behind.
+    tmp: PathBuf,
 }
 
 impl Net {
@@ -156,7 +159,9 @@ impl Net {
             host_if: format!("chh{tag}"),
             host_ip: Ipv4Addr::new(10, second, third, 1),
             client_ip: Ipv4Addr::new(10, second, third, 2),
+            tmp: std::env::temp_dir().join(format!("chorus-netns-{pid}-{n}")),
         };
+        std::fs::create_dir_all(&net.tmp).expect("namespace scratch dir");
         let client_if = format!("chc{tag}");
         // From here on, Drop cleans up whatever was made.
         must(&mut ip(&["netns", "add", &net.ns]));
@@ -227,10 +232,12 @@ impl Net {
         c
     }
 
-    /// The same, as a tokio command (killed when dropped).
+    /// `program` inside the namespace as a tokio command (killed when dropped), with the
+    /// namespace's own `TMPDIR`.
     pub fn exec_async(&self, program: &str) -> tokio::process::Command {
         let mut c = tokio::process::Command::new("ip");
         c.args(["netns", "exec", &self.ns, program]);
+        c.env("TMPDIR", &self.tmp);
         c.kill_on_drop(true);
         c
     }
@@ -297,6 +304,7 @@ impl Drop for Net {
         let _ = ip(&["link", "del", &self.host_if])
             .stderr(Stdio::null())
             .status();
+        let _ = std::fs::remove_dir_all(&self.tmp);
     }
 }
 

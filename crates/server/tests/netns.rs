@@ -81,7 +81,8 @@ async fn server_on(net: &Net, ice_servers: Vec<IceServerConfig>, ice_tcp: bool) 
 /// coturn on the veth's root-side address and the ICE server entry Chorus hands out for it.
 fn coturn(net: &Net, transport: &str) -> (Coturn, IceServerConfig) {
     let secret = random_secret();
-    let turn = Coturn::start(net.host_ip, net.free_port(), &secret);
+    let [port] = net.free_ports();
+    let turn = Coturn::start(net.host_ip, port, &secret);
     let entry = IceServerConfig {
         urls: vec![format!("turn:{}?transport={transport}", turn.addr)],
         username: None,
@@ -345,11 +346,11 @@ async fn udp_blocked_reaches_the_sfu_through_the_sample_coturn_over_tls() {
     std::fs::write(&key, certified.signing_key.serialize_pem()).expect("write key");
     let sample =
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../deploy/turnserver.sample.conf");
-    let tls_port = net.free_port();
+    let [port, tls_port] = net.free_ports();
     let turn = Coturn::from_config(
         &sample,
         net.host_ip,
-        (net.free_port(), tls_port),
+        (port, tls_port),
         &secret,
         (&cert, &key),
     );

@@ -281,16 +281,23 @@ impl Net {
         (counts.next().unwrap_or(0), counts.next().unwrap_or(0))
     }
 
-    /// A free port on `host_ip` for both TCP and UDP (bound and released).
-    pub fn free_port(&self) -> u16 {
-        for _ in 0..50 {
-            let tcp = std::net::TcpListener::bind((self.host_ip, 0)).expect("bind tcp");
-            let port = tcp.local_addr().expect("addr").port();
-            if UdpSocket::bind((self.host_ip, port)).is_ok() {
-                return port;
-            }
+    /// `N` distinct free ports on `host_ip`, each for both TCP and UDP (bound together, then
+    /// released for the server that will bind them).
+    pub fn free_ports<const N: usize>(&self) -> [u16; N] {
+        let mut held = Vec::new();
+        let mut ports = [0; N];
+        for port in &mut ports {
+            *port = (0..50)
+                .find_map(|_| {
+                    let tcp = std::net::TcpListener::bind((self.host_ip, 0)).ok()?;
+                    let p = tcp.local_addr().ok()?.port();
+                    let udp = UdpSocket::bind((self.host_ip, p)).ok()?;
+                    held.push((tcp, udp));
+                    Some(p)
+                })
+                .unwrap_or_else(|| panic!("no free port on {}", self.host_ip));
         }
-        panic!("no free port on {}", self.host_ip)
+        ports
     }
 }
 

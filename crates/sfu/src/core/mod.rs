@@ -2,8 +2,10 @@
 //! track, fed with datagrams, commands and the clock, producing datagrams to send.
 //!
 //! [`Core`] owns no socket, task or clock: every input carries the instant it happens at. The
-//! driver ([`crate::engine`]) feeds it (`handle_datagram`, `handle_command`, `handle_timeout`),
-//! sends what [`Core::take_transmits`] returns, and sleeps until [`Core::poll_timeout`]. Each
+//! driver ([`crate::engine`]) feeds it (`handle_datagram`, `handle_command`, `handle_timeout`;
+//! ICE-TCP frames through `authenticate_tcp` and `receive_tcp`), sends what
+//! [`Core::take_transmits`] (UDP) and [`Core::take_tcp_transmits`] return, and sleeps until
+//! [`Core::poll_timeout`]. Each
 //! input is handed to the peer connection it belongs to ([`Router`]); the core then drains that
 //! peer (datagrams to send, events, received RTP/RTCP) and every peer the input touched (a
 //! forwarded packet touches each subscriber). Tests and benchmarks drive it directly, on a

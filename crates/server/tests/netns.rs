@@ -3,9 +3,10 @@
 //! loopback, outside dev mode with real keys), reach each other when the network is hostile:
 //!
 //! - with every UDP datagram dropped in the namespace, over ICE-TCP (the page's selected pair:
-//!   its TCP host candidate to an engine's passive TCP candidate);
+//!   its active TCP candidate to an engine's passive TCP host candidate);
 //! - with every UDP datagram dropped in the namespace and ICE-TCP off, through a real coturn
-//!   over TCP (the page's selected pair: a relay candidate reached over TCP);
+//!   over TCP (the page's selected pair: a relay candidate reached over TCP), and through a
+//!   coturn started from the production sample `deploy/turnserver.sample.conf` over TLS;
 //! - with only TURN allowed (the page's `?relay=1`: `iceTransportPolicy: "relay"`), through
 //!   coturn over UDP (a relay candidate reached over UDP).
 //!
@@ -221,7 +222,7 @@ fn coturn_evidence(turn: &Coturn) -> (usize, String) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn udp_blocked_reaches_the_sfu_over_ice_tcp() {
     check_browser();
-    let _turn = ONE_SCENARIO_AT_A_TIME.lock().await;
+    let _one_at_a_time = ONE_SCENARIO_AT_A_TIME.lock().await;
     let started = Instant::now();
     let net = Net::new(true);
     let server = server_on(&net, Vec::new(), true).await;
@@ -271,7 +272,7 @@ async fn udp_blocked_reaches_the_sfu_over_ice_tcp() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn udp_blocked_reaches_the_sfu_through_coturn_over_tcp() {
     check_browser();
-    let _turn = ONE_SCENARIO_AT_A_TIME.lock().await;
+    let _one_at_a_time = ONE_SCENARIO_AT_A_TIME.lock().await;
     let started = Instant::now();
     let net = Net::new(true);
     let (turn, entry) = coturn(&net, "tcp");
@@ -306,7 +307,7 @@ async fn udp_blocked_reaches_the_sfu_through_coturn_over_tcp() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn relay_only_reaches_the_sfu_through_coturn_over_udp() {
     check_browser();
-    let _turn = ONE_SCENARIO_AT_A_TIME.lock().await;
+    let _one_at_a_time = ONE_SCENARIO_AT_A_TIME.lock().await;
     let started = Instant::now();
     let net = Net::new(false);
     let (turn, entry) = coturn(&net, "udp");
@@ -334,7 +335,7 @@ async fn relay_only_reaches_the_sfu_through_coturn_over_udp() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn udp_blocked_reaches_the_sfu_through_the_sample_coturn_over_tls() {
     check_browser();
-    let _turn = ONE_SCENARIO_AT_A_TIME.lock().await;
+    let _one_at_a_time = ONE_SCENARIO_AT_A_TIME.lock().await;
     let started = Instant::now();
     let net = Net::new(true);
     let secret = random_secret();

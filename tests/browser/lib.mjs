@@ -51,13 +51,14 @@ export function progress(tag, ...args) {
 /**
  * Launches one Chromium with its own fresh profile and opens a page. Returns
  * `{ name, context, page, logs, close }`; `logs` collects console messages and page errors.
+ * `options.args` adds Chromium flags to the standard ones.
  */
-export async function launch(name) {
+export async function launch(name, options = {}) {
   const userDataDir = fs.mkdtempSync(path.join(os.tmpdir(), `chorus-browser-${name}-`));
   const context = await chromium.launchPersistentContext(userDataDir, {
     executablePath: CHROMIUM,
     headless: true,
-    args: CHROMIUM_ARGS,
+    args: [...CHROMIUM_ARGS, ...(options.args || [])],
     permissions: ['camera', 'microphone'],
     viewport: { width: 1024, height: 720 },
   });
@@ -124,6 +125,40 @@ export async function outboundPackets(page, getPc) {
         if (s.type === 'outbound-rtp') out[s.kind] += s.packetsSent || 0;
       }
       return out;
+    });
+  } finally {
+    await handle.dispose();
+  }
+}
+
+/**
+ * The ICE candidate pair the RTCPeerConnection that `getPc` returns is using, from getStats
+ * (the transport's selectedCandidatePairId): `{ state, local, remote }`, each candidate as
+ * `{ candidateType, protocol, relayProtocol, address, port, tcpType }` (`candidateType`:
+ * host, srflx, prflx or relay; `protocol`: udp or tcp, for a relay candidate the relay's side
+ * towards the peer; `relayProtocol`: how the browser reaches its TURN server). null when no
+ * pair is selected. `arg` is passed to `getPc`.
+ */
+export async function selectedCandidatePair(page, getPc, arg) {
+  const handle = await page.evaluateHandle(getPc, arg);
+  try {
+    return await handle.evaluate(async (pc) => {
+      if (!pc) return null;
+      const report = await pc.getStats();
+      const byId = new Map([...report.values()].map((s) => [s.id, s]));
+      let pair = null;
+      for (const s of report.values()) {
+        if (s.type === 'transport' && s.selectedCandidatePairId) pair = byId.get(s.selectedCandidatePairId);
+      }
+      if (!pair) return null;
+      const candidate = (id) => {
+        const c = byId.get(id) || {};
+        return {
+          candidateType: c.candidateType, protocol: c.protocol, relayProtocol: c.relayProtocol || null,
+          address: c.address, port: c.port, tcpType: c.tcpType || null,
+        };
+      };
+      return { state: pair.state, local: candidate(pair.localCandidateId), remote: candidate(pair.remoteCandidateId) };
     });
   } finally {
     await handle.dispose();

@@ -37,6 +37,7 @@ mod membership;
 mod negotiate;
 mod peers;
 pub(crate) mod relay;
+mod rtcp;
 mod subscribe;
 
 use crate::metrics::PathDrops;
@@ -49,6 +50,8 @@ use crate::{MediaConfig, Metrics};
 
 /// How often participants are checked for connect and silence timeouts.
 const SWEEP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+/// How often each downtrack sends a sender report (RTCP's usual interval for one stream).
+const REPORT_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 /// STUN checks kept per peer while its remote description is not known yet.
 const MAX_EARLY_CHECKS: usize = 16;
 
@@ -74,6 +77,10 @@ pub struct Core {
     /// Participants whose event queue overflowed, removed once the current input is handled.
     pub(crate) slow: Vec<ParticipantKey>,
     pub(crate) outbox: Vec<(SocketAddr, BytesMut)>,
+    /// Where the egress path marshals a packet before sealing it (reused).
+    pub(crate) scratch: Vec<u8>,
+    /// When downtracks next send their sender reports.
+    pub(crate) next_reports: Option<Instant>,
     /// Scratch for messages drained from one peer before they are acted on.
     pub(crate) reads: Vec<RTCMessage>,
     pub(crate) events: Vec<RTCPeerConnectionEvent>,
@@ -108,6 +115,8 @@ impl Core {
             dirty: Vec::new(),
             slow: Vec::new(),
             outbox: Vec::new(),
+            scratch: Vec::new(),
+            next_reports: None,
             reads: Vec::new(),
             events: Vec::new(),
         }
@@ -120,11 +129,15 @@ impl Core {
 
     /// The earliest instant [`Core::handle_timeout`] has work to do.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        let sweep = self.next_sweep.filter(|_| !self.participants.is_empty());
-        match (self.timers.first().map(|(t, _)| *t), sweep) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        let busy = !self.participants.is_empty();
+        [
+            self.timers.first().map(|(t, _)| *t),
+            self.next_sweep.filter(|_| busy),
+            self.next_reports.filter(|_| busy),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     /// Moves every datagram waiting to be sent into `out` (which is cleared first).
@@ -263,6 +276,14 @@ impl Core {
             self.next_sweep = Some(now + SWEEP_INTERVAL);
             self.sweep(now);
         }
+        match self.next_reports {
+            Some(t) if now >= t => {
+                self.next_reports = Some(now + REPORT_INTERVAL);
+                self.send_reports(now);
+            }
+            None => self.next_reports = Some(now + REPORT_INTERVAL),
+            _ => {}
+        }
         self.drain(now);
     }
 
@@ -386,6 +407,9 @@ impl Core {
                 return;
             };
             peer.dirty = false;
+            if peer.role == PeerRole::Subscriber {
+                peer.dest = peer.pc.selected_transport().map(|t| t.peer_addr);
+            }
             while let Some(out) = peer.pc.poll_write() {
                 self.outbox.push((out.transport.peer_addr, out.message));
             }
@@ -491,17 +515,7 @@ impl Core {
         match msg {
             RTCMessage::RtpPacket(track_id, packet) => self.forward(now, key, &track_id, packet),
             RTCMessage::DataChannelMessage(_, msg) => self.relay_data(now, key, msg),
-            RTCMessage::RtcpPacket(track_id, _packets) => {
-                // Only keyframe requests are delivered here (see `feedback`): relay them.
-                let tk = self
-                    .peers
-                    .get(&key)
-                    .and_then(|p| p.outbound.get(&track_id))
-                    .copied();
-                if let Some(tk) = tk {
-                    self.downtrack_keyframe(now, tk, key);
-                }
-            }
+            RTCMessage::RtcpPacket(_, packets) => self.on_feedback(now, key, &packets),
             _ => {}
         }
     }

@@ -119,8 +119,8 @@ pub struct SenderStats {
     clock_rate: u32,
     packets: u32,
     octets: u32,
-    /// The RTP timestamp of the last frame started, when it went out, and the wall clock then.
-    last: Option<(u32, Instant, SystemInstant)>,
+    /// The RTP timestamp of the last frame started, and when it went out.
+    last: Option<(u32, Instant)>,
     /// Packets sent since the last report.
     since_report: u32,
 }
@@ -144,14 +144,15 @@ impl SenderStats {
         self.since_report = self.since_report.saturating_add(1);
         // The mapping moves on the first packet of each frame: later packets of a large frame
         // go out a little later with the same timestamp.
-        if self.last.is_none_or(|(ts, _, _)| ts != timestamp) {
-            self.last = Some((timestamp, now, SystemInstant::now(now)));
+        if self.last.is_none_or(|(ts, _)| ts != timestamp) {
+            self.last = Some((timestamp, now));
         }
     }
 
-    /// The sender report for `ssrc` at `now`, if anything was sent since the last one.
-    pub fn report(&mut self, now: Instant, ssrc: u32) -> Option<SenderReport> {
-        let (ts, at, wall) = self.last?;
+    /// The sender report for `ssrc` at `now`, when the wall clock reads `wall`, if anything
+    /// was sent since the last one.
+    pub fn report(&mut self, now: Instant, wall: SystemInstant, ssrc: u32) -> Option<SenderReport> {
+        let (ts, at) = self.last?;
         if self.since_report == 0 {
             return None;
         }
@@ -206,17 +207,19 @@ mod tests {
     fn sender_report_extrapolates_the_last_frame() {
         let t0 = Instant::now();
         let mut s = SenderStats::new(90_000);
-        assert!(s.report(t0, 1).is_none(), "nothing sent");
+        let wall = SystemInstant::from_epoch(Duration::from_secs(1_000_000));
+        assert!(s.report(t0, wall, 1).is_none(), "nothing sent");
         s.sent(t0, 1_000, 1_200);
         s.sent(t0 + Duration::from_millis(5), 1_000, 800);
-        let r = s
-            .report(t0 + Duration::from_millis(100), 7)
-            .expect("a report");
+        let wall = SystemInstant::from_epoch(Duration::from_secs(1_000_000));
+        let at = t0 + Duration::from_millis(100);
+        let r = s.report(at, wall, 7).expect("a report");
+        assert_eq!(r.ntp_time, wall.ntp(at));
         assert_eq!((r.ssrc, r.packet_count, r.octet_count), (7, 2, 2_000));
         // 100 ms after the frame's first packet at 90 kHz.
         assert_eq!(r.rtp_time, 1_000 + 9_000);
         assert!(
-            s.report(t0 + Duration::from_millis(200), 7).is_none(),
+            s.report(t0 + Duration::from_millis(200), wall, 7).is_none(),
             "nothing new"
         );
     }

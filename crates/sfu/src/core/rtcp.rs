@@ -4,6 +4,7 @@
 
 use std::time::Instant;
 
+use rtc::shared::time::SystemInstant;
 use rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
 use rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
 use rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack;
@@ -104,12 +105,14 @@ impl Core {
 
     /// Writes a sender report for every downtrack that sent since its last one.
     pub(crate) fn send_reports(&mut self, now: Instant) {
+        // Reports carry the wall clock (NTP): the one clock the core reads, once a round.
+        let wall = SystemInstant::now(now);
         for track in self.tracks.values_mut() {
             for dt in &mut track.downtracks {
                 let Some(params) = &dt.params else {
                     continue;
                 };
-                let Some(report) = dt.stats.report(now, params.ssrc) else {
+                let Some(report) = dt.stats.report(now, wall, params.ssrc) else {
                     continue;
                 };
                 let Some(sub) = self.peers.get_mut(&dt.peer) else {

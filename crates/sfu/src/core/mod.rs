@@ -79,6 +79,8 @@ pub struct Core {
     pub(crate) outbox: Vec<(SocketAddr, BytesMut)>,
     /// Where the egress path marshals a packet before sealing it (reused).
     pub(crate) scratch: Vec<u8>,
+    /// What subscriber re-offers may still cost this second (`media.offer_sections_per_sec`).
+    pub(crate) offer_budget: negotiate::OfferBudget,
     /// When downtracks next send their sender reports.
     pub(crate) next_reports: Option<Instant>,
     /// Scratch for messages drained from one peer before they are acted on.
@@ -97,6 +99,7 @@ impl Core {
     /// A core whose media socket is bound at `local_addr`.
     pub fn new(config: MediaConfig, metrics: Metrics, local_addr: SocketAddr) -> Core {
         let advertised = config.advertised_addrs(local_addr);
+        let offer_budget = negotiate::OfferBudget::new(config.offer_sections_per_sec);
         Core {
             engine: 0,
             next_sweep: None,
@@ -117,6 +120,7 @@ impl Core {
             outbox: Vec::new(),
             scratch: Vec::new(),
             next_reports: None,
+            offer_budget,
             reads: Vec::new(),
             events: Vec::new(),
         }

@@ -42,6 +42,14 @@ pub struct MediaConfig {
     /// Seconds a connected participant may stay silent (no datagram, not even a consent
     /// check: browsers send one every few seconds) before it is taken as gone and removed.
     pub silence_timeout_secs: u64,
+    /// Media sections an engine puts into subscriber re-offers per second, at most (a burst of
+    /// one second's worth). Every re-offer carries every track of the connection, so when all
+    /// N participants of a room publish, each join costs N offers of N sections: without a
+    /// bound a join burst fills the engine with SDP work and everyone's joins and answers wait
+    /// behind it. A joiner's first offer never waits. 0: no bound. A section costs the engine
+    /// ~30-60 us of SDP work (`cargo bench -p chorus-sfu --bench offer`), so the default
+    /// 5,000 keeps re-offers to about a fifth of an engine.
+    pub offer_sections_per_sec: u32,
     /// Media engines, each a thread with its own UDP socket (consecutive ports from
     /// `udp_port`, or free ports of `udp_port_range`); rooms are spread over them. 0: one per
     /// core.
@@ -68,6 +76,7 @@ impl Default for MediaConfig {
             data_messages_per_sec: 50,
             data_message_burst: 100,
             engines: 0,
+            offer_sections_per_sec: 5_000,
             connect_timeout_secs: 30,
             silence_timeout_secs: 15,
             ice_tcp: true,

@@ -8,6 +8,7 @@ use rtc::sdp::extmap::{
     SDES_MID_URI, SDES_REPAIR_RTP_STREAM_ID_URI, SDES_RTP_STREAM_ID_URI, TRANSPORT_CC_URI,
 };
 
+use crate::egress::{SendHistory, SenderStats};
 use crate::forwarder::Forwarder;
 use crate::types::{ParticipantKey, PeerKey};
 
@@ -25,6 +26,12 @@ pub(crate) struct DownTrack {
     pub(crate) forwarder: Forwarder,
     /// Resolved on the first packet after negotiation.
     pub(crate) params: Option<LegParams>,
+    /// The header of the packet being written, kept so its extension list is reused.
+    pub(crate) header: rtc::rtp::header::Header,
+    /// What was sent, for NACKs.
+    pub(crate) history: SendHistory,
+    /// Counts and clock mapping for sender reports.
+    pub(crate) stats: SenderStats,
 }
 
 /// Header mappings from the publisher's leg to one subscriber's leg.
@@ -46,25 +53,29 @@ impl LegParams {
     }
 }
 
+/// Writes into `header` the subscriber leg's header for a publisher packet with header
+/// `incoming`, reusing `header`'s allocations.
 pub(crate) fn downtrack_header(
+    header: &mut rtc::rtp::header::Header,
     incoming: &rtc::rtp::header::Header,
     params: &LegParams,
     payload_type: u8,
     sequence_number: u16,
     timestamp: u32,
-) -> rtc::rtp::header::Header {
-    let mut header = rtc::rtp::header::Header {
-        version: 2,
-        padding: incoming.padding,
-        marker: incoming.marker,
-        payload_type,
-        sequence_number,
-        timestamp,
-        ssrc: params.ssrc,
-        csrc: incoming.csrc.clone(),
-        extensions: Vec::with_capacity(params.ext.len() + 1),
-        ..Default::default()
-    };
+) {
+    header.version = 2;
+    header.padding = incoming.padding;
+    header.marker = incoming.marker;
+    header.payload_type = payload_type;
+    header.sequence_number = sequence_number;
+    header.timestamp = timestamp;
+    header.ssrc = params.ssrc;
+    header.csrc.clear();
+    header.csrc.extend_from_slice(&incoming.csrc);
+    header.extension = false;
+    header.extension_profile = 0;
+    header.extensions.clear();
+    header.extensions_padding = 0;
     // An empty value (legal in the two-byte form only) is skipped: rebuilt into the one-byte
     // form, it made the stack's marshal underflow its length field (a panic with overflow
     // checks, a corrupt extension block without).
@@ -78,7 +89,6 @@ pub(crate) fn downtrack_header(
     if let Some((id, mid)) = &params.mid {
         let _ = header.set_extension(*id, mid.clone());
     }
-    header
 }
 
 /// Works out how packets of a published track map onto one subscriber's negotiated leg.
@@ -175,12 +185,17 @@ mod tests {
             ext: vec![(3, 5), (4, 6)],
             mid: Some((1, Bytes::from_static(b"0"))),
         };
+        let mut header = Header::default();
+        // Twice: the second write reuses the first's extension list.
+        downtrack_header(&mut header, &incoming, &params, 97, 9, 9);
+        downtrack_header(&mut header, &incoming, &params, 96, 1, 2);
         let packet = rtc::rtp::Packet {
-            header: downtrack_header(&incoming, &params, 96, 1, 2),
+            header,
             payload: Bytes::from_static(b"payload"),
         };
         let bytes = packet.marshal().expect("marshals");
         let back = rtc::rtp::Packet::unmarshal(&mut &bytes[..]).expect("parses");
+        assert_eq!(back.header.payload_type, 96);
         assert_eq!(back.header.get_extension(5), None);
         assert_eq!(back.header.get_extension(1), Some(Bytes::from_static(b"0")));
         assert_eq!(

@@ -3,9 +3,10 @@
 //!
 //! The default chain ends inbound RTCP before the application; an SFU must relay keyframe
 //! requests from subscribers to publishers, so this marks PLI and FIR
-//! [`Attribute::DeliverToApplication`]. NACKs stay inside the chain: the NACK responder answers
-//! them from its send history, after this tap cut them to the connection's retransmission
-//! budget ([`NackBudget`]: no packet resent twice within 100 ms, a bounded rate per downtrack).
+//! [`Attribute::DeliverToApplication`]. On a subscriber connection NACKs are delivered too,
+//! after this tap cut them to the connection's retransmission budget ([`NackBudget`]: no packet
+//! resent twice within 100 ms, a bounded rate per downtrack): the core answers them from the
+//! downtrack's send history ([`crate::egress`]).
 
 use std::collections::VecDeque;
 use std::time::Instant;
@@ -64,6 +65,7 @@ pub struct FeedbackTap {
     inbound: Counters,
     outbound: Counters,
     budget: NackBudget,
+    deliver_nacks: bool,
     nack_duplicate: IntCounter,
     nack_over_budget: IntCounter,
     read_queue: VecDeque<TaggedPacket>,
@@ -71,12 +73,14 @@ pub struct FeedbackTap {
 }
 
 impl FeedbackTap {
-    /// A tap counting into `metrics`.
-    pub fn new(metrics: &Metrics) -> Self {
+    /// A tap counting into `metrics`; `deliver_nacks`: hand budgeted NACKs to the application
+    /// (a subscriber connection, whose packets the application sent itself).
+    pub fn new(metrics: &Metrics, deliver_nacks: bool) -> Self {
         Self {
             inbound: Counters::new(metrics, "in"),
             outbound: Counters::new(metrics, "out"),
             budget: NackBudget::default(),
+            deliver_nacks,
             nack_duplicate: metrics.dropped.with_label_values(&["nack_duplicate"]),
             nack_over_budget: metrics.dropped.with_label_values(&["nack_over_budget"]),
             read_queue: VecDeque::new(),
@@ -94,10 +98,12 @@ impl Protocol<TaggedPacket, TaggedPacket, ()> for FeedbackTap {
 
     fn handle_read(&mut self, mut msg: TaggedPacket) -> Result<(), Error> {
         let now = msg.now;
+        // Whether the application gets it: keyframe requests, and NACKs where it answers them.
         let mut keyframe = false;
         if let Packet::Rtcp(packets) = &mut msg.message.packet {
             keyframe = self.inbound.count(packets);
-            self.budget_nacks(now, packets);
+            let nacks = self.budget_nacks(now, packets);
+            keyframe |= nacks && self.deliver_nacks;
         }
         if keyframe {
             msg.message.add(Attribute::DeliverToApplication);
@@ -124,14 +130,16 @@ impl Protocol<TaggedPacket, TaggedPacket, ()> for FeedbackTap {
 }
 
 impl FeedbackTap {
-    /// Replaces each NACK of a compound packet by what the budget allows of it.
-    fn budget_nacks(&mut self, now: Instant, packets: &mut Vec<Box<dyn rtcp::Packet>>) {
+    /// Replaces each NACK of a compound packet by what the budget allows of it; true when a
+    /// NACK is left.
+    fn budget_nacks(&mut self, now: Instant, packets: &mut Vec<Box<dyn rtcp::Packet>>) -> bool {
         if !packets
             .iter()
             .any(|p| p.as_any().is::<TransportLayerNack>())
         {
-            return;
+            return false;
         }
+        let mut any = false;
         let mut kept: Vec<Box<dyn rtcp::Packet>> = Vec::with_capacity(packets.len());
         for p in packets.drain(..) {
             let Some(nack) = p.as_any().downcast_ref::<TransportLayerNack>() else {
@@ -143,9 +151,11 @@ impl FeedbackTap {
             self.nack_over_budget.inc_by(filtered.over_budget as u64);
             if let Some(nack) = filtered.nack {
                 kept.push(Box::new(nack));
+                any = true;
             }
         }
         *packets = kept;
+        any
     }
 }
 

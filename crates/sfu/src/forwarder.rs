@@ -245,8 +245,11 @@ mod tests {
         TooOld,
     }
 
+    /// Runs rows whose times are milliseconds on one virtual clock shared by every call of a
+    /// test (a fresh `Instant::now()` per call let real time leak in between calls).
     fn run(f: &mut Forwarder, rows: &[Row]) -> Vec<Out> {
-        let t0 = Instant::now();
+        static T0: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+        let t0 = *T0.get_or_init(Instant::now);
         rows.iter()
             .map(|&(layer, flowing, seq, ts, pid, key, ms)| {
                 let now = t0 + Duration::from_millis(ms);

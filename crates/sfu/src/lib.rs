@@ -47,6 +47,7 @@ mod command;
 pub mod config;
 pub mod core;
 mod downtrack;
+pub mod egress;
 pub mod engine;
 pub mod feedback;
 pub mod forwarder;

@@ -34,6 +34,9 @@ pub struct Metrics {
     pub data_messages: IntCounterVec,
     /// Simulcast layer switches made by downtracks.
     pub layer_switches: IntCounter,
+    /// Packets subscribers' NACKs asked for (within the budget), by `result`: `resent` from
+    /// the downtrack's history, or `missed` (no longer held).
+    pub nack_packets: IntCounterVec,
     /// Per engine: datagrams received, and sent (`direction`).
     pub engine_datagrams: IntCounterVec,
     /// Per engine: UDP messages sent (one destination each; a GSO message carries several
@@ -117,6 +120,13 @@ impl Metrics {
                 "chorus_layer_switches_total",
                 "Simulcast layer switches made by downtracks",
             )?,
+            nack_packets: IntCounterVec::new(
+                Opts::new(
+                    "chorus_nack_packets_total",
+                    "Packets asked for by subscribers' NACKs, by result (resent, missed)",
+                ),
+                &["result"],
+            )?,
             engine_datagrams: IntCounterVec::new(
                 Opts::new(
                     "chorus_engine_datagrams_total",
@@ -167,6 +177,7 @@ impl Metrics {
         registry.register(Box::new(m.engine_send_calls.clone()))?;
         registry.register(Box::new(m.engine_participants.clone()))?;
         registry.register(Box::new(m.layer_switches.clone()))?;
+        registry.register(Box::new(m.nack_packets.clone()))?;
         registry.register(Box::new(m.data_messages.clone()))?;
         registry.register(Box::new(m.rooms.clone()))?;
         registry.register(Box::new(m.participants.clone()))?;

@@ -4,12 +4,12 @@
 use std::net::SocketAddr;
 use std::time::Instant;
 
-use interceptor::{NackGeneratorBuilder, NackResponderBuilder};
+use interceptor::{NackGeneratorBuilder, ReceiverReportBuilder};
 use interceptor::{Registry, Slot};
 use rtc::dtls::extension::extension_use_srtp::SrtpProtectionProfile;
 use rtc::ice::tcp_type::TcpType;
 use rtc::peer_connection::configuration::interceptor_registry::{
-    configure_rtcp_reports, configure_simulcast_extension_headers, configure_twcc_receiver_only,
+    configure_simulcast_extension_headers, configure_twcc_receiver_only,
 };
 use rtc::peer_connection::configuration::media_engine::{
     MediaEngine, MIME_TYPE_AV1, MIME_TYPE_H264, MIME_TYPE_OPUS, MIME_TYPE_VP8, MIME_TYPE_VP9,
@@ -149,32 +149,45 @@ fn media_engine() -> Result<MediaEngine, SfuError> {
     Ok(me)
 }
 
-/// Packets of send history per downtrack for answering NACKs (a power of two).
-pub const NACK_HISTORY: u16 = 512;
-
 /// Builds a peer connection that knows its ICE credentials up front (so the router can match
 /// the first STUN check to it), runs ICE-lite, prefers AEAD GCM SRTP, and counts feedback.
+///
+/// A publisher connection (client to server) gets the stack's receive-side interceptors:
+/// NACK generation, receiver reports, TWCC feedback. A subscriber connection sends only what
+/// the lean egress path ([`crate::egress`]) writes past the interceptors, so it keeps only the
+/// feedback tap, which hands the subscriber's NACKs (cut to the budget) and keyframe requests
+/// to the core; the core answers NACKs from its own history and writes the sender reports.
 pub fn build_peer_connection(
     ufrag: &str,
     pwd: &str,
+    role: PeerRole,
     metrics: &Metrics,
     now: Instant,
 ) -> Result<RTCPeerConnection, SfuError> {
     let mut me = media_engine()?;
-    let registry = Registry::new().with(Slot::Custom(FEEDBACK_TAP_SLOT), FeedbackTap::new(metrics));
-    // The stack's default set (NACK both ways, RTCP reports, TWCC feedback, simulcast header
-    // extensions), with a smaller NACK send history per downtrack: the default 1,024 slots
-    // are allocated up front for every video downtrack; 512 still hold ~3 s of a 1.5 Mbit/s
-    // layer, far beyond any useful retransmission.
-    let registry = registry
-        .with(
-            Slot::NackResponder,
-            NackResponderBuilder::new().with_size(NACK_HISTORY).build(),
-        )
-        .with(Slot::NackGenerator, NackGeneratorBuilder::new().build());
     configure_simulcast_extension_headers(&mut me).map_err(SfuError::rtc)?;
-    let registry = configure_twcc_receiver_only(registry, &mut me).map_err(SfuError::rtc)?;
-    let registry = configure_rtcp_reports(registry);
+    let registry = match role {
+        PeerRole::Publisher => {
+            let registry = Registry::new()
+                .with(
+                    Slot::Custom(FEEDBACK_TAP_SLOT),
+                    FeedbackTap::new(metrics, false),
+                )
+                .with(Slot::NackGenerator, NackGeneratorBuilder::new().build());
+            let registry =
+                configure_twcc_receiver_only(registry, &mut me).map_err(SfuError::rtc)?;
+            registry.with(Slot::ReceiverReport, ReceiverReportBuilder::new().build())
+        }
+        PeerRole::Subscriber => {
+            // The same codecs and extensions either way (one SDP shape); the TWCC interceptor
+            // it would add is left out with the rest of the chain.
+            configure_twcc_receiver_only(Registry::new(), &mut me).map_err(SfuError::rtc)?;
+            Registry::new().with(
+                Slot::Custom(FEEDBACK_TAP_SLOT),
+                FeedbackTap::new(metrics, true),
+            )
+        }
+    };
     let settings = SettingEngineBuilder::new()
         .with_lite(true)
         .with_ice_credentials(ufrag.to_owned(), pwd.to_owned())
@@ -312,6 +325,10 @@ pub(crate) struct Peer {
     /// Timer entry in the engine's timer set.
     pub(crate) timer: Option<Instant>,
     pub(crate) dirty: bool,
+    /// Subscriber: where the lean egress path sends (the selected candidate pair's remote
+    /// address and transport), refreshed whenever the connection is drained; `None` before ICE
+    /// selects a pair.
+    pub(crate) dest: Option<Source>,
     /// When a datagram last arrived for this connection: a connection silent for
     /// `media.silence_timeout_secs` is taken as gone.
     pub(crate) last_rx: Option<Instant>,

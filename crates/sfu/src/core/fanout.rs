@@ -5,6 +5,7 @@
 use super::random_id;
 use super::Core;
 use crate::downtrack::{downtrack_header, resolve_leg};
+use crate::egress::{seal, Sent};
 use crate::forwarder::{Source, Verdict};
 use crate::metrics::KindCounters;
 use crate::simulcast::{order_rids, Layer, LAYER_TIMEOUT, MAX_LAYERS};
@@ -15,7 +16,9 @@ use crate::SfuError;
 use chorus_rtp::VideoCodec;
 use rtc::peer_connection::event::RTCTrackEventInit;
 use rtc::rtp_transceiver::rtp_sender::RtpCodecKind;
+use rtc::shared::TransportProtocol;
 use rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+use std::rc::Rc;
 use std::time::Instant;
 use tracing::{debug, info, warn};
 
@@ -69,6 +72,8 @@ impl Core {
             0
         };
         let mut wanted_keyframe = false;
+        // Shared by every downtrack's send history (one allocation per incoming packet).
+        let packet = Rc::new(packet);
         let source = Source::new(
             track.video_codec,
             layer,
@@ -81,10 +86,10 @@ impl Core {
             let Some(sub) = self.peers.get_mut(&dt.peer) else {
                 continue;
             };
-            if !sub.connected || !dt.negotiated {
+            let Some(dest) = sub.dest.filter(|_| sub.connected && dt.negotiated) else {
                 self.drops.not_ready.inc();
                 continue;
-            }
+            };
             if dt.params.is_none() {
                 // Once per negotiation; a video downtrack that still waits for its first
                 // keyframe asks for one below.
@@ -96,6 +101,10 @@ impl Core {
             };
             let Some(out_pt) = params.out_pt(packet.header.payload_type) else {
                 self.drops.unknown_payload_type.inc();
+                continue;
+            };
+            let Some(srtp) = sub.pc.local_srtp_context() else {
+                self.drops.not_ready.inc();
                 continue;
             };
             let (seq, timestamp, payload) = match dt.forwarder.forward(now, &source) {
@@ -121,33 +130,34 @@ impl Core {
                     continue;
                 }
             };
-            let out = rtc::rtp::Packet {
-                header: downtrack_header(&packet.header, params, out_pt, seq, timestamp),
-                payload,
-            };
-            let bytes = out.payload.len() as u64;
-            let written = sub
-                .pc
-                .rtp_sender(dt.sender)
-                .map(|mut s| s.write_rtp(now, out));
-            match written {
-                Some(Ok(())) => {
+            let mut header = std::mem::take(&mut dt.header);
+            downtrack_header(&mut header, &packet.header, params, out_pt, seq, timestamp);
+            let bytes = payload.len();
+            let (sealed, header) = seal(srtp, &mut self.scratch, header, payload.clone());
+            dt.header = header;
+            match sealed {
+                Ok(datagram) => {
+                    let outbox = match dest.protocol {
+                        TransportProtocol::TCP => &mut self.tcp_outbox,
+                        _ => &mut self.outbox,
+                    };
+                    outbox.push((dest.addr, datagram));
                     dt.forwarder.sent(now);
+                    dt.stats.sent(now, timestamp, bytes);
+                    dt.history.record(Sent {
+                        source: Rc::clone(&packet),
+                        payload,
+                        seq,
+                        timestamp,
+                        payload_type: out_pt,
+                    });
                     track.counters.packets_out.inc();
-                    track.counters.bytes_out.inc_by(bytes);
-                    if !sub.dirty {
-                        sub.dirty = true;
-                        self.dirty.push(dt.peer);
-                    }
+                    track.counters.bytes_out.inc_by(bytes as u64);
                 }
-                Some(Err(e)) => {
-                    // The leg no longer accepts what we resolved (its payload types or
-                    // extension ids changed): resolve again on the next packet.
-                    debug!(track = %track.id, "write_rtp refused: {e}");
-                    dt.params = None;
+                Err(e) => {
+                    debug!(track = %track.id, "egress refused: {e}");
                     self.drops.write_failed.inc();
                 }
-                None => self.drops.write_failed.inc(),
             }
         }
         if wanted_keyframe {

@@ -39,6 +39,7 @@ mod membership;
 mod negotiate;
 mod peers;
 pub(crate) mod relay;
+mod rtcp;
 mod subscribe;
 
 use crate::metrics::PathDrops;
@@ -52,6 +53,8 @@ use crate::{MediaConfig, Metrics};
 
 /// How often participants are checked for connect and silence timeouts.
 const SWEEP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+/// How often each downtrack sends a sender report (RTCP's usual interval for one stream).
+const REPORT_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 /// STUN checks kept per peer while its remote description is not known yet.
 const MAX_EARLY_CHECKS: usize = 16;
 
@@ -83,6 +86,12 @@ pub struct Core {
     pub(crate) tcp_outbox: Vec<(SocketAddr, BytesMut)>,
     /// Peers with an ICE-TCP connection that were closed since the driver last asked.
     pub(crate) closed_tcp: Vec<PeerKey>,
+    /// Where the egress path marshals a packet before sealing it (reused).
+    pub(crate) scratch: Vec<u8>,
+    /// What subscriber re-offers may still cost this second (`media.offer_sections_per_sec`).
+    pub(crate) offer_budget: negotiate::OfferBudget,
+    /// When downtracks next send their sender reports.
+    pub(crate) next_reports: Option<Instant>,
     /// Scratch for messages drained from one peer before they are acted on.
     pub(crate) reads: Vec<RTCMessage>,
     pub(crate) events: Vec<RTCPeerConnectionEvent>,
@@ -102,6 +111,7 @@ impl Core {
             addrs: config.advertised_addrs(local_addr),
             tcp: config.ice_tcp,
         };
+        let offer_budget = negotiate::OfferBudget::new(config.offer_sections_per_sec);
         Core {
             engine: 0,
             next_sweep: None,
@@ -122,6 +132,9 @@ impl Core {
             outbox: Vec::new(),
             tcp_outbox: Vec::new(),
             closed_tcp: Vec::new(),
+            scratch: Vec::new(),
+            next_reports: None,
+            offer_budget,
             reads: Vec::new(),
             events: Vec::new(),
         }
@@ -134,11 +147,15 @@ impl Core {
 
     /// The earliest instant [`Core::handle_timeout`] has work to do.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        let sweep = self.next_sweep.filter(|_| !self.participants.is_empty());
-        match (self.timers.first().map(|(t, _)| *t), sweep) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        let busy = !self.participants.is_empty();
+        [
+            self.timers.first().map(|(t, _)| *t),
+            self.next_sweep.filter(|_| busy),
+            self.next_reports.filter(|_| busy),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     /// Moves every datagram waiting to be sent on the UDP socket into `out` (which is cleared
@@ -332,6 +349,14 @@ impl Core {
             self.next_sweep = Some(now + SWEEP_INTERVAL);
             self.sweep(now);
         }
+        match self.next_reports {
+            Some(t) if now >= t => {
+                self.next_reports = Some(now + REPORT_INTERVAL);
+                self.send_reports(now);
+            }
+            None => self.next_reports = Some(now + REPORT_INTERVAL),
+            _ => {}
+        }
         self.drain(now);
     }
 
@@ -455,6 +480,12 @@ impl Core {
                 return;
             };
             peer.dirty = false;
+            if peer.role == PeerRole::Subscriber {
+                peer.dest = peer.pc.selected_transport().map(|t| Source {
+                    addr: t.peer_addr,
+                    protocol: t.transport_protocol,
+                });
+            }
             while let Some(out) = peer.pc.poll_write() {
                 let outbox = match out.transport.transport_protocol {
                     TransportProtocol::TCP => &mut self.tcp_outbox,
@@ -564,17 +595,7 @@ impl Core {
         match msg {
             RTCMessage::RtpPacket(track_id, packet) => self.forward(now, key, &track_id, packet),
             RTCMessage::DataChannelMessage(_, msg) => self.relay_data(now, key, msg),
-            RTCMessage::RtcpPacket(track_id, _packets) => {
-                // Only keyframe requests are delivered here (see `feedback`): relay them.
-                let tk = self
-                    .peers
-                    .get(&key)
-                    .and_then(|p| p.outbound.get(&track_id))
-                    .copied();
-                if let Some(tk) = tk {
-                    self.downtrack_keyframe(now, tk, key);
-                }
-            }
+            RTCMessage::RtcpPacket(_, packets) => self.on_feedback(now, key, &packets),
             _ => {}
         }
     }

@@ -268,6 +268,17 @@ impl Core {
                 return;
             }
         }
+        if peer.last_offer.is_some() {
+            // A re-offer: within the engine's SDP budget, else when it will be.
+            let sections = peer.outbound.len() as f64 + 1.0;
+            if let Some(wait) = self.offer_budget.take(now, sections) {
+                if peer.offer_due.is_none() {
+                    peer.offer_due = Some(now + wait);
+                    self.mark_dirty(key); // re-arms the peer's timer
+                }
+                return;
+            }
+        }
         peer.offer_due = None;
         peer.last_offer = Some(now);
         let mut trickle = Vec::new();
@@ -290,6 +301,49 @@ impl Core {
             }
             Err(e) => warn!("subscriber offer failed: {e}"),
         }
+    }
+}
+
+/// The media sections an engine may still put into subscriber re-offers: a token bucket of
+/// `media.offer_sections_per_sec`, holding one second's worth.
+#[derive(Debug)]
+pub(crate) struct OfferBudget {
+    per_sec: f64,
+    tokens: f64,
+    at: Option<Instant>,
+}
+
+impl OfferBudget {
+    /// A budget of `per_sec` sections a second; 0: unbounded.
+    pub(crate) fn new(per_sec: u32) -> Self {
+        let per_sec = f64::from(per_sec);
+        Self {
+            per_sec,
+            tokens: per_sec,
+            at: None,
+        }
+    }
+
+    /// Takes `sections` at `now`, or says how long until they will be there. An offer bigger
+    /// than the whole bucket goes when the bucket is full (and leaves it in debt), so no
+    /// connection waits forever.
+    pub(crate) fn take(&mut self, now: Instant, sections: f64) -> Option<Duration> {
+        if self.per_sec == 0.0 {
+            return None;
+        }
+        let elapsed = self
+            .at
+            .map_or(0.0, |t| now.saturating_duration_since(t).as_secs_f64());
+        self.at = Some(now);
+        self.tokens = (self.tokens + elapsed * self.per_sec).min(self.per_sec);
+        let need = sections.min(self.per_sec);
+        if self.tokens >= need {
+            self.tokens -= sections;
+            return None;
+        }
+        // Whole milliseconds, at least one: the wait is what the peer's timer is set to.
+        let secs = (need - self.tokens) / self.per_sec;
+        Some(Duration::from_millis((secs * 1000.0).ceil().max(1.0) as u64))
     }
 }
 
@@ -316,4 +370,27 @@ fn apply_local(
     pc.local_description().map(|d| d.sdp).ok_or(SfuError::Rtc(
         "no local description after setting it".into(),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_offer_budget_spaces_re_offers_out() {
+        let t0 = Instant::now();
+        let mut b = OfferBudget::new(1_000);
+        // A second's worth at once, then waits in proportion to the deficit.
+        assert_eq!(b.take(t0, 600.0), None);
+        assert_eq!(b.take(t0, 400.0), None);
+        assert_eq!(b.take(t0, 200.0), Some(Duration::from_millis(200)));
+        let t1 = t0 + Duration::from_millis(200);
+        assert_eq!(b.take(t1, 200.0), None);
+        // Bigger than the bucket: goes once the bucket is full, leaving a debt.
+        let t2 = t1 + Duration::from_millis(1_000);
+        assert_eq!(b.take(t2, 3_000.0), None);
+        assert_eq!(b.take(t2, 1.0), Some(Duration::from_millis(2_001)));
+        // 0: no bound.
+        assert_eq!(OfferBudget::new(0).take(t0, 1e9), None);
+    }
 }

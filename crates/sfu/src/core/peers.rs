@@ -22,7 +22,7 @@ impl Core {
     ) -> Result<PeerKey, SfuError> {
         let ufrag = Alphanumeric.sample_string(&mut rand::rng(), 16);
         let pwd = Alphanumeric.sample_string(&mut rand::rng(), 32);
-        let pc = build_peer_connection(&ufrag, &pwd, &self.metrics, now)?;
+        let pc = build_peer_connection(&ufrag, &pwd, role, &self.metrics, now)?;
         let key = self.key();
         self.router.add_peer(&ufrag, &pwd, key);
         self.peers.insert(
@@ -46,6 +46,7 @@ impl Core {
                 remote_known: false,
                 timer: None,
                 dirty: false,
+                dest: None,
                 last_rx: None,
                 tcp: false,
             },

@@ -5,6 +5,7 @@ use std::time::Instant;
 
 use super::Core;
 use crate::downtrack::DownTrack;
+use crate::egress::{SendHistory, SenderStats, AUDIO_HISTORY, VIDEO_HISTORY};
 use crate::forwarder::Forwarder;
 use crate::types::PeerRole;
 use crate::types::TrackKind;
@@ -98,6 +99,13 @@ impl Core {
                 rng.random(),
             ),
             params: None,
+            header: Default::default(),
+            history: SendHistory::new(if track.video_codec.is_some() {
+                VIDEO_HISTORY
+            } else {
+                AUDIO_HISTORY
+            }),
+            stats: SenderStats::new(track.codec.clock_rate),
         };
         if let Some(t) = self.tracks.get_mut(&tk) {
             t.downtracks.push(dt);

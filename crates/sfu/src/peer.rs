@@ -150,11 +150,11 @@ fn media_engine() -> Result<MediaEngine, SfuError> {
 /// Packets of send history per downtrack for answering NACKs (a power of two).
 pub const NACK_HISTORY: u16 = 512;
 
-/// Builds a peer connection that knows its ICE credentials up front (so the router can match
-/// the first STUN check to it), runs ICE-lite, prefers AEAD GCM SRTP, and counts feedback.
+/// Builds a peer connection that runs ICE-lite, prefers AEAD GCM SRTP, and counts feedback.
+/// Its ICE credentials are the stack's random ones, new on every ICE restart (credentials
+/// fixed in the setting engine would be reused by a restart); the router learns them from each
+/// local description.
 pub fn build_peer_connection(
-    ufrag: &str,
-    pwd: &str,
     metrics: &Metrics,
     now: Instant,
 ) -> Result<RTCPeerConnection, SfuError> {
@@ -175,7 +175,6 @@ pub fn build_peer_connection(
     let registry = configure_rtcp_reports(registry);
     let settings = SettingEngineBuilder::new()
         .with_lite(true)
-        .with_ice_credentials(ufrag.to_owned(), pwd.to_owned())
         // Answer `setup:passive`: the client, which runs full ICE and knows first when the
         // path works, starts DTLS. As DTLS client, the server's ClientHello raced the
         // client's own ICE completion and was dropped, costing a ~200 ms retransmission.

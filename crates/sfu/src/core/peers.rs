@@ -5,32 +5,31 @@ use crate::peer::{build_peer_connection, Peer};
 use crate::types::PeerRole;
 use crate::types::{ParticipantKey, PeerKey};
 use crate::SfuError;
-use rand::distr::{Alphanumeric, SampleString};
 use rtc::sansio::Protocol;
 use std::collections::HashMap;
 use std::time::Instant;
 use tracing::debug;
 
 impl Core {
-    /// A new peer connection of `participant`, routed by its ICE ufrag.
+    /// A new peer connection of `participant`. Its ICE credentials are the stack's own
+    /// (random, fresh again on every ICE restart); it is routed by them once its first local
+    /// description is applied ([`Core::sync_ice_credentials`]), before any client can know
+    /// them.
     pub(crate) fn new_peer(
         &mut self,
         now: Instant,
         participant: ParticipantKey,
         role: PeerRole,
     ) -> Result<PeerKey, SfuError> {
-        let ufrag = Alphanumeric.sample_string(&mut rand::rng(), 16);
-        let pwd = Alphanumeric.sample_string(&mut rand::rng(), 32);
-        let pc = build_peer_connection(&ufrag, &pwd, &self.metrics, now)?;
+        let pc = build_peer_connection(&self.metrics, now)?;
         let key = self.key();
-        self.router.add_peer(&ufrag, &pwd, key);
         self.peers.insert(
             key,
             Peer {
                 pc,
                 participant,
                 role,
-                ufrag,
+                ufrag: String::new(),
                 connected: false,
                 candidates_added: false,
                 expected_inbound: 0,

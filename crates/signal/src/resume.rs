@@ -1,4 +1,4 @@
-//! The WebSocket sessions a new connection may take back (`resume`, docs/protocol.md §9).
+//! The WebSocket sessions a new connection may take back (`resume`, docs/protocol.md §13).
 //!
 //! [`Resumable`] owns one entry per joined WebSocket participant: its resume token (32 random
 //! bytes, base64url; compared in constant time), who it is, and the channel through which a

@@ -38,9 +38,9 @@ use connection::{
     LEAVE_TIMEOUT,
 };
 use dispatch::SignalingContext;
+use publishing::{local_tracks, open_publisher, video_to_publish};
 use reconnect::{run_signaling, Notice, ResumeContext};
 pub use reconnect::{ReconnectEvent, ReconnectPolicy};
-use publishing::{local_tracks, open_publisher, video_to_publish};
 use shared::lock;
 use signaling::{unix_millis, write_signaling};
 use std::collections::BTreeMap;

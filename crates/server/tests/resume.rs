@@ -210,7 +210,9 @@ async fn after_the_grace_period_the_client_rejoins_cleanly() {
         .wait_event(T, |e| matches!(e, ServerMessage::ParticipantLeft { .. }))
         .await
         .expect("b hears a left once the grace is over");
-    assert!(matches!(left, ServerMessage::ParticipantLeft { participant_id } if participant_id == old_id));
+    assert!(
+        matches!(left, ServerMessage::ParticipantLeft { participant_id } if participant_id == old_id)
+    );
     assert_eq!(participants(&server).await, 1);
     proxy.refuse(false);
 

@@ -131,7 +131,12 @@ impl Resumable {
     /// Takes the session of participant `id` back for a client holding `token` and an access
     /// token with `claims`: the entry is removed (the token works once) and its holder asked
     /// to hand the session over.
-    pub(crate) async fn take(&self, id: &str, token: &str, claims: &Claims) -> Result<Held, Refused> {
+    pub(crate) async fn take(
+        &self,
+        id: &str,
+        token: &str,
+        claims: &Claims,
+    ) -> Result<Held, Refused> {
         let requests = {
             let mut entries = self.lock();
             let entry = entries.get(id).ok_or(Refused::Unknown)?;

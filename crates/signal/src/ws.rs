@@ -25,11 +25,11 @@ use tracing::{debug, info, info_span, Instrument};
 use crate::auth::{Claims, TokenError};
 use crate::ice::ice_servers_for;
 use crate::limits::{ConnRefusal, ConnSlot, TokenBucket};
-use crate::resume::{park, Held, Takeover, Ticket};
 use crate::protocol::{
     ClientMessage, ErrorCode, IceCandidate, ParticipantInfo, Quality, ServerMessage, Target,
     TrackInfo, TrackKind, MAX_MESSAGE_BYTES, PROTOCOL_VERSION,
 };
+use crate::resume::{park, Held, Takeover, Ticket};
 use crate::{error_code, SharedState};
 
 /// Frames above this size close the socket outright; between [`MAX_MESSAGE_BYTES`] and this
@@ -349,9 +349,8 @@ async fn join(conn: &mut Conn) -> Option<(Held, Option<Ticket>)> {
         }
     };
     let (version, token) = match &first {
-        ClientMessage::Join { version, token, .. } | ClientMessage::Resume { version, token, .. } => {
-            (*version, token.clone())
-        }
+        ClientMessage::Join { version, token, .. }
+        | ClientMessage::Resume { version, token, .. } => (*version, token.clone()),
         _ => {
             conn.error(ErrorCode::InvalidState, "the first message must be join")
                 .await;
@@ -470,15 +469,16 @@ async fn resume(
         state.metrics.resumes.with_label_values(&["failed"]).inc();
         info!(participant = %participant_id, why, "resume refused");
     };
-    let mut held = match state.resumable.take(participant_id, resume_token, &claims).await {
+    let mut held = match state
+        .resumable
+        .take(participant_id, resume_token, &claims)
+        .await
+    {
         Ok(h) => h,
         Err(why) => {
             failed(why.reason());
-            conn.error(
-                ErrorCode::ResumeFailed,
-                "no session to resume: join again",
-            )
-            .await;
+            conn.error(ErrorCode::ResumeFailed, "no session to resume: join again")
+                .await;
             return None;
         }
     };
@@ -487,8 +487,11 @@ async fn resume(
         Ok(room) => room,
         Err(e) => {
             failed("the participant is gone");
-            conn.error(ErrorCode::ResumeFailed, format!("no session to resume: {e}"))
-                .await;
+            conn.error(
+                ErrorCode::ResumeFailed,
+                format!("no session to resume: {e}"),
+            )
+            .await;
             return None;
         }
     };
@@ -646,7 +649,6 @@ async fn run(conn: &mut Conn, mut held: Held, ticket: Option<&mut Ticket>) -> (E
         }
     }
 }
-
 
 /// Checks a refreshed token: valid, same identity, room and grants. Returns its expiry.
 async fn refresh(conn: &mut Conn, claims: &Claims, token: &str) -> Option<u64> {

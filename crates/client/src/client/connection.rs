@@ -263,9 +263,8 @@ impl PublisherConn {
         match self {
             PublisherConn::None | PublisherConn::Engine(_) => Ok(None),
             PublisherConn::Own(pc) => {
-                let options = rtc::peer_connection::configuration::RTCOfferOptions {
-                    ice_restart: true,
-                };
+                let options =
+                    rtc::peer_connection::configuration::RTCOfferOptions { ice_restart: true };
                 let offer = pc.create_offer(Some(options)).await?;
                 pc.set_local_description(offer.clone()).await?;
                 Ok(Some(offer.sdp))

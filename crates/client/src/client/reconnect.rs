@@ -149,9 +149,7 @@ pub(super) async fn run_signaling(
                     Ok(None) => {}
                     Err(e) => tracing::warn!(error = %e, "publisher ICE restart failed"),
                 }
-                let _ = resume
-                    .notices
-                    .send(Notice::Event(ReconnectEvent::Resumed));
+                let _ = resume.notices.send(Notice::Event(ReconnectEvent::Resumed));
             }
             Outcome::Rejoin => {
                 tracing::info!(participant = %resume.participant_id, "no session to resume, joining afresh");

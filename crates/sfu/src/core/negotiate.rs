@@ -57,7 +57,11 @@ impl Core {
         }
         let sdp = local_answer(&mut peer.pc, now)?;
         self.sync_ice_credentials(key, &sdp);
-        let ufrag = self.peers.get(&key).map(|p| p.ufrag.clone()).unwrap_or_default();
+        let ufrag = self
+            .peers
+            .get(&key)
+            .map(|p| p.ufrag.clone())
+            .unwrap_or_default();
         self.mark_dirty(key);
         self.trickle(participant, PeerRole::Publisher, &sdp, &ufrag, trickle);
         for (from, data) in early {
@@ -290,7 +294,11 @@ impl Core {
                 debug!(%sdp, "subscriber offer");
                 peer.awaiting_answer = true;
                 self.sync_ice_credentials(key, &sdp);
-                let ufrag = self.peers.get(&key).map(|p| p.ufrag.clone()).unwrap_or_default();
+                let ufrag = self
+                    .peers
+                    .get(&key)
+                    .map(|p| p.ufrag.clone())
+                    .unwrap_or_default();
                 self.mark_dirty(key);
                 self.send_event(participant, RoomEvent::SubscriberOffer(sdp.clone()));
                 self.trickle(participant, PeerRole::Subscriber, &sdp, &ufrag, trickle);
@@ -400,6 +408,9 @@ mod tests {
         let sdp = "v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=ice-ufrag:abcd\r\na=ice-pwd:secretsecretsecret\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\na=ice-ufrag:other\r\n";
         assert_eq!(ice_credentials(sdp), Some(("abcd", "secretsecretsecret")));
         assert_eq!(ice_credentials("v=0\r\na=ice-ufrag:x\r\n"), None);
-        assert_eq!(ice_credentials("v=0\r\na=ice-ufrag:\r\na=ice-pwd:p\r\n"), None);
+        assert_eq!(
+            ice_credentials("v=0\r\na=ice-ufrag:\r\na=ice-pwd:p\r\n"),
+            None
+        );
     }
 }

@@ -191,11 +191,13 @@ impl Resumable {
     }
 }
 
-/// Keeps the session of a lost WebSocket for `grace`: hands it to a `resume` if one comes,
+/// Keeps the session of a lost WebSocket for `grace` (at most until its token expires): hands it to a `resume` if one comes,
 /// else (grace over, removed by the server, shutdown) lets it go, which leaves the room.
 pub(crate) async fn park(state: SharedState, mut held: Held, mut ticket: Ticket, grace: Duration) {
     state.metrics.parked.inc();
-    let deadline = tokio::time::sleep(grace);
+    // Not past the token's expiry, which ends a session for good.
+    let left = held.claims.exp.saturating_sub(crate::auth::unix_now());
+    let deadline = tokio::time::sleep(grace.min(Duration::from_secs(left)));
     tokio::pin!(deadline);
     let handed = loop {
         tokio::select! {

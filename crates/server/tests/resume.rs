@@ -385,3 +385,92 @@ async fn the_grace_period_ends_a_lost_session_and_others_hear_it_left() {
     let r = resume(&mut late, &token, &id, &rt).await;
     assert!(is_error(&r, ErrorCode::ResumeFailed), "{r:?}");
 }
+
+/// A token of the dev key for `identity` in `room`, valid for `ttl`.
+fn short_token(room: &str, identity: &str, ttl: Duration) -> String {
+    use chorus_server::config::{DEV_API_KEY, DEV_API_SECRET};
+    use chorus_signal::auth::{claims, mint, Grants};
+    let grants = Grants {
+        room: room.into(),
+        can_publish: true,
+        can_subscribe: true,
+        can_publish_data: true,
+    };
+    mint(
+        DEV_API_KEY,
+        DEV_API_SECRET,
+        &claims(identity, room, ttl, grants),
+    )
+    .expect("mints")
+}
+
+/// Joins `identity` over a raw WebSocket, drops the socket without `leave`, and waits until
+/// the server keeps the session parked; returns (participant id, resume token).
+async fn join_and_vanish(base: &str, token: &str) -> (String, String) {
+    let mut ws = common::ws_connect(base).await;
+    let ids = joined(common::ws_join(&mut ws, token).await);
+    drop(ws);
+    common::eventually("the session is parked", T, || async {
+        let parked = common::metric(base, "chorus_signal_parked_sessions")
+            .await
+            .unwrap_or(0.0);
+        common::ok_if(parked >= 1.0, parked)
+    })
+    .await;
+    ids
+}
+
+#[tokio::test]
+async fn removal_token_expiry_and_drain_end_a_parked_session_for_good() {
+    let server = common::server().await; // the default grace: 15 s
+    let base = server.base_url();
+    let room = common::room();
+
+    // Removed by the operator while parked: gone at once, and no resume.
+    let token = common::token(&room, "removed");
+    let (id, rt) = join_and_vanish(&base, &token).await;
+    server
+        .state
+        .sfu
+        .remove_participant(&room, "removed", "removed by the operator")
+        .await
+        .expect("removes");
+    common::eventually("the removed session is gone", T, || async {
+        let parked = common::metric(&base, "chorus_signal_parked_sessions").await;
+        let n = participants(&server).await;
+        common::ok_if(parked == Some(0.0) && n == 0, (parked, n))
+    })
+    .await;
+    let mut ws = common::ws_connect(&base).await;
+    let r = resume(&mut ws, &token, &id, &rt).await;
+    assert!(is_error(&r, ErrorCode::ResumeFailed), "{r:?}");
+
+    // The token expires while parked: the session ends then, long before the grace period.
+    let token = short_token(&room, "expires", Duration::from_secs(2));
+    let lost_at = std::time::Instant::now();
+    join_and_vanish(&base, &token).await;
+    common::eventually("the expired session is gone", T, || async {
+        let n = participants(&server).await;
+        common::ok_if(n == 0, n)
+    })
+    .await;
+    assert!(
+        lost_at.elapsed() < Duration::from_secs(6),
+        "ended at the token's expiry, not after the 15 s grace: {:?}",
+        lost_at.elapsed()
+    );
+
+    // Shutdown: parked sessions end at once, so the drain does not wait for them.
+    join_and_vanish(&base, &common::token(&room, "drained")).await;
+    assert_eq!(participants(&server).await, 1);
+    let state = server.state.clone();
+    let started = std::time::Instant::now();
+    server.shutdown(Duration::from_secs(10)).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "the drain waited {:?} for a parked session",
+        started.elapsed()
+    );
+    assert_eq!(state.sfu.stats().await.expect("stats").participants, 0);
+    assert!(state.resumable.is_empty());
+}

@@ -2,7 +2,8 @@
 // A call page that loses its WebSocket resumes: two Chromiums in a call, one page's signaling
 // socket is dropped from the test (no `leave`, as a network loss would); the page reconnects,
 // resumes the same participant (`resumed`), restarts ICE on both connections, and video still
-// decodes on both sides; the server never had three participants.
+// decodes on both sides; the server never had three participants. Then a resume that fails
+// (a spoiled resume token) makes the page join afresh, and the call goes on.
 //
 //   node tests/browser/resume.mjs http://127.0.0.1:7880
 //
@@ -36,6 +37,21 @@ async function serverParticipants() {
   const m = /^chorus_participants (\d+)/m.exec(await res.text());
   if (!m) throw new Error('no chorus_participants in /metrics');
   return Number(m[1]);
+}
+
+/**
+ * Waits (up to MEDIA_TIMEOUT_MS) for a SUSTAIN_MS window in which `br` receives audio and
+ * decodes video at the full rate again (an ICE restart or a rejoin costs a keyframe wait).
+ */
+async function sustained(br, when) {
+  let problem;
+  await poll(async () => {
+    const first = await inboundStats(br.page, subscriberPc);
+    await new Promise((r) => setTimeout(r, SUSTAIN_MS));
+    problem = stalled(first, await inboundStats(br.page, subscriberPc), SUSTAIN_MS);
+    return !problem;
+  }, { timeoutMs: MEDIA_TIMEOUT_MS, everyMs: 0, what: `${br.name}'s media to flow ${when}` })
+    .catch((e) => { e.message += ` (${problem})`; throw e; });
 }
 
 /** The ICE ufrag of a connection's current local and remote descriptions. */
@@ -109,11 +125,7 @@ run('resume', async (browsers) => {
       const s = await br.page.evaluate(() => window.chorus.state());
       return s.connection.publisher === 'connected' && s.connection.subscriber === 'connected';
     }, { timeoutMs: MEDIA_TIMEOUT_MS, what: `${br.name}'s connections to be connected` });
-    const first = await inboundStats(br.page, subscriberPc);
-    await new Promise((r) => setTimeout(r, SUSTAIN_MS));
-    const second = await inboundStats(br.page, subscriberPc);
-    const problem = stalled(first, second, SUSTAIN_MS);
-    if (problem) throw new Error(`${br.name} after the resume: ${problem}`);
+    await sustained(br, 'after the resume');
   }
   const bob = await b.page.evaluate(() => window.chorus.state());
   if (bob.participants.length !== 1 || bob.participants[0].id !== me.alice.id) {
@@ -122,9 +134,34 @@ run('resume', async (browsers) => {
   const participants = await serverParticipants();
   if (participants !== 2) throw new Error(`the server has ${participants} participants, want 2`);
 
+  // A resume that fails (the page lost its resume token, as after the grace period) makes
+  // the page join afresh: a new participant id, the same identity (which replaces the old
+  // participant at once), media again both ways.
+  progress('resume', 'dropping alice\'s WebSocket with a spoiled resume token');
+  await a.page.evaluate(() => window.chorus.dropSignaling({ forgetResumeToken: true }));
+  const rejoined = await poll(async () => {
+    const s = await a.page.evaluate(() => window.chorus.state());
+    if (s.phase === 'failed') throw new Error(`alice failed: ${s.errors.join('; ')}`);
+    return s.rejoins === 1 && s.phase === 'joined' ? s : null;
+  }, { timeoutMs: UI_TIMEOUT_MS, everyMs: 100, what: 'alice to rejoin' });
+  if (rejoined.me.id === me.alice.id || rejoined.me.identity !== me.alice.identity) {
+    throw new Error(`alice rejoined as ${JSON.stringify(rejoined.me)}; was ${JSON.stringify(me.alice)}`);
+  }
+  if (!/rejoined/.test(rejoined.status)) throw new Error(`the status line does not say so: ${rejoined.status}`);
+  progress('resume', `alice rejoined as ${rejoined.me.id}: ${rejoined.status}`);
+  await poll(async () => {
+    const s = await b.page.evaluate(() => window.chorus.state());
+    return s.participants.length === 1 && s.participants[0].id === rejoined.me.id;
+  }, { timeoutMs: UI_TIMEOUT_MS, what: 'bob to see only the rejoined alice' });
+  await poll(async () => mediaFlowing(await inboundStats(a.page, subscriberPc)),
+    { timeoutMs: MEDIA_TIMEOUT_MS, what: 'the rejoined alice to decode video and receive audio' });
+  for (const br of [a, b]) await sustained(br, 'after the rejoin');
+  const afterRejoin = await serverParticipants();
+  if (afterRejoin !== 2) throw new Error(`after the rejoin the server has ${afterRejoin} participants, want 2`);
+
   await Promise.all([a, b].map((br) => br.page.evaluate(() => window.chorus.leave())));
   console.log(JSON.stringify({
-    ok: true, test: 'resume', participant: me.alice.id, participants, before, after,
-    ms: Date.now() - started,
+    ok: true, test: 'resume', participant: me.alice.id, rejoined_as: rejoined.me.id,
+    participants, before, after, ms: Date.now() - started,
   }));
 });

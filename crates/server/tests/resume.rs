@@ -280,6 +280,24 @@ fn joined(m: ServerMessage) -> (String, String) {
     }
 }
 
+/// The next subscriber offer on a raw WebSocket (within 5 s).
+async fn next_offer(ws: &mut common::Ws) -> String {
+    tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match ws.next().await {
+                Some(Ok(tokio_tungstenite::tungstenite::Message::Text(t))) => {
+                    if let Ok(ServerMessage::Offer { sdp }) = serde_json::from_str(&t) {
+                        return sdp;
+                    }
+                }
+                other => panic!("expected an offer, got {other:?}"),
+            }
+        }
+    })
+    .await
+    .expect("a subscriber offer")
+}
+
 fn is_error(m: &ServerMessage, want: ErrorCode) -> bool {
     matches!(m, ServerMessage::Error { code, .. } if *code == want)
 }
@@ -293,6 +311,8 @@ async fn resume_tokens_work_once_for_their_session_only() {
     let mut first = common::ws_connect(&base).await;
     let (id, rt1) = joined(common::ws_join(&mut first, &token).await);
     assert!(rt1.len() >= 40, "an unguessable resume token: {rt1:?}");
+    // The first subscriber offer (left unanswered, as a client cut off before it could).
+    let first_offer = next_offer(&mut first).await;
 
     // A wrong token, and the right token with another identity's access token: refused,
     // and the live session is untouched.
@@ -311,22 +331,10 @@ async fn resume_tokens_work_once_for_their_session_only() {
     let (same, rt2) = joined(resume(&mut second, &token, &id, &rt1).await);
     assert_eq!(same, id);
     assert_ne!(rt2, rt1, "a new token per resume");
-    // The resumed session gets a subscriber offer again (an ICE restart).
-    let offer = tokio::time::timeout(Duration::from_secs(5), async {
-        loop {
-            match second.next().await {
-                Some(Ok(tokio_tungstenite::tungstenite::Message::Text(t))) => {
-                    if let Ok(ServerMessage::Offer { sdp }) = serde_json::from_str(&t) {
-                        return sdp;
-                    }
-                }
-                other => panic!("expected an offer, got {other:?}"),
-            }
-        }
-    })
-    .await
-    .expect("a subscriber offer after resume");
-    assert!(offer.contains("a=ice-ufrag:"));
+    // The resumed session gets a new subscriber offer: an ICE restart, new credentials.
+    let offer = next_offer(&mut second).await;
+    assert!(!ufrag(&offer).is_empty());
+    assert_ne!(ufrag(&offer), ufrag(&first_offer), "new ICE credentials");
 
     // The used token no longer works.
     let mut third = common::ws_connect(&base).await;

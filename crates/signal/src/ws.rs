@@ -495,6 +495,31 @@ async fn resume(
             return None;
         }
     };
+    // What the session heard before the resume is stale: `resumed` carries the room as it
+    // is now, and the ICE-restart offer the resume just made supersedes any earlier offer (an
+    // answer to one would be taken for the answer to it). Keep that offer and what follows.
+    let mut queued = Vec::new();
+    while let Ok(ev) = held.session.events.try_recv() {
+        if matches!(ev, RoomEvent::SubscriberOffer(_)) {
+            queued.clear();
+        }
+        queued.push(ev);
+    }
+    let mut after = Vec::with_capacity(queued.len());
+    for ev in queued {
+        match event_message(ev) {
+            Ok(m) => after.push(m),
+            Err(reason) => {
+                failed("the participant was removed");
+                conn.error(
+                    ErrorCode::ResumeFailed,
+                    format!("no session to resume: {reason}"),
+                )
+                .await;
+                return None;
+            }
+        }
+    }
     let grace = Duration::from_secs(state.config.resume_grace_secs);
     let (resume_token, ticket) = state.resumable.register(&me.id, &held.claims, grace);
     let resumed = ServerMessage::Resumed {
@@ -510,8 +535,13 @@ async fn resume(
         ),
         resume_token,
     };
-    if !conn.send(&resumed).await {
-        // Lost again at once: keep it parked for the rest of a grace period.
+    let mut sent = conn.send(&resumed).await;
+    for m in &after {
+        sent = sent && conn.send(m).await;
+    }
+    if !sent {
+        // Lost again at once: keep it parked for a grace period (the client resumes again,
+        // and gets a new offer then).
         if let Some(ticket) = ticket {
             tokio::spawn(park(state.clone(), held, ticket, grace));
         }
@@ -601,39 +631,12 @@ async fn run(conn: &mut Conn, mut held: Held, ticket: Option<&mut Ticket>) -> (E
             }
             ev = held.session.events.recv() => {
                 let Some(ev) = ev else { break End::Normal };
-                let out = match ev {
-                    RoomEvent::Closed { reason } => {
+                let out = match event_message(ev) {
+                    Ok(out) => out,
+                    Err(reason) => {
                         conn.error(ErrorCode::InvalidState, format!("removed from room: {reason}")).await;
                         break End::Normal;
                     }
-                    RoomEvent::ParticipantJoined(p) => {
-                        ServerMessage::ParticipantJoined { participant: participant_info(&p) }
-                    }
-                    RoomEvent::ParticipantLeft { participant_id } => {
-                        ServerMessage::ParticipantLeft { participant_id }
-                    }
-                    RoomEvent::TrackPublished { participant_id, track } => {
-                        ServerMessage::TrackPublished { participant_id, track: track_info(&track) }
-                    }
-                    RoomEvent::TrackUnpublished { participant_id, track_id } => {
-                        ServerMessage::TrackUnpublished { participant_id, track_id }
-                    }
-                    RoomEvent::TrackMuted { participant_id, track_id, muted } => {
-                        ServerMessage::TrackMuted { participant_id, track_id, muted }
-                    }
-                    RoomEvent::SubscriberOffer(sdp) => ServerMessage::Offer { sdp },
-                    RoomEvent::Candidate { role, candidate } => ServerMessage::Candidate {
-                        target: match role {
-                            PeerRole::Publisher => Target::Publisher,
-                            PeerRole::Subscriber => Target::Subscriber,
-                        },
-                        candidate: IceCandidate {
-                            candidate: candidate.candidate,
-                            sdp_mid: candidate.sdp_mid,
-                            sdp_m_line_index: candidate.sdp_mline_index,
-                            username_fragment: candidate.username_fragment,
-                        },
-                    },
                 };
                 if !conn.send(&out).await {
                     break End::Lost;
@@ -648,6 +651,56 @@ async fn run(conn: &mut Conn, mut held: Held, ticket: Option<&mut Ticket>) -> (E
             (end, None)
         }
     }
+}
+
+/// The message a room event becomes; `Err(reason)` for [`RoomEvent::Closed`] (the
+/// participant was removed).
+fn event_message(ev: RoomEvent) -> Result<ServerMessage, String> {
+    Ok(match ev {
+        RoomEvent::Closed { reason } => return Err(reason),
+        RoomEvent::ParticipantJoined(p) => ServerMessage::ParticipantJoined {
+            participant: participant_info(&p),
+        },
+        RoomEvent::ParticipantLeft { participant_id } => {
+            ServerMessage::ParticipantLeft { participant_id }
+        }
+        RoomEvent::TrackPublished {
+            participant_id,
+            track,
+        } => ServerMessage::TrackPublished {
+            participant_id,
+            track: track_info(&track),
+        },
+        RoomEvent::TrackUnpublished {
+            participant_id,
+            track_id,
+        } => ServerMessage::TrackUnpublished {
+            participant_id,
+            track_id,
+        },
+        RoomEvent::TrackMuted {
+            participant_id,
+            track_id,
+            muted,
+        } => ServerMessage::TrackMuted {
+            participant_id,
+            track_id,
+            muted,
+        },
+        RoomEvent::SubscriberOffer(sdp) => ServerMessage::Offer { sdp },
+        RoomEvent::Candidate { role, candidate } => ServerMessage::Candidate {
+            target: match role {
+                PeerRole::Publisher => Target::Publisher,
+                PeerRole::Subscriber => Target::Subscriber,
+            },
+            candidate: IceCandidate {
+                candidate: candidate.candidate,
+                sdp_mid: candidate.sdp_mid,
+                sdp_m_line_index: candidate.sdp_mline_index,
+                username_fragment: candidate.username_fragment,
+            },
+        },
+    })
 }
 
 /// Checks a refreshed token: valid, same identity, room and grants. Returns its expiry.

@@ -179,7 +179,13 @@ impl Client {
 
         let (sinks_tx, sinks_rx) = mpsc::unbounded_channel();
         let (notices_tx, notices) = mpsc::unbounded_channel();
-        shared.spawn(write_signaling(sink, out_rx, sinks_rx));
+        let keepalive = opts
+            .reconnect
+            .map_or(signaling::KEEPALIVE_INTERVAL, |p| {
+                (p.silence_timeout / 3).min(signaling::KEEPALIVE_INTERVAL)
+            })
+            .max(Duration::from_millis(100));
+        shared.spawn(write_signaling(sink, out_rx, sinks_rx, keepalive));
         let publishing = !local_tracks.is_empty();
         shared.spawn(run_signaling(
             stream,

@@ -9,7 +9,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use chorus_client::{Client, ClientOptions, ReconnectEvent, ServerMessage, SharedEngine};
+use chorus_client::{
+    Client, ClientOptions, ReconnectEvent, ReconnectPolicy, ServerMessage, SharedEngine,
+};
 use chorus_signal::protocol::ErrorCode;
 use futures::StreamExt;
 use tokio::net::{TcpListener, TcpStream};
@@ -18,12 +20,15 @@ use tokio::task::AbortHandle;
 const T: Duration = Duration::from_secs(15);
 
 /// A TCP proxy in front of the server's HTTP port: `cut` drops every connection through it
-/// (both sides see the TCP connection end, no WebSocket close frame), `refuse` makes it close
-/// new connections at once (the server unreachable).
+/// (both sides see the TCP connection end, no WebSocket close frame), `freeze` stops carrying
+/// the bytes of the connections open now but keeps them open (a half-open connection: neither
+/// side learns anything), `refuse` makes it close new connections at once (the server
+/// unreachable).
 struct Proxy {
     url: String,
     conns: Arc<Mutex<Vec<AbortHandle>>>,
     open: Arc<AtomicBool>,
+    frozen: tokio::sync::watch::Sender<bool>,
     accept: AbortHandle,
 }
 
@@ -33,15 +38,24 @@ impl Proxy {
         let url = format!("ws://{}/ws", listener.local_addr().expect("addr"));
         let conns: Arc<Mutex<Vec<AbortHandle>>> = Arc::default();
         let open = Arc::new(AtomicBool::new(true));
+        let (frozen, freeze) = tokio::sync::watch::channel(false);
         let (c, o) = (conns.clone(), open.clone());
         let accept = tokio::spawn(async move {
             while let Ok((mut down, _)) = listener.accept().await {
                 if !o.load(Ordering::SeqCst) {
                     continue; // dropped: the client sees the connection end
                 }
+                let mut freeze = freeze.clone();
+                freeze.mark_unchanged();
                 let task = tokio::spawn(async move {
                     if let Ok(mut up) = TcpStream::connect(upstream).await {
-                        let _ = tokio::io::copy_bidirectional(&mut down, &mut up).await;
+                        tokio::select! {
+                            _ = tokio::io::copy_bidirectional(&mut down, &mut up) => {}
+                            _ = freeze.changed() => {
+                                // Hold both sockets open, carrying nothing, until cut.
+                                std::future::pending::<()>().await;
+                            }
+                        }
                     }
                 });
                 c.lock().expect("lock").push(task.abort_handle());
@@ -52,8 +66,13 @@ impl Proxy {
             url,
             conns,
             open,
+            frozen,
             accept,
         }
+    }
+
+    fn freeze(&self) {
+        self.frozen.send_replace(true);
     }
 
     fn cut(&self) {
@@ -495,4 +514,58 @@ async fn removal_token_expiry_and_drain_end_a_parked_session_for_good() {
     );
     assert_eq!(state.sfu.stats().await.expect("stats").participants, 0);
     assert!(state.resumable.is_empty());
+}
+
+#[tokio::test]
+async fn a_half_open_websocket_is_noticed_and_its_session_resumed() {
+    let server = common::server().await;
+    let proxy = Proxy::start(server.http_addr).await;
+    let room = common::room();
+    let silence = Duration::from_secs(2);
+    let mut a = Client::join(ClientOptions {
+        reconnect: Some(ReconnectPolicy {
+            silence_timeout: silence,
+            ..ReconnectPolicy::default()
+        }),
+        ..ClientOptions::new(proxy.url.clone(), common::token(&room, "a"))
+    })
+    .await
+    .expect("a joins");
+    a.wait_connected(T).await.expect("a connected");
+    let id = a.participant_id().to_owned();
+    // Quiet but alive: the client's pings (every third of the silence timeout) keep it so.
+    tokio::time::sleep(silence * 2).await;
+    assert!(
+        tokio::time::timeout(Duration::from_millis(10), a.next_reconnect_event())
+            .await
+            .is_err(),
+        "a live, quiet socket is not taken as lost"
+    );
+
+    // The network goes without closing anything: neither side's socket ends.
+    let frozen_at = std::time::Instant::now();
+    proxy.freeze();
+    a.wait_reconnect_event(T, |e| *e == ReconnectEvent::Resumed)
+        .await
+        .expect("a notices the silence and resumes");
+    // Noticed by its silence (counted from the last frame, a pong up to a third of it before
+    // the freeze), not by anything closing.
+    assert!(
+        frozen_at.elapsed() >= silence / 2,
+        "{:?}",
+        frozen_at.elapsed()
+    );
+    assert_eq!(a.participant_id(), id);
+    // The server still had the stale socket: the resume took the session from it.
+    assert_eq!(participants(&server).await, 1);
+    assert_eq!(
+        common::counter(
+            &server.base_url(),
+            "chorus_signal_resumes_total{result=\"ok\"}"
+        )
+        .await,
+        1.0
+    );
+    a.wait_connected(T).await.expect("a connected");
+    a.leave().await;
 }

@@ -10,6 +10,7 @@ use crate::stats::offered_tracks;
 use chorus_signal::protocol::{ClientMessage, ServerMessage, Target};
 use futures::StreamExt;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
 use webrtc::peer_connection::RTCIceCandidateInit;
@@ -28,9 +29,25 @@ pub(super) struct SignalingContext {
 
 impl SignalingContext {
     /// Reads and applies server messages until the WebSocket ends. True when it was lost
-    /// (failed, or ended without a close frame); false when the server closed it.
-    pub(super) async fn read_until_end(&mut self, stream: &mut WsSource) -> bool {
-        while let Some(msg) = stream.next().await {
+    /// (failed, ended without a close frame, or silent for `silence`); false when the server
+    /// closed it.
+    pub(super) async fn read_until_end(
+        &mut self,
+        stream: &mut WsSource,
+        silence: Option<Duration>,
+    ) -> bool {
+        loop {
+            let next = match silence {
+                Some(limit) => match tokio::time::timeout(limit, stream.next()).await {
+                    Ok(next) => next,
+                    Err(_) => {
+                        tracing::debug!(?limit, "signaling silent, taking it as lost");
+                        return true;
+                    }
+                },
+                None => stream.next().await,
+            };
+            let Some(msg) = next else { break };
             let text = match msg {
                 Ok(Message::Text(t)) => t,
                 Ok(Message::Close(_)) => return false,

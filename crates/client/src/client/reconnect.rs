@@ -29,16 +29,22 @@ pub struct ReconnectPolicy {
     pub max_attempts: u32,
     /// Most time spent reconnecting before giving up.
     pub max_total: Duration,
+    /// A WebSocket from which nothing at all (no message, no ping frame) arrives this long is
+    /// taken as lost (a half-open connection: the network went without closing it). The
+    /// client pings the server at a third of this, at most every 15 s; the server pings every
+    /// 15 s (`ping_interval_secs`), so keep it above that.
+    pub silence_timeout: Duration,
 }
 
 impl Default for ReconnectPolicy {
-    /// 250 ms doubling to 5 s, at most 12 attempts within 30 s.
+    /// 250 ms doubling to 5 s, at most 12 attempts within 30 s; lost after 35 s of silence.
     fn default() -> Self {
         Self {
             initial_delay: Duration::from_millis(250),
             max_delay: Duration::from_secs(5),
             max_attempts: 12,
             max_total: Duration::from_secs(30),
+            silence_timeout: Duration::from_secs(35),
         }
     }
 }
@@ -107,8 +113,9 @@ pub(super) async fn run_signaling(
     mut ctx: SignalingContext,
     mut resume: ResumeContext,
 ) {
+    let silence = resume.opts.reconnect.map(|p| p.silence_timeout);
     loop {
-        if !ctx.read_until_end(&mut stream).await {
+        if !ctx.read_until_end(&mut stream, silence).await {
             return; // the server closed it: the session is over
         }
         let Some(policy) = resume.opts.reconnect else {

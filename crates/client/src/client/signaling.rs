@@ -12,7 +12,8 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use tokio_tungstenite::tungstenite::Message;
 
-/// How often the client pings the server to keep the WebSocket alive.
+/// How often the client pings the server to keep the WebSocket alive (more often when
+/// [`ReconnectPolicy::silence_timeout`](super::ReconnectPolicy::silence_timeout) asks).
 pub(super) const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(15);
 
 /// What the signaling writer sends.
@@ -173,9 +174,10 @@ pub(super) async fn write_signaling(
     sink: WsSink,
     mut out: mpsc::UnboundedReceiver<Outgoing>,
     mut sinks: mpsc::UnboundedReceiver<NewSink>,
+    keepalive_every: Duration,
 ) {
     let mut sink = Some(sink);
-    let mut keepalive = tokio::time::interval(KEEPALIVE_INTERVAL);
+    let mut keepalive = tokio::time::interval(keepalive_every);
     keepalive.tick().await;
     loop {
         let msg = tokio::select! {

@@ -227,6 +227,8 @@ run('call', async (browsers) => {
 
   const bobErrors = (await b.page.evaluate(() => window.chorus.state())).errors;
   if (bobErrors.length) throw new Error(`Bob's page showed errors: ${bobErrors.join('; ')}`);
+  // Bob leaves too (a page closed without `leave` would be kept for a resume, §13).
+  await b.page.click('#leave-btn');
 
   console.log(JSON.stringify({
     test: 'call', ok: true, room, media_ms: mediaMs, total_ms: Date.now() - started,

@@ -157,6 +157,8 @@ run('simulcast', async (browsers) => {
   const switches = Number((/^chorus_layer_switches_total (\d+)/m.exec(metrics) || [])[1] || 0);
   if (switches < 3) throw new Error(`chorus_layer_switches_total is ${switches}, want >= 3`);
 
+  // Everyone leaves (a page closed without `leave` would be kept for a resume, §13).
+  for (const br of [pub, low, high]) await br.page.evaluate(() => window.chorus.leave());
   console.log(JSON.stringify({
     ok: true,
     test: 'simulcast',

@@ -3,7 +3,8 @@
 //!
 //! - [`options`]: [`ClientOptions`]; [`error`]: [`ClientError`].
 //! - [`signaling`]: the WebSocket (`join`, the writer, keep-alive, the candidate gate);
-//!   [`dispatch`]: applies server messages to the connections and the room view.
+//!   [`dispatch`]: applies server messages to the connections and the room view;
+//!   [`reconnect`]: a lost WebSocket's backoff, `resume` (with ICE restarts) or rejoin.
 //! - [`connection`]: building the async peer connections and the publisher/subscriber
 //!   connection whichever way it runs; [`engine`]: the [`SharedEngine`] and its lean
 //!   endpoints ([`receiver`], [`publisher`], [`transport`]).
@@ -20,6 +21,7 @@ mod options;
 mod publisher;
 mod publishing;
 mod receiver;
+mod reconnect;
 mod sdp;
 mod shared;
 mod signaling;
@@ -35,8 +37,10 @@ use connection::{
     build_pc, default_udp_addr, engine_bind_addr, Handler, PublisherConn, SubscriberConn,
     LEAVE_TIMEOUT,
 };
-use dispatch::{read_signaling, SignalingContext};
+use dispatch::SignalingContext;
 use publishing::{local_tracks, open_publisher, video_to_publish};
+use reconnect::{run_signaling, Notice, ResumeContext};
+pub use reconnect::{ReconnectEvent, ReconnectPolicy};
 use shared::lock;
 use signaling::{unix_millis, write_signaling};
 use std::collections::BTreeMap;
@@ -65,6 +69,8 @@ pub struct Client {
     publisher: Arc<PublisherConn>,
     subscriber: Arc<SubscriberConn>,
     local_tracks: Vec<Arc<LocalTrack>>,
+    /// What the signaling task reports about reconnecting.
+    notices: mpsc::UnboundedReceiver<Notice>,
 }
 
 impl std::fmt::Debug for Client {
@@ -102,6 +108,7 @@ impl Client {
             participant,
             participants,
             ice_servers,
+            resume_token,
         } = joined;
 
         let (out_tx, out_rx) = mpsc::unbounded_channel();
@@ -170,9 +177,17 @@ impl Client {
         .await?;
         let publisher = Arc::new(publisher);
 
-        shared.spawn(write_signaling(sink, out_rx));
+        let (sinks_tx, sinks_rx) = mpsc::unbounded_channel();
+        let (notices_tx, notices) = mpsc::unbounded_channel();
+        let keepalive = opts
+            .reconnect
+            .map_or(signaling::KEEPALIVE_INTERVAL, |p| {
+                (p.silence_timeout / 3).min(signaling::KEEPALIVE_INTERVAL)
+            })
+            .max(Duration::from_millis(100));
+        shared.spawn(write_signaling(sink, out_rx, sinks_rx, keepalive));
         let publishing = !local_tracks.is_empty();
-        shared.spawn(read_signaling(
+        shared.spawn(run_signaling(
             stream,
             SignalingContext {
                 shared: Arc::clone(&shared),
@@ -182,6 +197,13 @@ impl Client {
                 pending_media: pending,
                 pending_publisher: Vec::new(),
                 pending_subscriber: Vec::new(),
+            },
+            ResumeContext {
+                opts: opts.clone(),
+                participant_id: participant.id.clone(),
+                resume_token,
+                sinks: sinks_tx,
+                notices: notices_tx,
             },
         ));
 
@@ -200,7 +222,45 @@ impl Client {
             publisher,
             subscriber,
             local_tracks,
+            notices,
         })
+    }
+
+    /// The next thing that happened to the signaling connection (a lost WebSocket, a resume,
+    /// a rejoin, giving up); waits for one. After [`ReconnectEvent::Rejoined`] this handle is
+    /// the new participant (the old one's connections are closed): a client that may rejoin
+    /// keeps calling this. `None` when the client's signaling has ended.
+    pub async fn next_reconnect_event(&mut self) -> Option<ReconnectEvent> {
+        match self.notices.recv().await? {
+            Notice::Event(e) => Some(e),
+            Notice::Rejoined(new) => {
+                // The old participant's tasks stop and its connections close as it drops.
+                drop(std::mem::replace(self, *new));
+                Some(ReconnectEvent::Rejoined)
+            }
+        }
+    }
+
+    /// Reads reconnect events until one matches `pred` (see
+    /// [`next_reconnect_event`](Self::next_reconnect_event)).
+    pub async fn wait_reconnect_event<F>(
+        &mut self,
+        timeout: Duration,
+        mut pred: F,
+    ) -> Result<ReconnectEvent, ClientError>
+    where
+        F: FnMut(&ReconnectEvent) -> bool,
+    {
+        tokio::time::timeout(timeout, async {
+            while let Some(ev) = self.next_reconnect_event().await {
+                if pred(&ev) {
+                    return Ok(ev);
+                }
+            }
+            Err(ClientError::Closed)
+        })
+        .await
+        .map_err(|_| ClientError::Timeout("a reconnect event"))?
     }
 
     /// My participant id.

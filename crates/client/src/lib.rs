@@ -57,7 +57,8 @@ pub use chorus_rtp::ivf;
 pub use client::engine::ENGINE_THREAD;
 pub use client::whip::{WhipKind, WhipSession};
 pub use client::{
-    Client, ClientError, ClientOptions, ConnectionStates, RtcpSentStats, SharedEngine,
+    Client, ClientError, ClientOptions, ConnectionStates, ReconnectEvent, ReconnectPolicy,
+    RtcpSentStats, SharedEngine,
 };
 pub use impair::Impairment;
 pub use media::{

@@ -180,6 +180,7 @@ async fn mock_sfu(listener: TcpListener, mut cmds: mpsc::UnboundedReceiver<Cmd>)
             participant: me,
             participants: vec![],
             ice_servers: vec![],
+            resume_token: String::new(),
         })
         .expect("send");
 

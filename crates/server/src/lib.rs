@@ -46,6 +46,8 @@ impl RunningServer {
     /// Stops accepting joins, then closes the HTTP server.
     pub async fn shutdown(self, drain: Duration) {
         self.state.ready.store(false, Ordering::Relaxed);
+        // Sessions kept for a resume end now: nobody resumes into a draining server.
+        self.state.resumable.end_all();
         let deadline = tokio::time::Instant::now() + drain;
         while tokio::time::Instant::now() < deadline {
             match self.state.sfu.stats().await {
@@ -135,6 +137,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
         },
         connections: ConnectionLimiter::default(),
         refusals: RefusalLog::default(),
+        resumable: Default::default(),
     });
     let (shutdown, rx) = watch::channel(false);
     let header_timeout = Duration::from_secs(config.server.header_read_timeout_secs);

@@ -267,7 +267,8 @@ async fn a_full_room_refuses_the_next_join() {
 
 #[tokio::test]
 async fn rooms_close_when_their_last_participant_vanishes() {
-    let server = common::server().await;
+    // A vanished participant is kept for a resume this long, then removed (tests/resume.rs).
+    let server = common::server_with(|c| c.signal.resume_grace_secs = 1).await;
     let base = server.base_url();
     let room = common::room();
     let mut a = connect(&base).await;

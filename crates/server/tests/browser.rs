@@ -1,7 +1,8 @@
 //! Real headless Chromium against an in-process server: two people on the call page see and
 //! hear each other and chat over data channels; Chromium publishes with WHIP and another plays
 //! with WHEP; VP9, AV1 and H264 flow as well as VP8; simulcast layers reach the viewers that
-//! ask for them; outside dev mode the page joins with tokens handed to it in its address.
+//! ask for them; outside dev mode the page joins with tokens handed to it in its address; a
+//! page that loses its WebSocket resumes.
 //!
 //! The scripts live in `tests/browser/` (playwright-core driving Debian's `/usr/bin/chromium`).
 //! Each script is its own test with its own server, so one failure does not hide the others;
@@ -109,6 +110,23 @@ async fn scenario_on(server: &chorus_server::RunningServer, script: &str, extra:
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chromium_call_page() {
     scenario("call.mjs").await;
+}
+
+/// A call page whose WebSocket is dropped (no `leave`) reconnects and resumes the same
+/// participant, restarting ICE on both connections; video still decodes on both sides and the
+/// server has two participants, not three.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chromium_call_page_resumes_after_losing_its_websocket() {
+    check_prerequisites();
+    let _turn = ONE_SCENARIO_AT_A_TIME.lock().await;
+    let server = common::server().await;
+    scenario_on(&server, "resume.mjs", &[]).await;
+    let ok = common::counter(
+        &server.base_url(),
+        "chorus_signal_resumes_total{result=\"ok\"}",
+    )
+    .await;
+    assert_eq!(ok, 1.0, "one resume counted");
 }
 
 /// Chromium publishes with WHIP and another plays with WHEP.

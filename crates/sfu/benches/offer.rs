@@ -22,14 +22,7 @@ use rtc::rtp_transceiver::rtp_sender::{
 /// The server's subscriber connection with `n` audio tracks, and a client that answered once.
 fn pair(n: usize, now: Instant) -> (RTCPeerConnection, RTCPeerConnection) {
     let metrics = Metrics::unregistered();
-    let mut server = build_peer_connection(
-        "benchufrag",
-        "benchpwdbenchpwdbenchpwd",
-        PeerRole::Subscriber,
-        &metrics,
-        now,
-    )
-    .expect("server pc");
+    let mut server = build_peer_connection(PeerRole::Subscriber, &metrics, now).expect("server pc");
     let opus = supported_codecs()
         .into_iter()
         .find(|(_, k)| *k == RtpCodecKind::Audio)

@@ -60,6 +60,12 @@ pub(crate) enum Command {
     Leave {
         participant: u64,
     },
+    /// Resume: restarts ICE on the subscriber connection (a new offer with fresh
+    /// credentials) and replies with the room as it is now (me, then everyone else).
+    Resume {
+        participant: u64,
+        reply: Reply<(ParticipantDesc, Vec<ParticipantDesc>)>,
+    },
     Stats {
         reply: oneshot::Sender<EngineStats>,
     },
@@ -108,6 +114,7 @@ impl Command {
             | Command::Subscribe { participant, .. }
             | Command::SetQuality { participant, .. }
             | Command::Mute { participant, .. }
+            | Command::Resume { participant, .. }
             | Command::Leave { participant } => Some(*participant),
             #[cfg(feature = "fault-injection")]
             Command::Panic { participant } => Some(*participant),

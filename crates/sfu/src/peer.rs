@@ -149,8 +149,10 @@ fn media_engine() -> Result<MediaEngine, SfuError> {
     Ok(me)
 }
 
-/// Builds a peer connection that knows its ICE credentials up front (so the router can match
-/// the first STUN check to it), runs ICE-lite, prefers AEAD GCM SRTP, and counts feedback.
+/// Builds a peer connection that runs ICE-lite, prefers AEAD GCM SRTP, and counts feedback.
+/// Its ICE credentials are the stack's random ones, new on every ICE restart (credentials
+/// fixed in the setting engine would be reused by a restart); the router learns them from each
+/// local description.
 ///
 /// A publisher connection (client to server) gets the stack's receive-side interceptors:
 /// NACK generation, receiver reports, TWCC feedback. A subscriber connection sends only what
@@ -158,8 +160,6 @@ fn media_engine() -> Result<MediaEngine, SfuError> {
 /// feedback tap, which hands the subscriber's NACKs (cut to the budget) and keyframe requests
 /// to the core; the core answers NACKs from its own history and writes the sender reports.
 pub fn build_peer_connection(
-    ufrag: &str,
-    pwd: &str,
     role: PeerRole,
     metrics: &Metrics,
     now: Instant,
@@ -190,7 +190,6 @@ pub fn build_peer_connection(
     };
     let settings = SettingEngineBuilder::new()
         .with_lite(true)
-        .with_ice_credentials(ufrag.to_owned(), pwd.to_owned())
         // Answer `setup:passive`: the client, which runs full ICE and knows first when the
         // path works, starts DTLS. As DTLS client, the server's ClientHello raced the
         // client's own ICE completion and was dropped, costing a ~200 ms retransmission.

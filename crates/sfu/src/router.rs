@@ -93,6 +93,17 @@ impl Router {
             .insert(ufrag.to_owned(), (peer, pwd.to_owned()));
     }
 
+    /// Routes checks naming `ufrag` (signed with `pwd`) to `peer` instead of those naming
+    /// `old` (an ICE restart; an empty `old` for a connection's first credentials). The
+    /// addresses learned so far stay: media keeps flowing on them until the new checks
+    /// select a path.
+    pub fn replace_credentials(&mut self, old: &str, ufrag: &str, pwd: &str, peer: PeerKey) {
+        if self.by_ufrag.get(old).is_some_and(|(p, _)| *p == peer) {
+            self.by_ufrag.remove(old);
+        }
+        self.add_peer(ufrag, pwd, peer);
+    }
+
     /// Forgets `peer`: its ufrag and every address learned for it.
     pub fn remove_peer(&mut self, ufrag: &str, peer: PeerKey) {
         if self.by_ufrag.get(ufrag).is_some_and(|(p, _)| *p == peer) {

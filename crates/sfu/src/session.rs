@@ -343,6 +343,15 @@ impl SessionHandle {
         .await
     }
 
+    /// After the client's signaling came back (a resumed WebSocket): restarts ICE on the
+    /// subscriber connection (a subscriber offer with fresh ICE credentials follows as a room
+    /// event, replacing any offer the client may have missed) and returns the room as it is
+    /// now: this participant, then everyone else.
+    pub async fn resume(&self) -> Result<(ParticipantDesc, Vec<ParticipantDesc>), SfuError> {
+        self.call(|participant, reply| Command::Resume { participant, reply })
+            .await
+    }
+
     /// Leaves the room (idempotent; also done when the [`Session`] drops).
     pub fn leave(&self) {
         if self

@@ -9,6 +9,7 @@
 //! - [`ice`]: the STUN/TURN servers handed to clients.
 //! - [`admin`]: the operator's HTTP API (list rooms, remove a participant, close a room).
 //! - [`limits`]: connection caps, message rates and the bounded log of refused requests.
+//! - [`resume`]: the sessions a new WebSocket may take back (resume tokens, the grace period).
 
 pub mod admin;
 pub mod auth;
@@ -17,6 +18,7 @@ pub mod ice;
 pub mod limits;
 pub mod metrics;
 pub mod protocol;
+pub mod resume;
 pub mod ws;
 
 use std::collections::HashMap;
@@ -65,6 +67,9 @@ pub struct SignalConfig {
     pub max_candidates: usize,
     /// Most tracks one participant may subscribe to explicitly, and name in one message.
     pub max_subscriptions: usize,
+    /// Seconds a participant whose WebSocket was lost (closed without `leave`) stays in its
+    /// room, media flowing, for a new WebSocket to `resume` it. 0 removes it at once.
+    pub resume_grace_secs: u64,
 }
 
 impl Default for SignalConfig {
@@ -86,6 +91,7 @@ impl Default for SignalConfig {
             max_media_sections: 32,
             max_candidates: 200,
             max_subscriptions: 1000,
+            resume_grace_secs: 15,
         }
     }
 }
@@ -174,6 +180,8 @@ pub struct AppState {
     pub connections: limits::ConnectionLimiter,
     /// The rate-bounded log of refused requests.
     pub refusals: limits::RefusalLog,
+    /// WebSocket sessions a `resume` may take back, live or kept after a lost socket.
+    pub resumable: resume::Resumable,
 }
 
 /// A WHIP or WHEP session resource.

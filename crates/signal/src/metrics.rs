@@ -1,4 +1,5 @@
-//! Signaling metrics: messages by type, errors by code, open WebSockets.
+//! Signaling metrics: messages by type, errors by code, open WebSockets, resumes and the
+//! sessions kept for one.
 
 use prometheus::{IntCounterVec, IntGauge, Opts, Registry};
 
@@ -11,6 +12,10 @@ pub struct SignalMetrics {
     pub errors: IntCounterVec,
     /// Open signaling WebSockets.
     pub websockets: IntGauge,
+    /// `resume` requests, by `result` (`ok`, `failed`).
+    pub resumes: IntCounterVec,
+    /// Sessions kept for a resume after their WebSocket was lost.
+    pub parked: IntGauge,
 }
 
 impl SignalMetrics {
@@ -29,10 +34,23 @@ impl SignalMetrics {
                 &["code"],
             )?,
             websockets: IntGauge::new("chorus_signal_websockets", "Open signaling WebSockets")?,
+            resumes: IntCounterVec::new(
+                Opts::new(
+                    "chorus_signal_resumes_total",
+                    "Session resumes over a new WebSocket, by result (ok, failed)",
+                ),
+                &["result"],
+            )?,
+            parked: IntGauge::new(
+                "chorus_signal_parked_sessions",
+                "Sessions kept for a resume after their WebSocket was lost",
+            )?,
         };
         registry.register(Box::new(m.messages.clone()))?;
         registry.register(Box::new(m.errors.clone()))?;
         registry.register(Box::new(m.websockets.clone()))?;
+        registry.register(Box::new(m.resumes.clone()))?;
+        registry.register(Box::new(m.parked.clone()))?;
         Ok(m)
     }
 }

@@ -140,6 +140,19 @@ pub enum ClientMessage {
         #[serde(default)]
         quality: Quality,
     },
+    /// First message on a new connection instead of `join`: take back a session whose
+    /// WebSocket was lost, within the server's grace period (`resumed` or `resume_failed`).
+    Resume {
+        /// Protocol version the client speaks; must equal [`PROTOCOL_VERSION`].
+        version: u32,
+        /// A valid access token for the same identity and room (the one joined with, if it
+        /// has not expired, or a fresh one).
+        token: String,
+        /// The participant id `joined` gave.
+        participant_id: String,
+        /// The resume token of the last `joined` or `resumed`; each works once.
+        resume_token: String,
+    },
     /// SDP offer for the publisher connection.
     Offer {
         /// The SDP text.
@@ -219,6 +232,28 @@ pub enum ServerMessage {
         participants: Vec<ParticipantInfo>,
         /// STUN/TURN servers to put in both peer connections' configuration.
         ice_servers: Vec<IceServer>,
+        /// The secret that lets a new WebSocket take this session back (`resume`) if this one
+        /// is lost. Empty when the server keeps no session after a lost WebSocket.
+        #[serde(default, skip_serializing_if = "String::is_empty")]
+        resume_token: String,
+    },
+    /// The session was resumed on this WebSocket: the same participant, its tracks and
+    /// subscriptions. A subscriber offer with fresh ICE credentials follows (an ICE restart);
+    /// a publishing client restarts ICE on its publisher connection (an offer with new
+    /// credentials).
+    Resumed {
+        /// Protocol version the server speaks.
+        version: u32,
+        /// The room's name.
+        room: String,
+        /// My participant, as the room sees it now.
+        participant: ParticipantInfo,
+        /// Everyone else in the room now, with their tracks.
+        participants: Vec<ParticipantInfo>,
+        /// STUN/TURN servers (fresh TURN credentials).
+        ice_servers: Vec<IceServer>,
+        /// The next resume token (the one just used no longer works).
+        resume_token: String,
     },
     /// Someone joined.
     ParticipantJoined {
@@ -319,6 +354,10 @@ pub enum ErrorCode {
     /// A per-participant limit (media sections per offer, candidates, subscriptions) is reached;
     /// the request was not applied.
     LimitExceeded,
+    /// `resume` found no session to take back: unknown participant, wrong or already used
+    /// resume token, another identity or room, or the grace period is over. The client joins
+    /// afresh (`join`).
+    ResumeFailed,
 }
 
 impl ErrorCode {
@@ -340,6 +379,7 @@ impl ErrorCode {
             Self::IdleTimeout => "idle_timeout",
             Self::TooManyConnections => "too_many_connections",
             Self::LimitExceeded => "limit_exceeded",
+            Self::ResumeFailed => "resume_failed",
         }
     }
 }
@@ -349,6 +389,7 @@ impl ClientMessage {
     pub fn kind(&self) -> &'static str {
         match self {
             Self::Join { .. } => "join",
+            Self::Resume { .. } => "resume",
             Self::Offer { .. } => "offer",
             Self::Answer { .. } => "answer",
             Self::Candidate { .. } => "candidate",
@@ -421,6 +462,15 @@ mod tests {
                 ClientMessage::Ping { timestamp: 5 },
             ),
             (
+                r#"{"type":"resume","version":1,"token":"t","participant_id":"PA_1","resume_token":"r"}"#,
+                ClientMessage::Resume {
+                    version: 1,
+                    token: "t".into(),
+                    participant_id: "PA_1".into(),
+                    resume_token: "r".into(),
+                },
+            ),
+            (
                 r#"{"type":"refresh_token","token":"t2"}"#,
                 ClientMessage::RefreshToken { token: "t2".into() },
             ),
@@ -487,6 +537,7 @@ mod tests {
             ErrorCode::IdleTimeout,
             ErrorCode::TooManyConnections,
             ErrorCode::LimitExceeded,
+            ErrorCode::ResumeFailed,
         ] {
             let json = serde_json::to_string(&code).expect("serializes");
             assert_eq!(json, format!("\"{}\"", code.as_str()));

@@ -3,8 +3,11 @@
 //! connections, a fixed join deadline, small frames before join, a message rate, keepalive
 //! pings with an idle timeout, the token's expiry, and per-participant caps on media sections,
 //! candidates and subscriptions. Each refusal is an [`ErrorCode`] (docs/protocol.md §8).
+//!
+//! A socket lost without `leave` does not end its participant: the session is parked for
+//! `signal.resume_grace_secs` and a new socket may take it back with `resume`
+//! ([`crate::resume`]).
 
-use std::collections::HashSet;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -14,8 +17,8 @@ use axum::extract::{ConnectInfo, State};
 use axum::http::Extensions;
 use axum::response::Response;
 use chorus_sfu::{
-    CandidateInit, Origin, ParticipantDesc, PeerRole, Permissions, RoomEvent, Session,
-    SessionHandle, TrackDesc, TrackKind as SfuKind,
+    CandidateInit, Origin, ParticipantDesc, PeerRole, Permissions, RoomEvent, SessionHandle,
+    TrackDesc, TrackKind as SfuKind,
 };
 use tracing::{debug, info, info_span, Instrument};
 
@@ -26,6 +29,7 @@ use crate::protocol::{
     ClientMessage, ErrorCode, IceCandidate, ParticipantInfo, Quality, ServerMessage, Target,
     TrackInfo, TrackKind, MAX_MESSAGE_BYTES, PROTOCOL_VERSION,
 };
+use crate::resume::{park, Held, Takeover, Ticket};
 use crate::{error_code, SharedState};
 
 /// Frames above this size close the socket outright; between [`MAX_MESSAGE_BYTES`] and this
@@ -152,8 +156,11 @@ enum Incoming {
     Message(ClientMessage),
     /// A frame that was handled already (control frame, or an error was sent).
     Nothing,
-    /// The socket is done: closed by the client, or failed.
+    /// The socket is done: failed, or closed by the client with anything but a normal
+    /// closure (1000): the session may be resumed.
     Done,
+    /// The client closed the socket with a normal closure (1000): as good as `leave`.
+    Closed,
     /// The client went over its message rate (`rate_limited` was sent).
     RateLimited,
 }
@@ -212,6 +219,9 @@ impl Conn {
                 )
                 .await;
                 return Incoming::Nothing;
+            }
+            Message::Close(Some(CloseFrame { code, .. })) if code == close_code::NORMAL => {
+                return Incoming::Closed
             }
             Message::Close(_) => return Incoming::Done,
             Message::Ping(_) | Message::Pong(_) => return Incoming::Nothing,
@@ -275,16 +285,37 @@ async fn connection(socket: WebSocket, state: SharedState, peer: Option<IpAddr>,
         last_rx: now,
         joined: false,
     };
-    // 1000: normal end (leave, server removed us); 1008: the join was refused, or the client
-    // broke a limit (rate, idle, token expiry).
+    // 1000: normal end (leave, server removed us, replaced by a resumed socket); 1008: the
+    // join was refused, or the client broke a limit (rate, idle, token expiry).
     let (code, reason) = match join(&mut conn).await {
-        Some((session, claims)) => {
+        Some((held, ticket)) => {
             conn.joined = true;
-            let span =
-                info_span!("participant", room = %claims.grants.room, participant = %session.me.id);
-            match run(&mut conn, session, claims).instrument(span).await {
-                End::Normal => (close_code::NORMAL, "bye"),
-                End::Policy(reason) => (close_code::POLICY, reason),
+            let span = info_span!("participant", room = %held.claims.grants.room, participant = %held.session.me.id);
+            let grace = Duration::from_secs(state.config.resume_grace_secs);
+            let mut ticket = ticket;
+            let (end, held) = run(&mut conn, held, ticket.as_mut()).instrument(span).await;
+            match (end, held, ticket) {
+                (End::Lost, Some(held), Some(ticket)) if state.resumable.open() => {
+                    info!(participant = %ticket.id, "websocket lost, keeping the session for a resume");
+                    tokio::spawn(park(state.clone(), held, ticket, grace));
+                    (close_code::AWAY, "lost")
+                }
+                (End::Replaced(reply), Some(held), _) => {
+                    let _ = reply.send(held);
+                    (close_code::NORMAL, "replaced by a resumed connection")
+                }
+                (end, held, ticket) => {
+                    if let Some(ticket) = &ticket {
+                        state.resumable.remove(ticket);
+                    }
+                    if let Some(held) = held {
+                        held.session.handle.leave();
+                    }
+                    match end {
+                        End::Policy(reason) => (close_code::POLICY, reason),
+                        _ => (close_code::NORMAL, "bye"),
+                    }
+                }
             }
         }
         None => (close_code::POLICY, "join refused"),
@@ -300,8 +331,9 @@ async fn connection(socket: WebSocket, state: SharedState, peer: Option<IpAddr>,
     state.metrics.websockets.dec();
 }
 
-/// Waits for `join` until a fixed deadline, checks it, and joins the room.
-async fn join(conn: &mut Conn) -> Option<(Session, Claims)> {
+/// Waits for `join` (or `resume`) until a fixed deadline, checks it, and joins the room (or
+/// takes the session back).
+async fn join(conn: &mut Conn) -> Option<(Held, Option<Ticket>)> {
     let deadline =
         tokio::time::Instant::now() + Duration::from_secs(conn.state.config.join_timeout_secs);
     let first = loop {
@@ -311,21 +343,19 @@ async fn join(conn: &mut Conn) -> Option<(Session, Claims)> {
                     .await;
                 return None;
             }
-            Ok(Incoming::Done | Incoming::RateLimited) => return None,
+            Ok(Incoming::Done | Incoming::Closed | Incoming::RateLimited) => return None,
             Ok(Incoming::Nothing) => continue,
             Ok(Incoming::Message(m)) => break m,
         }
     };
-    let ClientMessage::Join {
-        version,
-        token,
-        auto_subscribe,
-        quality,
-    } = first
-    else {
-        conn.error(ErrorCode::InvalidState, "the first message must be join")
-            .await;
-        return None;
+    let (version, token) = match &first {
+        ClientMessage::Join { version, token, .. }
+        | ClientMessage::Resume { version, token, .. } => (*version, token.clone()),
+        _ => {
+            conn.error(ErrorCode::InvalidState, "the first message must be join")
+                .await;
+            return None;
+        }
     };
     if version != PROTOCOL_VERSION {
         conn.error(
@@ -347,6 +377,28 @@ async fn join(conn: &mut Conn) -> Option<(Session, Claims)> {
             return None;
         }
     };
+    match first {
+        ClientMessage::Resume {
+            participant_id,
+            resume_token,
+            ..
+        } => resume(conn, claims, &participant_id, &resume_token).await,
+        ClientMessage::Join {
+            auto_subscribe,
+            quality,
+            ..
+        } => join_room(conn, claims, auto_subscribe, quality).await,
+        _ => None,
+    }
+}
+
+/// Joins the room a verified token names and sends `joined`.
+async fn join_room(
+    conn: &mut Conn,
+    claims: Claims,
+    auto_subscribe: bool,
+    quality: Quality,
+) -> Option<(Held, Option<Ticket>)> {
     if !(claims.grants.can_publish || claims.grants.can_subscribe) {
         conn.error(
             ErrorCode::PermissionDenied,
@@ -369,6 +421,11 @@ async fn join(conn: &mut Conn) -> Option<(Session, Claims)> {
             return None;
         }
     };
+    let grace = Duration::from_secs(conn.state.config.resume_grace_secs);
+    let (resume_token, ticket) = conn
+        .state
+        .resumable
+        .register(&session.me.id, &claims, grace);
     let joined = ServerMessage::Joined {
         version: PROTOCOL_VERSION,
         room: claims.grants.room.clone(),
@@ -380,26 +437,131 @@ async fn join(conn: &mut Conn) -> Option<(Session, Claims)> {
             crate::auth::unix_now(),
             claims.exp,
         ),
+        resume_token,
+    };
+    let held = Held {
+        session,
+        claims,
+        candidates: 0,
+        subscribed: Default::default(),
     };
     if !conn.send(&joined).await {
+        if let Some(t) = &ticket {
+            conn.state.resumable.remove(t);
+        }
         return None;
     }
-    info!(identity = %claims.sub, "joined over websocket");
-    Some((session, claims))
+    info!(identity = %held.claims.sub, "joined over websocket");
+    Some((held, ticket))
+}
+
+/// Takes back the session of `participant_id` (parked after a lost socket, or still held by
+/// a stale one, which is closed), restarts the subscriber connection's ICE and sends
+/// `resumed`; `resume_failed` otherwise.
+async fn resume(
+    conn: &mut Conn,
+    claims: Claims,
+    participant_id: &str,
+    resume_token: &str,
+) -> Option<(Held, Option<Ticket>)> {
+    let state = conn.state.clone();
+    let failed = |why: &str| {
+        state.metrics.resumes.with_label_values(&["failed"]).inc();
+        info!(participant = %participant_id, why, "resume refused");
+    };
+    let mut held = match state
+        .resumable
+        .take(participant_id, resume_token, &claims)
+        .await
+    {
+        Ok(h) => h,
+        Err(why) => {
+            failed(why.reason());
+            conn.error(ErrorCode::ResumeFailed, "no session to resume: join again")
+                .await;
+            return None;
+        }
+    };
+    held.claims = claims;
+    let (me, others) = match held.session.handle.resume().await {
+        Ok(room) => room,
+        Err(e) => {
+            failed("the participant is gone");
+            conn.error(
+                ErrorCode::ResumeFailed,
+                format!("no session to resume: {e}"),
+            )
+            .await;
+            return None;
+        }
+    };
+    // What the session heard before the resume is stale: `resumed` carries the room as it
+    // is now, and the ICE-restart offer the resume just made supersedes any earlier offer (an
+    // answer to one would be taken for the answer to it). Keep that offer and what follows.
+    let mut queued = Vec::new();
+    while let Ok(ev) = held.session.events.try_recv() {
+        if matches!(ev, RoomEvent::SubscriberOffer(_)) {
+            queued.clear();
+        }
+        queued.push(ev);
+    }
+    let mut after = Vec::with_capacity(queued.len());
+    for ev in queued {
+        match event_message(ev) {
+            Ok(m) => after.push(m),
+            Err(reason) => {
+                failed("the participant was removed");
+                conn.error(
+                    ErrorCode::ResumeFailed,
+                    format!("no session to resume: {reason}"),
+                )
+                .await;
+                return None;
+            }
+        }
+    }
+    let grace = Duration::from_secs(state.config.resume_grace_secs);
+    let (resume_token, ticket) = state.resumable.register(&me.id, &held.claims, grace);
+    let resumed = ServerMessage::Resumed {
+        version: PROTOCOL_VERSION,
+        room: held.claims.grants.room.clone(),
+        participant: participant_info(&me),
+        participants: others.iter().map(participant_info).collect(),
+        ice_servers: ice_servers_for(
+            &state.config.ice_servers,
+            &held.claims.sub,
+            crate::auth::unix_now(),
+            held.claims.exp,
+        ),
+        resume_token,
+    };
+    let mut sent = conn.send(&resumed).await;
+    for m in &after {
+        sent = sent && conn.send(m).await;
+    }
+    if !sent {
+        // Lost again at once: keep it parked for a grace period (the client resumes again,
+        // and gets a new offer then).
+        if let Some(ticket) = ticket {
+            tokio::spawn(park(state.clone(), held, ticket, grace));
+        }
+        return None;
+    }
+    state.metrics.resumes.with_label_values(&["ok"]).inc();
+    info!(identity = %held.claims.sub, participant = %me.id, "resumed over websocket");
+    Some((held, ticket))
 }
 
 /// How a joined connection ended.
 enum End {
-    /// Leave, the socket closed, or the server removed the participant.
+    /// Leave, or the server removed the participant: the session is over.
     Normal,
+    /// The socket was lost (closed or failed without `leave`): the session may be resumed.
+    Lost,
+    /// A `resume` on another socket asked for the session: hand it over.
+    Replaced(Takeover),
     /// The client broke a limit; the reason goes in the close frame.
     Policy(&'static str),
-}
-
-/// What a joined connection is allowed and has used.
-struct Budget {
-    candidates: usize,
-    subscribed: HashSet<String>,
 }
 
 /// When the token with expiry `exp` (Unix seconds) runs out, on the tokio clock.
@@ -409,33 +571,43 @@ fn expiry_instant(exp: u64) -> tokio::time::Instant {
 }
 
 /// The joined connection: client messages in, room events out, until either side ends, the
-/// client goes silent, or its token expires.
-async fn run(conn: &mut Conn, mut session: Session, mut claims: Claims) -> End {
-    let handle = session.handle.clone();
+/// client goes silent, its token expires, or a resume takes the session elsewhere. Returns
+/// the session unless it ended here for good (the caller parks, hands over or drops it).
+async fn run(conn: &mut Conn, mut held: Held, ticket: Option<&mut Ticket>) -> (End, Option<Held>) {
+    let handle = held.session.handle.clone();
     let ping_every = Duration::from_secs(conn.state.config.ping_interval_secs);
     let idle_timeout = Duration::from_secs(conn.state.config.idle_timeout_secs);
     let mut pings = tokio::time::interval_at(tokio::time::Instant::now() + ping_every, ping_every);
-    let expiry = tokio::time::sleep_until(expiry_instant(claims.exp));
+    let expiry = tokio::time::sleep_until(expiry_instant(held.claims.exp));
     tokio::pin!(expiry);
-    let mut budget = Budget {
-        candidates: 0,
-        subscribed: HashSet::new(),
-    };
+    // Take-over requests (none when resuming is off, or after shutdown closed them).
+    let mut requests = ticket.map(|t| &mut t.requests);
     let end = loop {
         tokio::select! {
+            req = async {
+                match requests.as_mut() {
+                    Some(r) => r.recv().await,
+                    None => std::future::pending().await,
+                }
+            } => match req {
+                Some(reply) => break End::Replaced(reply),
+                None => requests = None,
+            },
             msg = conn.recv() => match msg {
-                Incoming::Done => break End::Normal,
+                Incoming::Done => break End::Lost,
+                Incoming::Closed => break End::Normal,
                 Incoming::RateLimited => break End::Policy("rate limited"),
                 Incoming::Nothing => {}
+                Incoming::Message(ClientMessage::Leave {}) => break End::Normal,
                 Incoming::Message(ClientMessage::RefreshToken { token }) => {
-                    if let Some(exp) = refresh(conn, &claims, &token).await {
-                        claims.exp = exp;
+                    if let Some(exp) = refresh(conn, &held.claims, &token).await {
+                        held.claims.exp = exp;
                         expiry.as_mut().reset(expiry_instant(exp));
                     }
                 }
                 Incoming::Message(m) => {
-                    if !dispatch(conn, &handle, &claims, &mut budget, m).await {
-                        break End::Normal;
+                    if !dispatch(conn, &handle, &mut held, m).await {
+                        break End::Lost;
                     }
                 }
             },
@@ -449,58 +621,86 @@ async fn run(conn: &mut Conn, mut session: Session, mut claims: Claims) -> End {
                     break End::Policy("idle timeout");
                 }
                 if conn.socket.send(Message::Ping(Default::default())).await.is_err() {
-                    break End::Normal;
+                    break End::Lost;
                 }
             }
             () = &mut expiry => {
                 conn.error(ErrorCode::TokenExpired, "the session's token expired").await;
-                info!(identity = %claims.sub, "token expired, removing participant");
+                info!(identity = %held.claims.sub, "token expired, removing participant");
                 break End::Policy("token expired");
             }
-            ev = session.events.recv() => {
+            ev = held.session.events.recv() => {
                 let Some(ev) = ev else { break End::Normal };
-                let out = match ev {
-                    RoomEvent::Closed { reason } => {
+                let out = match event_message(ev) {
+                    Ok(out) => out,
+                    Err(reason) => {
                         conn.error(ErrorCode::InvalidState, format!("removed from room: {reason}")).await;
                         break End::Normal;
                     }
-                    RoomEvent::ParticipantJoined(p) => {
-                        ServerMessage::ParticipantJoined { participant: participant_info(&p) }
-                    }
-                    RoomEvent::ParticipantLeft { participant_id } => {
-                        ServerMessage::ParticipantLeft { participant_id }
-                    }
-                    RoomEvent::TrackPublished { participant_id, track } => {
-                        ServerMessage::TrackPublished { participant_id, track: track_info(&track) }
-                    }
-                    RoomEvent::TrackUnpublished { participant_id, track_id } => {
-                        ServerMessage::TrackUnpublished { participant_id, track_id }
-                    }
-                    RoomEvent::TrackMuted { participant_id, track_id, muted } => {
-                        ServerMessage::TrackMuted { participant_id, track_id, muted }
-                    }
-                    RoomEvent::SubscriberOffer(sdp) => ServerMessage::Offer { sdp },
-                    RoomEvent::Candidate { role, candidate } => ServerMessage::Candidate {
-                        target: match role {
-                            PeerRole::Publisher => Target::Publisher,
-                            PeerRole::Subscriber => Target::Subscriber,
-                        },
-                        candidate: IceCandidate {
-                            candidate: candidate.candidate,
-                            sdp_mid: candidate.sdp_mid,
-                            sdp_m_line_index: candidate.sdp_mline_index,
-                            username_fragment: candidate.username_fragment,
-                        },
-                    },
                 };
                 if !conn.send(&out).await {
-                    break End::Normal;
+                    break End::Lost;
                 }
             }
         }
     };
-    handle.leave();
-    end
+    match end {
+        End::Lost | End::Replaced(_) => (end, Some(held)),
+        End::Normal | End::Policy(_) => {
+            handle.leave();
+            (end, None)
+        }
+    }
+}
+
+/// The message a room event becomes; `Err(reason)` for [`RoomEvent::Closed`] (the
+/// participant was removed).
+fn event_message(ev: RoomEvent) -> Result<ServerMessage, String> {
+    Ok(match ev {
+        RoomEvent::Closed { reason } => return Err(reason),
+        RoomEvent::ParticipantJoined(p) => ServerMessage::ParticipantJoined {
+            participant: participant_info(&p),
+        },
+        RoomEvent::ParticipantLeft { participant_id } => {
+            ServerMessage::ParticipantLeft { participant_id }
+        }
+        RoomEvent::TrackPublished {
+            participant_id,
+            track,
+        } => ServerMessage::TrackPublished {
+            participant_id,
+            track: track_info(&track),
+        },
+        RoomEvent::TrackUnpublished {
+            participant_id,
+            track_id,
+        } => ServerMessage::TrackUnpublished {
+            participant_id,
+            track_id,
+        },
+        RoomEvent::TrackMuted {
+            participant_id,
+            track_id,
+            muted,
+        } => ServerMessage::TrackMuted {
+            participant_id,
+            track_id,
+            muted,
+        },
+        RoomEvent::SubscriberOffer(sdp) => ServerMessage::Offer { sdp },
+        RoomEvent::Candidate { role, candidate } => ServerMessage::Candidate {
+            target: match role {
+                PeerRole::Publisher => Target::Publisher,
+                PeerRole::Subscriber => Target::Subscriber,
+            },
+            candidate: IceCandidate {
+                candidate: candidate.candidate,
+                sdp_mid: candidate.sdp_mid,
+                sdp_m_line_index: candidate.sdp_mline_index,
+                username_fragment: candidate.username_fragment,
+            },
+        },
+    })
 }
 
 /// Checks a refreshed token: valid, same identity, room and grants. Returns its expiry.
@@ -529,14 +729,14 @@ pub fn media_sections(sdp: &str) -> usize {
     sdp.lines().filter(|l| l.starts_with("m=")).count()
 }
 
-/// Handles one client message; false ends the connection.
+/// Handles one client message; false when the socket failed or the participant is gone.
 async fn dispatch(
     conn: &mut Conn,
     handle: &SessionHandle,
-    claims: &Claims,
-    budget: &mut Budget,
+    held: &mut Held,
     m: ClientMessage,
 ) -> bool {
+    let claims = &held.claims;
     let limits = &conn.state.config;
     let (max_sections, max_candidates, max_subs) = (
         limits.max_media_sections,
@@ -544,12 +744,11 @@ async fn dispatch(
         limits.max_subscriptions,
     );
     let result = match m {
-        ClientMessage::Join { .. } => {
+        ClientMessage::Join { .. } | ClientMessage::Resume { .. } => {
             return conn.error(ErrorCode::InvalidState, "already joined").await;
         }
-        // Handled by `run`, which owns the expiry.
-        ClientMessage::RefreshToken { .. } => return true,
-        ClientMessage::Leave {} => return false,
+        // Handled by `run`, which owns the expiry and the session's end.
+        ClientMessage::RefreshToken { .. } | ClientMessage::Leave {} => return true,
         ClientMessage::Ping { timestamp } => {
             return conn.send(&ServerMessage::Pong { timestamp }).await;
         }
@@ -575,7 +774,7 @@ async fn dispatch(
         }
         ClientMessage::Answer { sdp } => handle.subscriber_answer(sdp).await,
         ClientMessage::Candidate { target, candidate } => {
-            if budget.candidates >= max_candidates {
+            if held.candidates >= max_candidates {
                 return conn
                     .error(
                         ErrorCode::LimitExceeded,
@@ -583,7 +782,7 @@ async fn dispatch(
                     )
                     .await;
             }
-            budget.candidates += 1;
+            held.candidates += 1;
             handle
                 .add_candidate(
                     role(target),
@@ -605,11 +804,11 @@ async fn dispatch(
                     )
                     .await;
             }
-            let new: HashSet<&String> = track_ids
+            let new: std::collections::HashSet<&String> = track_ids
                 .iter()
-                .filter(|t| !budget.subscribed.contains(*t))
+                .filter(|t| !held.subscribed.contains(*t))
                 .collect();
-            if track_ids.len() > max_subs || budget.subscribed.len() + new.len() > max_subs {
+            if track_ids.len() > max_subs || held.subscribed.len() + new.len() > max_subs {
                 return conn
                     .error(
                         ErrorCode::LimitExceeded,
@@ -619,7 +818,7 @@ async fn dispatch(
             }
             let result = handle.set_subscribed(track_ids.clone(), true).await;
             if result.is_ok() {
-                budget.subscribed.extend(track_ids);
+                held.subscribed.extend(track_ids);
             }
             result
         }
@@ -633,7 +832,7 @@ async fn dispatch(
                     .await;
             }
             for t in &track_ids {
-                budget.subscribed.remove(t);
+                held.subscribed.remove(t);
             }
             handle.set_subscribed(track_ids, false).await
         }

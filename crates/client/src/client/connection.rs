@@ -256,6 +256,22 @@ impl PublisherConn {
         }
     }
 
+    /// An offer with fresh ICE credentials (an ICE restart), set as the local description;
+    /// `None` where there is nothing to restart (not publishing, or a shared-engine
+    /// connection, whose lean transport keeps its credentials).
+    pub(super) async fn restart_offer(&self) -> Result<Option<String>, ClientError> {
+        match self {
+            PublisherConn::None | PublisherConn::Engine(_) => Ok(None),
+            PublisherConn::Own(pc) => {
+                let options =
+                    rtc::peer_connection::configuration::RTCOfferOptions { ice_restart: true };
+                let offer = pc.create_offer(Some(options)).await?;
+                pc.set_local_description(offer.clone()).await?;
+                Ok(Some(offer.sdp))
+            }
+        }
+    }
+
     /// Applies the server's answer.
     pub(super) async fn apply_answer(&self, sdp: String) -> Result<(), ClientError> {
         match self {

@@ -10,6 +10,7 @@ use crate::stats::offered_tracks;
 use chorus_signal::protocol::{ClientMessage, ServerMessage, Target};
 use futures::StreamExt;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
 use webrtc::peer_connection::RTCIceCandidateInit;
@@ -26,29 +27,56 @@ pub(super) struct SignalingContext {
     pub(super) pending_subscriber: Vec<RTCIceCandidateInit>,
 }
 
-pub(super) async fn read_signaling(mut stream: WsSource, mut ctx: SignalingContext) {
-    while let Some(msg) = stream.next().await {
-        let text = match msg {
-            Ok(Message::Text(t)) => t,
-            Ok(Message::Close(_)) => break,
-            Ok(_) => continue,
-            Err(e) => {
-                tracing::debug!(error = %e, "signaling read failed");
-                break;
+impl SignalingContext {
+    /// Reads and applies server messages until the WebSocket ends. True when it was lost
+    /// (failed, ended without a close frame, or silent for `silence`); false when the server
+    /// closed it.
+    pub(super) async fn read_until_end(
+        &mut self,
+        stream: &mut WsSource,
+        silence: Option<Duration>,
+    ) -> bool {
+        loop {
+            let next = match silence {
+                Some(limit) => match tokio::time::timeout(limit, stream.next()).await {
+                    Ok(next) => next,
+                    Err(_) => {
+                        tracing::debug!(?limit, "signaling silent, taking it as lost");
+                        return true;
+                    }
+                },
+                None => stream.next().await,
+            };
+            let Some(msg) = next else { break };
+            let text = match msg {
+                Ok(Message::Text(t)) => t,
+                Ok(Message::Close(_)) => return false,
+                Ok(_) => continue,
+                Err(e) => {
+                    tracing::debug!(error = %e, "signaling read failed");
+                    return true;
+                }
+            };
+            let msg = match serde_json::from_str::<ServerMessage>(text.as_str()) {
+                Ok(m) => m,
+                Err(e) => {
+                    tracing::warn!(error = %e, "undecodable server message");
+                    continue;
+                }
+            };
+            if let Err(e) = self.handle(&msg).await {
+                tracing::warn!(error = %e, "handling a server message failed");
             }
-        };
-        let msg = match serde_json::from_str::<ServerMessage>(text.as_str()) {
-            Ok(m) => m,
-            Err(e) => {
-                tracing::warn!(error = %e, "undecodable server message");
-                continue;
-            }
-        };
-        if let Err(e) = ctx.handle(&msg).await {
-            tracing::warn!(error = %e, "handling a server message failed");
+            self.deliver(msg);
         }
+        true
+    }
+
+    /// Hands a server message to [`Client::next_event`](super::Client::next_event) (not
+    /// candidates and pongs, which the client handles).
+    pub(super) fn deliver(&self, msg: ServerMessage) {
         if let (Some(events), false) = (
-            &ctx.events,
+            &self.events,
             matches!(
                 msg,
                 ServerMessage::Candidate { .. } | ServerMessage::Pong { .. }
@@ -144,6 +172,17 @@ impl SignalingContext {
             }
             ServerMessage::Joined { .. } => {
                 return Err(ClientError::Protocol("second joined".into()));
+            }
+            ServerMessage::Resumed {
+                participant,
+                participants,
+                ..
+            } => {
+                let mut room = lock(&self.shared.room);
+                room.clear();
+                for p in participants.iter().chain(std::iter::once(participant)) {
+                    room.insert(p.id.clone(), p.clone());
+                }
             }
             ServerMessage::Pong { .. } | ServerMessage::Error { .. } => {}
         }

@@ -58,6 +58,10 @@ pub struct ClientOptions {
     /// reads them (the load bots) turns this off: unread messages would queue without limit,
     /// a renegotiation offer for every change in the room.
     pub events: bool,
+    /// Reconnect a lost WebSocket (backoff, `resume`, or a fresh join when the server no
+    /// longer has the session; see [`ReconnectEvent`](super::ReconnectEvent)). `None`: a lost
+    /// WebSocket ends the client's signaling.
+    pub reconnect: Option<super::ReconnectPolicy>,
 }
 
 impl ClientOptions {
@@ -90,6 +94,7 @@ impl Default for ClientOptions {
             join_timeout: Duration::from_secs(10),
             engine: None,
             events: true,
+            reconnect: Some(super::ReconnectPolicy::default()),
         }
     }
 }

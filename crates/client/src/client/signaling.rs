@@ -12,7 +12,8 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use tokio_tungstenite::tungstenite::Message;
 
-/// How often the client pings the server to keep the WebSocket alive.
+/// How often the client pings the server to keep the WebSocket alive (more often when
+/// [`ReconnectPolicy::silence_timeout`](super::ReconnectPolicy::silence_timeout) asks).
 pub(super) const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(15);
 
 /// What the signaling writer sends.
@@ -61,12 +62,14 @@ impl CandidateGate {
     }
 }
 
-/// The server's `joined`.
+/// The server's `joined` (or `resumed`).
 pub(super) struct Joined {
     pub(super) room: String,
     pub(super) participant: ParticipantInfo,
     pub(super) participants: Vec<ParticipantInfo>,
     pub(super) ice_servers: Vec<IceServer>,
+    /// What takes the session back if the WebSocket is lost (empty: the server keeps none).
+    pub(super) resume_token: String,
 }
 
 /// The WebSocket's two halves.
@@ -74,8 +77,8 @@ pub(super) type WsSink = futures::stream::SplitSink<WsStream, Message>;
 /// The WebSocket's reading half.
 pub(super) type WsSource = futures::stream::SplitStream<WsStream>;
 
-/// Connects the WebSocket at `url`, sends `join` and waits for `joined` (each step within
-/// `timeout`).
+/// Connects the WebSocket at `url`, sends `join` (or `resume`) and waits for `joined` (or
+/// `resumed`), each step within `timeout`.
 pub(super) async fn join(
     url: &str,
     join: ClientMessage,
@@ -102,7 +105,7 @@ pub(super) async fn join(
                 ServerMessage::Error { code, message } => {
                     return Err(ClientError::Rejected { code, message })
                 }
-                m @ ServerMessage::Joined { .. } => return Ok(m),
+                m @ (ServerMessage::Joined { .. } | ServerMessage::Resumed { .. }) => return Ok(m),
                 other => {
                     return Err(ClientError::Protocol(format!(
                         "expected joined, got {other:?}"
@@ -114,13 +117,22 @@ pub(super) async fn join(
     })
     .await
     .map_err(|_| ClientError::Timeout("joined"))??;
-    let ServerMessage::Joined {
+    let (ServerMessage::Joined {
         room,
         participant,
         participants,
         ice_servers,
         version,
-    } = joined
+        resume_token,
+    }
+    | ServerMessage::Resumed {
+        room,
+        participant,
+        participants,
+        ice_servers,
+        version,
+        resume_token,
+    }) = joined
     else {
         return Err(ClientError::Protocol("expected joined".into()));
     };
@@ -135,6 +147,7 @@ pub(super) async fn join(
             participant,
             participants,
             ice_servers,
+            resume_token,
         },
     ))
 }
@@ -149,21 +162,49 @@ pub(super) fn unix_millis() -> u64 {
 pub(super) type WsStream =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
-pub(super) async fn write_signaling(mut sink: WsSink, mut out: mpsc::UnboundedReceiver<Outgoing>) {
-    let mut keepalive = tokio::time::interval(KEEPALIVE_INTERVAL);
+/// A new WebSocket for the writer (after a resume), acknowledged once the writer has dropped
+/// what was queued while no socket was up.
+pub(super) type NewSink = (WsSink, oneshot::Sender<()>);
+
+/// The writer: sends client messages and keep-alive pings on the current WebSocket, and
+/// moves to a new one when the signaling task hands it over (`sinks`, after a resume);
+/// messages queued before the switch are dropped (they belonged to the lost session's
+/// negotiation). While the socket is broken, messages wait for the next one.
+pub(super) async fn write_signaling(
+    sink: WsSink,
+    mut out: mpsc::UnboundedReceiver<Outgoing>,
+    mut sinks: mpsc::UnboundedReceiver<NewSink>,
+    keepalive_every: Duration,
+) {
+    let mut sink = Some(sink);
+    let mut keepalive = tokio::time::interval(keepalive_every);
     keepalive.tick().await;
     loop {
         let msg = tokio::select! {
-            m = out.recv() => match m {
+            next = sinks.recv() => {
+                let Some((next, ready)) = next else { return };
+                while let Ok(stale) = out.try_recv() {
+                    if let Outgoing::Close(ack) = stale {
+                        let _ = ack.send(());
+                        return;
+                    }
+                }
+                sink = Some(next);
+                let _ = ready.send(());
+                continue;
+            }
+            m = out.recv(), if sink.is_some() => match m {
                 Some(Outgoing::Message(m)) => m,
                 Some(Outgoing::Close(ack)) => {
-                    let _ = sink.close().await;
+                    if let Some(s) = sink.as_mut() {
+                        let _ = s.close().await;
+                    }
                     let _ = ack.send(());
                     return;
                 }
                 None => return,
             },
-            _ = keepalive.tick() => ClientMessage::Ping { timestamp: unix_millis() },
+            _ = keepalive.tick(), if sink.is_some() => ClientMessage::Ping { timestamp: unix_millis() },
         };
         let text = match serde_json::to_string(&msg) {
             Ok(t) => t,
@@ -172,9 +213,11 @@ pub(super) async fn write_signaling(mut sink: WsSink, mut out: mpsc::UnboundedRe
                 continue;
             }
         };
-        if let Err(e) = sink.send(Message::text(text)).await {
-            tracing::debug!(error = %e, "signaling write failed");
-            return;
+        if let Some(s) = sink.as_mut() {
+            if let Err(e) = s.send(Message::text(text)).await {
+                tracing::debug!(error = %e, "signaling write failed");
+                sink = None;
+            }
         }
     }
 }
@@ -256,6 +299,7 @@ mod tests {
             participant: participant("me"),
             participants: vec![participant("other")],
             ice_servers: Vec::new(),
+            resume_token: "rt".into(),
         };
         let (url, srv) = server(serde_json::to_string(&joined).expect("json")).await;
         let (_sink, _stream, joined) = join(&url, join_message(), Duration::from_secs(5))
@@ -264,6 +308,7 @@ mod tests {
         assert_eq!(joined.room, "r");
         assert_eq!(joined.participant.id, "me");
         assert_eq!(joined.participants.len(), 1);
+        assert_eq!(joined.resume_token, "rt");
         let sent: ClientMessage = serde_json::from_str(&srv.await.expect("server")).expect("json");
         assert_eq!(sent, join_message());
     }

@@ -142,13 +142,23 @@ impl Transport {
         }
     }
 
-    /// Applies the server's side of a description (offer, or answer to our offer).
+    /// Applies the server's side of a description (offer, or answer to our offer). New ICE
+    /// credentials with the same DTLS fingerprint are an ICE restart (the server's offer after
+    /// a resume): ours change too, and a nominating check goes out at once on the path in use,
+    /// DTLS and SRTP going on over it.
     pub(super) fn set_remote(&mut self, now: Instant, remote: Remote) -> Result<(), ClientError> {
         if let Some(current) = &self.remote {
-            if !current.same_session(&remote) {
+            if current.fingerprint != remote.fingerprint {
                 return Err(ClientError::Protocol(
-                    "the server changed ICE or DTLS parameters (restart is not supported)".into(),
+                    "the server changed its DTLS fingerprint".into(),
                 ));
+            }
+            if !current.same_session(&remote) {
+                tracing::debug!(target = ?self.target, "ICE restart");
+                self.ufrag = random_token(16);
+                self.pwd = random_token(32);
+                self.last_response = Some(now);
+                self.next_check = Some(now);
             }
         }
         for candidate in &remote.candidates {

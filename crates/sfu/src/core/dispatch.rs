@@ -88,6 +88,9 @@ impl Core {
             #[cfg(feature = "fault-injection")]
             Command::PanicEngine => {}
             Command::Leave { participant } => self.remove_participant(now, participant, "left"),
+            Command::Resume { participant, reply } => {
+                let _ = reply.send(self.resume(now, participant));
+            }
             Command::Stats { reply } => {
                 let _ = reply.send(EngineStats {
                     rooms: self.rooms.len(),

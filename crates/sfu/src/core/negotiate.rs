@@ -1,7 +1,11 @@
 //! Offers and answers: the publisher connection answers the client's offers, the subscriber
 //! connection offers (again on every change, coalesced and spaced out) and applies the
 //! client's answers, a WHEP player's offer is answered in one exchange, and trickled
-//! candidates are applied.
+//! candidates are applied. ICE restarts: a client offer with new ICE credentials restarts the
+//! publisher connection's ICE (the answer carries fresh server credentials); a resumed
+//! session restarts the subscriber connection's ICE with a new offer ([`Core::resume`]).
+//! Every local description re-registers the connection's ufrag with the router
+//! ([`Core::sync_ice_credentials`]), so the new credentials route and the old ones no longer do.
 
 use std::time::{Duration, Instant};
 
@@ -13,8 +17,8 @@ use tracing::{debug, warn};
 
 use super::Core;
 use crate::peer::add_local_candidates;
-use crate::types::{CandidateInit, Origin, PeerRole, RoomEvent};
-use crate::types::{ParticipantKey, TrackKey};
+use crate::types::{CandidateInit, Origin, ParticipantDesc, PeerRole, RoomEvent};
+use crate::types::{ParticipantKey, PeerKey, TrackKey};
 use crate::SfuError;
 
 impl Core {
@@ -52,7 +56,12 @@ impl Core {
             peer.candidates_added = true;
         }
         let sdp = local_answer(&mut peer.pc, now)?;
-        let ufrag = peer.ufrag.clone();
+        self.sync_ice_credentials(key, &sdp);
+        let ufrag = self
+            .peers
+            .get(&key)
+            .map(|p| p.ufrag.clone())
+            .unwrap_or_default();
         self.mark_dirty(key);
         self.trickle(participant, PeerRole::Publisher, &sdp, &ufrag, trickle);
         for (from, data) in early {
@@ -202,6 +211,7 @@ impl Core {
         add_local_candidates(&mut peer.pc, &advertised)?;
         peer.candidates_added = true;
         let sdp = local_answer(&mut peer.pc, now)?;
+        self.sync_ice_credentials(key, &sdp);
         for t in self.tracks.values_mut() {
             for dt in t.downtracks.iter_mut().filter(|d| d.peer == key) {
                 dt.negotiated = true;
@@ -294,7 +304,12 @@ impl Core {
             Ok(sdp) => {
                 debug!(%sdp, "subscriber offer");
                 peer.awaiting_answer = true;
-                let ufrag = peer.ufrag.clone();
+                self.sync_ice_credentials(key, &sdp);
+                let ufrag = self
+                    .peers
+                    .get(&key)
+                    .map(|p| p.ufrag.clone())
+                    .unwrap_or_default();
                 self.mark_dirty(key);
                 self.send_event(participant, RoomEvent::SubscriberOffer(sdp.clone()));
                 self.trickle(participant, PeerRole::Subscriber, &sdp, &ufrag, trickle);
@@ -347,6 +362,72 @@ impl OfferBudget {
     }
 }
 
+impl Core {
+    /// Routes STUN checks naming the ICE credentials of `sdp` (a local description just
+    /// applied) to peer `key`, and no longer those it had before (an ICE restart, or the
+    /// first description of a new connection).
+    pub(crate) fn sync_ice_credentials(&mut self, key: PeerKey, sdp: &str) {
+        let Some((ufrag, pwd)) = ice_credentials(sdp) else {
+            warn!("a local description without ICE credentials");
+            return;
+        };
+        let Some(peer) = self.peers.get_mut(&key) else {
+            return;
+        };
+        if peer.ufrag == ufrag {
+            return;
+        }
+        let old = std::mem::replace(&mut peer.ufrag, ufrag.to_owned());
+        self.router.replace_credentials(&old, ufrag, pwd, key);
+    }
+
+    /// The client's signaling came back after a gap (a resumed WebSocket): restarts ICE on
+    /// the subscriber connection with a new offer (any offer outstanding may never have
+    /// reached the client; it is superseded) and returns the room as it is now.
+    pub(crate) fn resume(
+        &mut self,
+        now: Instant,
+        participant: ParticipantKey,
+    ) -> Result<(ParticipantDesc, Vec<ParticipantDesc>), SfuError> {
+        let me = self.participant_desc(participant).ok_or(SfuError::Gone)?;
+        let room = self
+            .participants
+            .get(&participant)
+            .map(|p| p.room.clone())
+            .ok_or(SfuError::Gone)?;
+        let others = self
+            .room_members(&room)
+            .into_iter()
+            .filter(|k| *k != participant)
+            .filter_map(|k| self.participant_desc(k))
+            .collect();
+        if let Ok(key) = self.peer_of(participant, PeerRole::Subscriber) {
+            if let Some(peer) = self.peers.get_mut(&key) {
+                peer.pc.restart_ice();
+                peer.awaiting_answer = false;
+                peer.renegotiate = false;
+                peer.last_offer = None;
+                peer.offer_due = None;
+                // The client checks with its new credentials as soon as it has answered:
+                // hold those checks until the answer is applied, as for a first offer.
+                peer.remote_known = false;
+            }
+            self.negotiate(now, participant);
+        }
+        Ok((me, others))
+    }
+}
+
+/// The `a=ice-ufrag` and `a=ice-pwd` of an SDP (the first of each: a bundle shares them).
+fn ice_credentials(sdp: &str) -> Option<(&str, &str)> {
+    let value = |prefix: &str| {
+        sdp.lines()
+            .find_map(|l| l.trim_end().strip_prefix(prefix))
+            .filter(|v| !v.is_empty())
+    };
+    Some((value("a=ice-ufrag:")?, value("a=ice-pwd:")?))
+}
+
 /// Least time between two subscriber offers for a connection sending `tracks` tracks: 20 ms
 /// plus 10 ms per track, at most three seconds.
 fn offer_interval(tracks: usize) -> Duration {
@@ -375,6 +456,17 @@ fn apply_local(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ice_credentials_are_read_from_the_first_section() {
+        let sdp = "v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=ice-ufrag:abcd\r\na=ice-pwd:secretsecretsecret\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\na=ice-ufrag:other\r\n";
+        assert_eq!(ice_credentials(sdp), Some(("abcd", "secretsecretsecret")));
+        assert_eq!(ice_credentials("v=0\r\na=ice-ufrag:x\r\n"), None);
+        assert_eq!(
+            ice_credentials("v=0\r\na=ice-ufrag:\r\na=ice-pwd:p\r\n"),
+            None
+        );
+    }
 
     #[test]
     fn the_offer_budget_spaces_re_offers_out() {

@@ -5,7 +5,6 @@ use crate::peer::{build_peer_connection, Peer};
 use crate::types::PeerRole;
 use crate::types::{ParticipantKey, PeerKey};
 use crate::SfuError;
-use rand::distr::{Alphanumeric, SampleString};
 use rtc::sansio::Protocol;
 use rtc::shared::TransportProtocol;
 use std::collections::HashMap;
@@ -13,25 +12,25 @@ use std::time::Instant;
 use tracing::debug;
 
 impl Core {
-    /// A new peer connection of `participant`, routed by its ICE ufrag.
+    /// A new peer connection of `participant`. Its ICE credentials are the stack's own
+    /// (random, fresh again on every ICE restart); it is routed by them once its first local
+    /// description is applied ([`Core::sync_ice_credentials`]), before any client can know
+    /// them.
     pub(crate) fn new_peer(
         &mut self,
         now: Instant,
         participant: ParticipantKey,
         role: PeerRole,
     ) -> Result<PeerKey, SfuError> {
-        let ufrag = Alphanumeric.sample_string(&mut rand::rng(), 16);
-        let pwd = Alphanumeric.sample_string(&mut rand::rng(), 32);
-        let pc = build_peer_connection(&ufrag, &pwd, role, &self.metrics, now)?;
+        let pc = build_peer_connection(role, &self.metrics, now)?;
         let key = self.key();
-        self.router.add_peer(&ufrag, &pwd, key);
         self.peers.insert(
             key,
             Peer {
                 pc,
                 participant,
                 role,
-                ufrag,
+                ufrag: String::new(),
                 connected: false,
                 candidates_added: false,
                 expected_inbound: 0,

@@ -61,6 +61,14 @@ fn a_slow_or_gone_receiver_holds_at_most_the_bound_and_others_get_everything() {
         net.dropped("data_backlog")
     );
     assert_eq!(net.subscribers[FAST].0.data_received, MESSAGES);
+    let last = net.subscribers[FAST]
+        .0
+        .last_data
+        .as_ref()
+        .expect("a message");
+    let envelope: serde_json::Value = serde_json::from_slice(&last.data).expect("JSON");
+    assert_eq!(envelope["text"].as_str(), Some(text.as_str()));
+    assert!(envelope["from"].is_string(), "{envelope}");
     for slow in [NOT_READING, GONE] {
         assert!(
             most[slow] <= BOUND,

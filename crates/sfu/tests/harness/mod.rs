@@ -17,7 +17,7 @@ use chorus_sfu::peer::supported_codecs;
 use chorus_sfu::{JoinRequest, MediaConfig, Metrics, Origin, Permissions, RoomEvent};
 use std::collections::VecDeque;
 
-use rtc::data_channel::RTCDataChannelId;
+use rtc::data_channel::{RTCDataChannelId, RTCDataChannelMessage};
 use rtc::interceptor::{Attribute, Packet, Registry, Slot, StreamInfo, TaggedPacket};
 use rtc::media_stream::MediaStreamTrack;
 use rtc::peer_connection::configuration::interceptor_registry::register_default_interceptors;
@@ -64,6 +64,8 @@ pub struct ClientPeer {
     pub data_channel: Option<RTCDataChannelId>,
     /// Data-channel messages read.
     pub data_received: u64,
+    /// The last data-channel message read.
+    pub last_data: Option<RTCDataChannelMessage>,
 }
 
 /// (SSRC, RTP timestamp) of a received RTP packet, and when it arrived.
@@ -149,6 +151,7 @@ impl ClientPeer {
             reading: true,
             data_channel: None,
             data_received: 0,
+            last_data: None,
         }
     }
 }
@@ -573,26 +576,30 @@ impl Net {
                     }
                 }
                 while let Some(m) = c.reading.then(|| c.pc.poll_read()).flatten() {
-                    if let RTCMessage::DataChannelMessage(..) = &m.message {
-                        c.data_received += 1;
-                    }
-                    if let RTCMessage::RtcpPacket(_, packets) = &m.message {
-                        for p in packets {
-                            if let Some(sr) = p.as_any().downcast_ref::<SenderReport>() {
-                                c.sender_reports.push((sr.clone(), c.last_rtp, now));
+                    match m.message {
+                        RTCMessage::DataChannelMessage(_, data) => {
+                            c.data_received += 1;
+                            c.last_data = Some(data);
+                        }
+                        RTCMessage::RtcpPacket(_, packets) => {
+                            for p in packets {
+                                if let Some(sr) = p.as_any().downcast_ref::<SenderReport>() {
+                                    c.sender_reports.push((sr.clone(), c.last_rtp, now));
+                                }
                             }
                         }
-                    }
-                    if let RTCMessage::RtpPacket(_, p) = m.message {
-                        c.last_rtp = Some((p.header.ssrc, p.header.timestamp, now));
-                        c.rtp_received += 1;
-                        c.seqs.insert(p.header.sequence_number);
-                        if let Some(last) = c.last_seq {
-                            if p.header.sequence_number != last.wrapping_add(1) {
-                                c.seq_gaps += 1;
+                        RTCMessage::RtpPacket(_, p) => {
+                            c.last_rtp = Some((p.header.ssrc, p.header.timestamp, now));
+                            c.rtp_received += 1;
+                            c.seqs.insert(p.header.sequence_number);
+                            if let Some(last) = c.last_seq {
+                                if p.header.sequence_number != last.wrapping_add(1) {
+                                    c.seq_gaps += 1;
+                                }
                             }
+                            c.last_seq = Some(p.header.sequence_number);
                         }
-                        c.last_seq = Some(p.header.sequence_number);
+                        _ => {}
                     }
                 }
                 if c.pc.poll_timeout().is_some_and(|t| t <= now) {

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Runs Chorus's fuzz targets one after another, SECONDS each (default 240), at low priority,
+# Runs Chorus's fuzz targets one after another, SECONDS each (default 240), at the lowest
+# priority (nice 19, or $NICE), one libFuzzer process (no -jobs),
 # keeping each target's corpus in corpus/<target> (seeded from seeds/<target>) and its log in
 # logs/<target>.log. Needs a nightly toolchain and cargo-fuzz (`cargo install cargo-fuzz`).
 #
@@ -15,7 +16,7 @@ secs=${1:-240}
 shift || true
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
-  targets=(signal_message jwt sdp route datagram call rtp_rtcp codecs containers)
+  targets=(signal_message jwt sdp route datagram call rtp_rtcp codecs containers relay)
 fi
 mkdir -p logs
 for t in "${targets[@]}"; do
@@ -26,7 +27,7 @@ for t in "${targets[@]}"; do
   esac
   mkdir -p "corpus/$t"
   echo "== $t: ${secs}s"
-  nice -n 10 cargo +nightly fuzz run -s none -a "$t" "corpus/$t" "seeds/$t" -- \
+  nice -n "${NICE:-19}" cargo +nightly fuzz run -s none -a "$t" "corpus/$t" "seeds/$t" -- \
     -max_total_time="$secs" -print_final_stats=1 "${dict[@]}" >"logs/$t.log" 2>&1 || {
     echo "   $t stopped (crash or error): see logs/$t.log and artifacts/$t/"
   }

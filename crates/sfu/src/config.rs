@@ -9,6 +9,10 @@ use serde::{Deserialize, Serialize};
 /// The least `pli_throttle_ms` allowed.
 pub const MIN_PLI_THROTTLE_MS: u64 = 100;
 
+/// The least `data_channel_max_buffered_bytes` allowed: one relayed message of the largest
+/// size (64 KiB) must fit.
+pub const MIN_DATA_CHANNEL_BUFFERED_BYTES: usize = 64 * 1024;
+
 /// Most media engines a server runs.
 pub const MAX_ENGINES: usize = 64;
 
@@ -37,6 +41,10 @@ pub struct MediaConfig {
     pub data_messages_per_sec: u32,
     /// Data messages one participant may send at once before the rate applies.
     pub data_message_burst: u32,
+    /// Most bytes of relayed data messages the server holds for one receiver (sent on its
+    /// `chorus` channel, not acknowledged yet); a message that would go beyond it is dropped
+    /// for that receiver as `data_backlog`. At least 65536.
+    pub data_channel_max_buffered_bytes: usize,
     /// Seconds a participant's connections have to come up after joining; then it is removed.
     pub connect_timeout_secs: u64,
     /// Seconds a connected participant may stay silent (no datagram, not even a consent
@@ -75,6 +83,7 @@ impl Default for MediaConfig {
             pli_throttle_ms: 500,
             data_messages_per_sec: 50,
             data_message_burst: 100,
+            data_channel_max_buffered_bytes: 1024 * 1024,
             engines: 0,
             offer_sections_per_sec: 5_000,
             connect_timeout_secs: 30,
@@ -124,6 +133,13 @@ impl MediaConfig {
             return Err(
                 "media.data_messages_per_sec and media.data_message_burst must be > 0".into(),
             );
+        }
+        if self.data_channel_max_buffered_bytes < MIN_DATA_CHANNEL_BUFFERED_BYTES {
+            return Err(format!(
+                "media.data_channel_max_buffered_bytes = {} is below {MIN_DATA_CHANNEL_BUFFERED_BYTES} \
+                 (one message of the largest size must fit)",
+                self.data_channel_max_buffered_bytes
+            ));
         }
         Ok(())
     }
@@ -209,6 +225,11 @@ mod tests {
             ..Default::default()
         };
         assert!(too_many.validate().is_err());
+        let tiny_backlog = MediaConfig {
+            data_channel_max_buffered_bytes: MIN_DATA_CHANNEL_BUFFERED_BYTES - 1,
+            ..Default::default()
+        };
+        assert!(tiny_backlog.validate().is_err());
         assert!(MediaConfig::default().validate().is_ok());
         assert!(toml::from_str::<MediaConfig>("udp_prot = 1").is_err());
         let ok: MediaConfig = toml::from_str("udp_port = 9000").expect("parses");

@@ -2,6 +2,14 @@
 //! everyone else in the room on the server's `chorus` channel of their subscriber connection,
 //! wrapped in a JSON envelope naming the sender; at most `media.data_messages_per_sec` per
 //! sender (with a burst), the rest dropped as `data_rate_limited`.
+//!
+//! Bytes queued toward a receiver are bounded: SCTP keeps every byte handed to a reliable
+//! channel until the receiver acknowledges it, so a receiver that reads slowly (its receive
+//! window closed) or is gone but not yet timed out would make the server's send queue grow
+//! with every message relayed to it. A copy that would take a receiver's unacknowledged bytes
+//! (the channel's `outstanding_bytes`: handed to the channel, not yet acknowledged or
+//! abandoned) beyond `media.data_channel_max_buffered_bytes` is dropped for that receiver
+//! alone, as `data_backlog`; the others still get it.
 
 use std::time::Instant;
 
@@ -16,6 +24,15 @@ pub const DATA_CHANNEL_LABEL: &str = "chorus";
 /// Largest relayed data message (the JSON envelope), in bytes: the default SCTP
 /// `max-message-size` every browser accepts.
 const MAX_DATA_MESSAGE: usize = 64 * 1024;
+
+/// Why a copy of a data message did not reach a receiver's channel.
+enum NotSent {
+    /// The receiver's unacknowledged bytes would exceed the bound.
+    Backlogged,
+    /// The stack refused the message.
+    Failed,
+}
+use NotSent::{Backlogged, Failed};
 
 impl Core {
     /// Relays a data message from a publisher connection to everyone else in the room, wrapped
@@ -83,18 +100,32 @@ impl Core {
                 self.drop_reason("data_channel_not_open");
                 continue;
             };
-            let sent = peer
-                .pc
-                .data_channel(dc)
-                .map(|mut c| c.send_text(now, envelope.clone()));
+            let max_buffered = self.config.data_channel_max_buffered_bytes;
+            let sent = peer.pc.data_channel(dc).map(|mut c| {
+                if c.outstanding_bytes().saturating_add(envelope.len()) > max_buffered {
+                    return Err(Backlogged);
+                }
+                c.send_text(now, envelope.clone()).map_err(|_| Failed)
+            });
             match sent {
                 Some(Ok(())) => {
                     self.metrics.data_messages.with_label_values(&["out"]).inc();
                     self.mark_dirty(sub);
                 }
-                _ => self.drop_reason("data_send_failed"),
+                Some(Err(Backlogged)) => self.drop_reason("data_backlog"),
+                Some(Err(Failed)) | None => self.drop_reason("data_send_failed"),
             }
         }
+    }
+
+    /// Bytes relayed toward `participant` on its `chorus` data channel that its connection has
+    /// not acknowledged yet (what the server holds for it, at most
+    /// `media.data_channel_max_buffered_bytes`); `None` while it has no open channel.
+    pub fn data_backlog(&mut self, participant: ParticipantKey) -> Option<usize> {
+        let sub = self.participants.get(&participant)?.subscriber?;
+        let peer = self.peers.get_mut(&sub)?;
+        let dc = peer.data_channel?;
+        Some(peer.pc.data_channel(dc)?.outstanding_bytes())
     }
 
     /// Takes one of `participant`'s data-message tokens (`media.data_messages_per_sec`, burst

@@ -17,12 +17,14 @@ use chorus_sfu::peer::supported_codecs;
 use chorus_sfu::{JoinRequest, MediaConfig, Metrics, Origin, Permissions, RoomEvent};
 use std::collections::VecDeque;
 
+use rtc::data_channel::{RTCDataChannelId, RTCDataChannelMessage};
 use rtc::interceptor::{Attribute, Packet, Registry, Slot, StreamInfo, TaggedPacket};
 use rtc::media_stream::MediaStreamTrack;
 use rtc::peer_connection::configuration::interceptor_registry::register_default_interceptors;
 use rtc::peer_connection::configuration::media_engine::MediaEngine;
+use rtc::peer_connection::configuration::setting_engine::SettingEngineBuilder;
 use rtc::peer_connection::configuration::RTCConfigurationBuilder;
-use rtc::peer_connection::event::RTCPeerConnectionEvent;
+use rtc::peer_connection::event::{RTCDataChannelEvent, RTCPeerConnectionEvent};
 use rtc::peer_connection::message::RTCMessage;
 use rtc::peer_connection::sdp::RTCSessionDescription;
 use rtc::peer_connection::state::RTCPeerConnectionState;
@@ -55,6 +57,15 @@ pub struct ClientPeer {
     pub last_rtp: Option<LastRtp>,
     /// Sender reports received: the report, the last RTP packet before it, and when.
     pub sender_reports: Vec<(SenderReport, Option<LastRtp>, Instant)>,
+    /// Whether the application reads what the connection received; a client that stops
+    /// reading leaves data in its SCTP receive buffer, which closes its receive window.
+    pub reading: bool,
+    /// Its open data channel (the publisher's own, a subscriber's `chorus`).
+    pub data_channel: Option<RTCDataChannelId>,
+    /// Data-channel messages read.
+    pub data_received: u64,
+    /// The last data-channel message read.
+    pub last_data: Option<RTCDataChannelMessage>,
 }
 
 /// (SSRC, RTP timestamp) of a received RTP packet, and when it arrived.
@@ -102,7 +113,8 @@ impl rtc::interceptor::Interceptor for SenderReportTap {
 }
 
 impl ClientPeer {
-    fn new(addr: SocketAddr, now: Instant) -> ClientPeer {
+    /// A client at `addr`; `receive_buffer` sets its SCTP receive buffer (window) in bytes.
+    fn new(addr: SocketAddr, now: Instant, receive_buffer: Option<u32>) -> ClientPeer {
         let mut me = MediaEngine::default();
         for (c, kind) in supported_codecs() {
             me.register_codec(c, kind).unwrap();
@@ -113,8 +125,13 @@ impl ClientPeer {
         };
         let registry = Registry::new().with(Slot::Custom(500), tap);
         let registry = register_default_interceptors(registry, &mut me).unwrap();
+        let mut settings = SettingEngineBuilder::new();
+        if let Some(bytes) = receive_buffer {
+            settings = settings.with_sctp_max_receive_buffer_size(bytes);
+        }
         let mut pc = RTCPeerConnectionBuilder::new()
             .with_configuration(RTCConfigurationBuilder::new().build())
+            .with_setting_engine(settings.build())
             .with_media_engine(me)
             .with_interceptor_registry(registry)
             .build(now)
@@ -135,6 +152,10 @@ impl ClientPeer {
             seqs: std::collections::HashSet::new(),
             last_rtp: None,
             sender_reports: Vec::new(),
+            reading: true,
+            data_channel: None,
+            data_received: 0,
+            last_data: None,
         }
     }
 }
@@ -158,6 +179,8 @@ pub struct Net {
     /// Further publishers (participant key, their video sender), joined with
     /// [`Net::add_publisher`].
     pub guests: Vec<(ClientPeer, u64, RTCRtpSenderId)>,
+    /// The core's metrics (the same counters).
+    pub metrics: Metrics,
     transmits: Vec<(SocketAddr, BytesMut)>,
 }
 
@@ -203,7 +226,7 @@ fn request(identity: &str, publish: bool, subscribe: bool) -> JoinRequest {
         permissions: Permissions {
             publish,
             subscribe,
-            publish_data: false,
+            publish_data: publish,
         },
         auto_subscribe: true,
         quality: chorus_sfu::Quality::High,
@@ -228,6 +251,32 @@ impl Net {
 
     /// [`Net::new`] with the core's configuration adjusted by `tweak`.
     pub fn new_with(n: usize, tweak: impl FnOnce(&mut MediaConfig)) -> Net {
+        Net::build(n, tweak, None)
+    }
+
+    /// [`Net::new_with`] where the publisher also opens a data channel (open when this
+    /// returns) and subscriber `i` has an SCTP receive buffer of `receive_buffer(i)` bytes
+    /// (`None`: the default 1 MiB); every subscriber's `chorus` channel is open.
+    pub fn with_data(
+        n: usize,
+        receive_buffer: impl Fn(usize) -> Option<u32>,
+        tweak: impl FnOnce(&mut MediaConfig),
+    ) -> Net {
+        let mut net = Net::build(n, tweak, Some(&receive_buffer));
+        net.run_until(Duration::from_secs(10), |n| {
+            n.publisher.data_channel.is_some()
+                && n.subscribers
+                    .iter()
+                    .all(|(c, _, _)| c.data_channel.is_some())
+        });
+        net
+    }
+
+    fn build(
+        n: usize,
+        tweak: impl FnOnce(&mut MediaConfig),
+        data: Option<&dyn Fn(usize) -> Option<u32>>,
+    ) -> Net {
         let core_addr: SocketAddr = CORE_ADDR.parse().unwrap();
         let mut config = MediaConfig {
             bind_ip: core_addr.ip(),
@@ -235,10 +284,11 @@ impl Net {
             ..Default::default()
         };
         tweak(&mut config);
-        let mut core = Core::new(config, Metrics::unregistered(), core_addr);
+        let metrics = Metrics::unregistered();
+        let mut core = Core::new(config, metrics.clone(), core_addr);
         let now = Instant::now();
         let joined = core.join(now, request("pub", true, false)).unwrap();
-        let mut publisher = ClientPeer::new("127.0.0.1:20000".parse().unwrap(), now);
+        let mut publisher = ClientPeer::new("127.0.0.1:20000".parse().unwrap(), now, None);
         let track = MediaStreamTrack::new(
             "pub-stream".into(),
             "pub-video".into(),
@@ -254,6 +304,9 @@ impl Net {
             }],
         );
         let video_sender = publisher.pc.add_track(track).unwrap();
+        if data.is_some() {
+            publisher.pc.create_data_channel("data", None).unwrap();
+        }
         let offer = publisher.pc.create_offer(None).unwrap();
         publisher
             .pc
@@ -278,6 +331,7 @@ impl Net {
             link: Link::lossless(),
             cut: Vec::new(),
             guests: Vec::new(),
+            metrics,
             transmits: Vec::new(),
         };
         net.run_until(Duration::from_secs(10), |n| n.publisher.connected);
@@ -290,8 +344,12 @@ impl Net {
                 .core
                 .join(net.now, request(&format!("sub{i}"), false, true))
                 .unwrap();
-            net.subscribers
-                .push((ClientPeer::new(addr, net.now), joined.key, joined.events));
+            let buffer = data.and_then(|f| f(i));
+            net.subscribers.push((
+                ClientPeer::new(addr, net.now, buffer),
+                joined.key,
+                joined.events,
+            ));
         }
         net.core.drain(net.now);
         net.answer_offers();
@@ -360,6 +418,23 @@ impl Net {
         false
     }
 
+    /// Has the publisher send `text` on its data channel; false if the stack refused it.
+    pub fn send_data(&mut self, text: &str) -> bool {
+        let now = self.now;
+        let Some(id) = self.publisher.data_channel else {
+            return false;
+        };
+        self.publisher
+            .pc
+            .data_channel(id)
+            .is_some_and(|mut c| c.send_text(now, text).is_ok())
+    }
+
+    /// `chorus_packets_dropped_total{reason}` so far.
+    pub fn dropped(&self, reason: &str) -> u64 {
+        self.metrics.dropped.with_label_values(&[reason]).get()
+    }
+
     /// Datagrams the core sent to subscriber `i` so far.
     pub fn sent_to(&self, i: usize) -> u64 {
         self.subscribers[i].0.datagrams_in
@@ -371,7 +446,7 @@ impl Net {
     pub fn add_publisher(&mut self, identity: &str, addr: SocketAddr, ssrc: u32) -> usize {
         let now = self.now;
         let joined = self.core.join(now, request(identity, true, false)).unwrap();
-        let mut client = ClientPeer::new(addr, now);
+        let mut client = ClientPeer::new(addr, now, None);
         let track = MediaStreamTrack::new(
             format!("{identity}-stream"),
             format!("{identity}-video"),
@@ -494,28 +569,41 @@ impl Net {
                     to_core.push((c.addr, t.message));
                 }
                 while let Some(ev) = c.pc.poll_event() {
-                    if let RTCPeerConnectionEvent::OnConnectionStateChangeEvent(s) = ev {
-                        c.connected = s == RTCPeerConnectionState::Connected;
+                    match ev {
+                        RTCPeerConnectionEvent::OnConnectionStateChangeEvent(s) => {
+                            c.connected = s == RTCPeerConnectionState::Connected;
+                        }
+                        RTCPeerConnectionEvent::OnDataChannel(RTCDataChannelEvent::OnOpen(id)) => {
+                            c.data_channel = Some(id);
+                        }
+                        _ => {}
                     }
                 }
-                while let Some(m) = c.pc.poll_read() {
-                    if let RTCMessage::RtcpPacket(_, packets) = &m.message {
-                        for p in packets {
-                            if let Some(sr) = p.as_any().downcast_ref::<SenderReport>() {
-                                c.sender_reports.push((sr.clone(), c.last_rtp, now));
+                while let Some(m) = c.reading.then(|| c.pc.poll_read()).flatten() {
+                    match m.message {
+                        RTCMessage::DataChannelMessage(_, data) => {
+                            c.data_received += 1;
+                            c.last_data = Some(data);
+                        }
+                        RTCMessage::RtcpPacket(_, packets) => {
+                            for p in packets {
+                                if let Some(sr) = p.as_any().downcast_ref::<SenderReport>() {
+                                    c.sender_reports.push((sr.clone(), c.last_rtp, now));
+                                }
                             }
                         }
-                    }
-                    if let RTCMessage::RtpPacket(_, p) = m.message {
-                        c.last_rtp = Some((p.header.ssrc, p.header.timestamp, now));
-                        c.rtp_received += 1;
-                        c.seqs.insert(p.header.sequence_number);
-                        if let Some(last) = c.last_seq {
-                            if p.header.sequence_number != last.wrapping_add(1) {
-                                c.seq_gaps += 1;
+                        RTCMessage::RtpPacket(_, p) => {
+                            c.last_rtp = Some((p.header.ssrc, p.header.timestamp, now));
+                            c.rtp_received += 1;
+                            c.seqs.insert(p.header.sequence_number);
+                            if let Some(last) = c.last_seq {
+                                if p.header.sequence_number != last.wrapping_add(1) {
+                                    c.seq_gaps += 1;
+                                }
                             }
+                            c.last_seq = Some(p.header.sequence_number);
                         }
-                        c.last_seq = Some(p.header.sequence_number);
+                        _ => {}
                     }
                 }
                 if c.pc.poll_timeout().is_some_and(|t| t <= now) {

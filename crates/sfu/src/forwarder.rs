@@ -246,7 +246,11 @@ mod tests {
     }
 
     fn run(f: &mut Forwarder, rows: &[Row]) -> Vec<Out> {
-        let t0 = Instant::now();
+        // One time origin for every call: a row's milliseconds are on the test's timeline,
+        // so a later call's rows are not shifted by the time between two calls (which made
+        // a timestamp one tick late on a loaded machine).
+        static T0: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+        let t0 = *T0.get_or_init(Instant::now);
         rows.iter()
             .map(|&(layer, flowing, seq, ts, pid, key, ms)| {
                 let now = t0 + Duration::from_millis(ms);

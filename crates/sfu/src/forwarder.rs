@@ -245,9 +245,10 @@ mod tests {
         TooOld,
     }
 
-    /// Runs rows whose times are milliseconds on one virtual clock shared by every call of a
-    /// test (a fresh `Instant::now()` per call let real time leak in between calls).
     fn run(f: &mut Forwarder, rows: &[Row]) -> Vec<Out> {
+        // One time origin for every call: a row's milliseconds are on the test's timeline,
+        // so a later call's rows are not shifted by the time between two calls (which made
+        // a timestamp one tick late on a loaded machine).
         static T0: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
         let t0 = *T0.get_or_init(Instant::now);
         rows.iter()

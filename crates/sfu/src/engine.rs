@@ -24,6 +24,9 @@ use crate::socket::MediaSocket;
 use crate::tcp::{TcpEvent, TcpTransport};
 use crate::{MediaConfig, Metrics, SfuError};
 
+/// Commands an engine applies in one turn of its loop (before flushing what they produced).
+const COMMANDS_PER_TURN: usize = 64;
+
 /// One engine: its socket and the core it feeds.
 pub struct Engine {
     socket: MediaSocket,
@@ -216,7 +219,20 @@ impl Engine {
                 command = commands.recv() => match command {
                     #[cfg(feature = "fault-injection")]
                     Some(Command::PanicEngine) => panic!("injected engine fault"),
-                    Some(command) => self.core.handle_command(Instant::now(), command),
+                    Some(command) => {
+                        self.core.handle_command(Instant::now(), command);
+                        // What else is queued, up to a bound, before the next flush: one
+                        // command per turn of the loop starved signaling (joins, answers,
+                        // candidates) behind media when a room filled up.
+                        for _ in 1..COMMANDS_PER_TURN {
+                            match commands.try_recv() {
+                                #[cfg(feature = "fault-injection")]
+                                Ok(Command::PanicEngine) => panic!("injected engine fault"),
+                                Ok(command) => self.core.handle_command(Instant::now(), command),
+                                Err(_) => break,
+                            }
+                        }
+                    }
                     None => break,
                 },
                 _ = tokio::time::sleep_until(deadline.into()) => {

@@ -50,8 +50,8 @@ pub struct MediaConfig {
     /// Seconds a connected participant may stay silent (no datagram, not even a consent
     /// check: browsers send one every few seconds) before it is taken as gone and removed.
     pub silence_timeout_secs: u64,
-    /// Media sections an engine puts into subscriber re-offers per second, at most (a burst of
-    /// one second's worth). Every re-offer carries every track of the connection, so when all
+    /// Media sections an engine puts into subscriber re-offers per second, at most (in bursts of
+    /// a tenth of a second's worth). Every re-offer carries every track of the connection, so when all
     /// N participants of a room publish, each join costs N offers of N sections: without a
     /// bound a join burst fills the engine with SDP work and everyone's joins and answers wait
     /// behind it. A joiner's first offer never waits. 0: no bound. A section costs the engine

@@ -24,8 +24,10 @@ use crate::socket::MediaSocket;
 use crate::tcp::{TcpEvent, TcpTransport};
 use crate::{MediaConfig, Metrics, SfuError};
 
-/// Commands an engine applies in one turn of its loop (before flushing what they produced).
+/// Most commands an engine applies in one turn of its loop (before flushing what they
+/// produced), and the time after which it stops taking more.
 const COMMANDS_PER_TURN: usize = 64;
+const COMMAND_SLICE: Duration = Duration::from_millis(5);
 
 /// One engine: its socket and the core it feeds.
 pub struct Engine {
@@ -220,11 +222,16 @@ impl Engine {
                     #[cfg(feature = "fault-injection")]
                     Some(Command::PanicEngine) => panic!("injected engine fault"),
                     Some(command) => {
-                        self.core.handle_command(Instant::now(), command);
-                        // What else is queued, up to a bound, before the next flush: one
-                        // command per turn of the loop starved signaling (joins, answers,
-                        // candidates) behind media when a room filled up.
+                        let start = Instant::now();
+                        self.core.handle_command(start, command);
+                        // What else is queued, up to a bound in number and time, before the
+                        // next flush: one command per turn of the loop starved signaling
+                        // (joins, answers, candidates) behind media when a room filled up;
+                        // a long run of SDP work delays ICE and DTLS answers instead.
                         for _ in 1..COMMANDS_PER_TURN {
+                            if start.elapsed() > COMMAND_SLICE {
+                                break;
+                            }
                             match commands.try_recv() {
                                 #[cfg(feature = "fault-injection")]
                                 Ok(Command::PanicEngine) => panic!("injected engine fault"),

@@ -320,10 +320,13 @@ impl Core {
 }
 
 /// The media sections an engine may still put into subscriber re-offers: a token bucket of
-/// `media.offer_sections_per_sec`, holding one second's worth.
+/// `media.offer_sections_per_sec`, holding a tenth of a second's worth, so SDP work comes in
+/// short slices between the datagrams (a long block of it delays ICE and DTLS answers, and
+/// the clients' DTLS retransmission backs off by seconds).
 #[derive(Debug)]
 pub(crate) struct OfferBudget {
     per_sec: f64,
+    burst: f64,
     tokens: f64,
     at: Option<Instant>,
 }
@@ -334,7 +337,8 @@ impl OfferBudget {
         let per_sec = f64::from(per_sec);
         Self {
             per_sec,
-            tokens: per_sec,
+            burst: per_sec / 10.0,
+            tokens: per_sec / 10.0,
             at: None,
         }
     }
@@ -350,8 +354,8 @@ impl OfferBudget {
             .at
             .map_or(0.0, |t| now.saturating_duration_since(t).as_secs_f64());
         self.at = Some(now);
-        self.tokens = (self.tokens + elapsed * self.per_sec).min(self.per_sec);
-        let need = sections.min(self.per_sec);
+        self.tokens = (self.tokens + elapsed * self.per_sec).min(self.burst);
+        let need = sections.min(self.burst);
         if self.tokens >= need {
             self.tokens -= sections;
             return None;
@@ -471,17 +475,17 @@ mod tests {
     #[test]
     fn the_offer_budget_spaces_re_offers_out() {
         let t0 = Instant::now();
-        let mut b = OfferBudget::new(1_000);
-        // A second's worth at once, then waits in proportion to the deficit.
+        let mut b = OfferBudget::new(10_000);
+        // A tenth of a second's worth at once, then waits in proportion to the deficit.
         assert_eq!(b.take(t0, 600.0), None);
         assert_eq!(b.take(t0, 400.0), None);
-        assert_eq!(b.take(t0, 200.0), Some(Duration::from_millis(200)));
-        let t1 = t0 + Duration::from_millis(200);
+        assert_eq!(b.take(t0, 200.0), Some(Duration::from_millis(20)));
+        let t1 = t0 + Duration::from_millis(20);
         assert_eq!(b.take(t1, 200.0), None);
         // Bigger than the bucket: goes once the bucket is full, leaving a debt.
-        let t2 = t1 + Duration::from_millis(1_000);
+        let t2 = t1 + Duration::from_millis(100);
         assert_eq!(b.take(t2, 3_000.0), None);
-        assert_eq!(b.take(t2, 1.0), Some(Duration::from_millis(2_001)));
+        assert_eq!(b.take(t2, 1.0), Some(Duration::from_millis(201)));
         // 0: no bound.
         assert_eq!(OfferBudget::new(0).take(t0, 1e9), None);
     }

@@ -55,8 +55,9 @@ pub struct MediaConfig {
     /// N participants of a room publish, each join costs N offers of N sections: without a
     /// bound a join burst fills the engine with SDP work and everyone's joins and answers wait
     /// behind it. A joiner's first offer never waits. 0: no bound. A section costs the engine
-    /// ~30-60 us of SDP work (`cargo bench -p chorus-sfu --bench offer`), so the default
-    /// 5,000 keeps re-offers to about a fifth of an engine.
+    /// ~30-60 us of SDP work (`cargo bench -p chorus-sfu --bench offer`); the default 2,000
+    /// keeps re-offers to about a tenth of an engine, and lets a 50-person meeting (100
+    /// tracks) show a newcomer to everyone within ~2.5 s.
     pub offer_sections_per_sec: u32,
     /// Media engines, each a thread with its own UDP socket (consecutive ports from
     /// `udp_port`, or free ports of `udp_port_range`); rooms are spread over them. 0: one per
@@ -85,7 +86,7 @@ impl Default for MediaConfig {
             data_message_burst: 100,
             data_channel_max_buffered_bytes: 1024 * 1024,
             engines: 0,
-            offer_sections_per_sec: 5_000,
+            offer_sections_per_sec: 2_000,
             connect_timeout_secs: 30,
             silence_timeout_secs: 15,
             ice_tcp: true,

@@ -256,11 +256,7 @@ async fn udp_blocked_reaches_the_sfu_over_ice_tcp() {
     // packets a second and more video packets per participant).
     let frames = tcp_frames_sent(&server).await;
     assert!(frames > 500.0, "ICE-TCP frames sent: {frames}");
-    let (dropped_in, dropped_out) = net.udp_dropped();
-    assert!(
-        dropped_out > 0,
-        "the namespace dropped no outgoing UDP: was it really blocked? ({dropped_in} in, {dropped_out} out)"
-    );
+    let (dropped_in, dropped_out) = udp_was_blocked(&net);
     println!(
         "ICE-TCP with UDP blocked: {:?}, {frames} TCP frames sent, UDP dropped in/out {dropped_in}/{dropped_out}",
         started.elapsed()
@@ -291,11 +287,7 @@ async fn udp_blocked_reaches_the_sfu_through_coturn_over_tcp() {
     );
     let frames = tcp_frames_sent(&server).await;
     assert_eq!(frames, 0.0, "ICE-TCP is off, yet TCP frames were sent");
-    let (dropped_in, dropped_out) = net.udp_dropped();
-    assert!(
-        dropped_out > 0,
-        "the namespace dropped no outgoing UDP: was it really blocked? ({dropped_in} in, {dropped_out} out)"
-    );
+    let (dropped_in, dropped_out) = udp_was_blocked(&net);
     println!(
         "TURN/TCP with UDP blocked: {:?}, UDP dropped in/out {dropped_in}/{dropped_out}",
         started.elapsed()
@@ -380,8 +372,7 @@ async fn udp_blocked_reaches_the_sfu_through_the_sample_coturn_over_tls() {
         allocations >= 4,
         "coturn granted {allocations} allocations (want one per connection):\n{log}"
     );
-    let (dropped_in, dropped_out) = net.udp_dropped();
-    assert!(dropped_out > 0, "no outgoing UDP dropped: was it blocked?");
+    let (dropped_in, dropped_out) = udp_was_blocked(&net);
     println!(
         "TURN/TLS (sample config) with UDP blocked: {:?}, UDP dropped in/out {dropped_in}/{dropped_out}",
         started.elapsed()
@@ -405,4 +396,15 @@ fn tempdir() -> Scratch {
     ));
     std::fs::create_dir_all(&dir).expect("scratch dir");
     Scratch(dir)
+}
+
+/// The namespace's UDP packets dropped (in, out), asserting that outgoing UDP was dropped:
+/// the test really ran with UDP blocked.
+fn udp_was_blocked(net: &Net) -> (u64, u64) {
+    let (dropped_in, dropped_out) = net.udp_dropped();
+    assert!(
+        dropped_out > 0,
+        "the namespace dropped no outgoing UDP: was it really blocked? ({dropped_in} in, {dropped_out} out)"
+    );
+    (dropped_in, dropped_out)
 }

@@ -3,7 +3,7 @@
 //! downtrack), with keyframe requests back to the publisher.
 
 use super::random_id;
-use super::Core;
+use super::{queue_for, Core};
 use crate::downtrack::{downtrack_header, resolve_leg};
 use crate::egress::{seal, Sent};
 use crate::forwarder::{Source, Verdict};
@@ -16,7 +16,6 @@ use crate::SfuError;
 use chorus_rtp::VideoCodec;
 use rtc::peer_connection::event::RTCTrackEventInit;
 use rtc::rtp_transceiver::rtp_sender::RtpCodecKind;
-use rtc::shared::TransportProtocol;
 use rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
 use std::rc::Rc;
 use std::time::Instant;
@@ -137,11 +136,7 @@ impl Core {
             dt.header = header;
             match sealed {
                 Ok(datagram) => {
-                    let outbox = match dest.protocol {
-                        TransportProtocol::TCP => &mut self.tcp_outbox,
-                        _ => &mut self.outbox,
-                    };
-                    outbox.push((dest.addr, datagram));
+                    queue_for(&mut self.outbox, &mut self.tcp_outbox, dest, datagram);
                     dt.forwarder.sent(now);
                     dt.stats.sent(now, timestamp, bytes);
                     dt.history.record(Sent {

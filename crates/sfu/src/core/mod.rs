@@ -97,6 +97,19 @@ pub struct Core {
     pub(crate) events: Vec<RTCPeerConnectionEvent>,
 }
 
+/// Queues `datagram` for `dest` on the outbox of its transport.
+pub(crate) fn queue_for(
+    udp: &mut Vec<(SocketAddr, BytesMut)>,
+    tcp: &mut Vec<(SocketAddr, BytesMut)>,
+    dest: Source,
+    datagram: BytesMut,
+) {
+    match dest.protocol {
+        TransportProtocol::TCP => tcp.push((dest.addr, datagram)),
+        _ => udp.push((dest.addr, datagram)),
+    }
+}
+
 pub(crate) fn random_id(prefix: &str) -> String {
     format!(
         "{prefix}{}",
@@ -487,11 +500,11 @@ impl Core {
                 });
             }
             while let Some(out) = peer.pc.poll_write() {
-                let outbox = match out.transport.transport_protocol {
-                    TransportProtocol::TCP => &mut self.tcp_outbox,
-                    _ => &mut self.outbox,
+                let dest = Source {
+                    addr: out.transport.peer_addr,
+                    protocol: out.transport.transport_protocol,
                 };
-                outbox.push((out.transport.peer_addr, out.message));
+                queue_for(&mut self.outbox, &mut self.tcp_outbox, dest, out.message);
             }
             while let Some(ev) = peer.pc.poll_event() {
                 events.push(ev);

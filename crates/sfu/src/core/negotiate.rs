@@ -56,12 +56,7 @@ impl Core {
             peer.candidates_added = true;
         }
         let sdp = local_answer(&mut peer.pc, now)?;
-        self.sync_ice_credentials(key, &sdp);
-        let ufrag = self
-            .peers
-            .get(&key)
-            .map(|p| p.ufrag.clone())
-            .unwrap_or_default();
+        let ufrag = self.sync_ice_credentials(key, &sdp);
         self.mark_dirty(key);
         self.trickle(participant, PeerRole::Publisher, &sdp, &ufrag, trickle);
         for (from, data) in early {
@@ -304,12 +299,7 @@ impl Core {
             Ok(sdp) => {
                 debug!(%sdp, "subscriber offer");
                 peer.awaiting_answer = true;
-                self.sync_ice_credentials(key, &sdp);
-                let ufrag = self
-                    .peers
-                    .get(&key)
-                    .map(|p| p.ufrag.clone())
-                    .unwrap_or_default();
+                let ufrag = self.sync_ice_credentials(key, &sdp);
                 self.mark_dirty(key);
                 self.send_event(participant, RoomEvent::SubscriberOffer(sdp.clone()));
                 self.trickle(participant, PeerRole::Subscriber, &sdp, &ufrag, trickle);
@@ -369,20 +359,20 @@ impl OfferBudget {
 impl Core {
     /// Routes STUN checks naming the ICE credentials of `sdp` (a local description just
     /// applied) to peer `key`, and no longer those it had before (an ICE restart, or the
-    /// first description of a new connection).
-    pub(crate) fn sync_ice_credentials(&mut self, key: PeerKey, sdp: &str) {
+    /// first description of a new connection). Returns the peer's ufrag now.
+    pub(crate) fn sync_ice_credentials(&mut self, key: PeerKey, sdp: &str) -> String {
+        let Some(peer) = self.peers.get_mut(&key) else {
+            return String::new();
+        };
         let Some((ufrag, pwd)) = ice_credentials(sdp) else {
             warn!("a local description without ICE credentials");
-            return;
+            return peer.ufrag.clone();
         };
-        let Some(peer) = self.peers.get_mut(&key) else {
-            return;
-        };
-        if peer.ufrag == ufrag {
-            return;
+        if peer.ufrag != ufrag {
+            let old = std::mem::replace(&mut peer.ufrag, ufrag.to_owned());
+            self.router.replace_credentials(&old, ufrag, pwd, key);
         }
-        let old = std::mem::replace(&mut peer.ufrag, ufrag.to_owned());
-        self.router.replace_credentials(&old, ufrag, pwd, key);
+        ufrag.to_owned()
     }
 
     /// The client's signaling came back after a gap (a resumed WebSocket): restarts ICE on

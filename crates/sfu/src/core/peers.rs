@@ -1,12 +1,11 @@
 //! Creating and closing the core's peer connections.
 
-use super::Core;
-use crate::peer::{build_peer_connection, Peer};
+use super::{queue_for, Core};
+use crate::peer::{build_peer_connection, Peer, Source};
 use crate::types::PeerRole;
 use crate::types::{ParticipantKey, PeerKey};
 use crate::SfuError;
 use rtc::sansio::Protocol;
-use rtc::shared::TransportProtocol;
 use std::collections::HashMap;
 use std::time::Instant;
 use tracing::debug;
@@ -63,11 +62,11 @@ impl Core {
         }
         // Flush what close() queued (DTLS close_notify) so the client learns promptly.
         while let Some(out) = peer.pc.poll_write() {
-            let outbox = match out.transport.transport_protocol {
-                TransportProtocol::TCP => &mut self.tcp_outbox,
-                _ => &mut self.outbox,
+            let dest = Source {
+                addr: out.transport.peer_addr,
+                protocol: out.transport.transport_protocol,
             };
-            outbox.push((out.transport.peer_addr, out.message));
+            queue_for(&mut self.outbox, &mut self.tcp_outbox, dest, out.message);
         }
         if peer.tcp {
             self.closed_tcp.push(key);

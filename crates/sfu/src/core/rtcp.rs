@@ -5,13 +5,12 @@
 use std::time::Instant;
 
 use rtc::shared::time::SystemInstant;
-use rtc::shared::TransportProtocol;
 use rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
 use rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
 use rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack;
 use tracing::debug;
 
-use super::Core;
+use super::{queue_for, Core};
 use crate::downtrack::downtrack_header;
 use crate::egress::seal;
 use crate::types::{PeerKey, TrackKey};
@@ -92,11 +91,7 @@ impl Core {
                 dt.header = header;
                 match sealed {
                     Ok(datagram) => {
-                        let outbox = match dest.protocol {
-                            TransportProtocol::TCP => &mut self.tcp_outbox,
-                            _ => &mut self.outbox,
-                        };
-                        outbox.push((dest.addr, datagram));
+                        queue_for(&mut self.outbox, &mut self.tcp_outbox, dest, datagram);
                         self.metrics
                             .nack_packets
                             .with_label_values(&["resent"])

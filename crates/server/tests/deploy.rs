@@ -489,8 +489,8 @@ fn ci_runs_the_readme_test_command() {
 }
 
 /// Without root, `./scripts/test` installs nothing: it prints the one `sudo` command that
-/// installs what is missing and exits 1. (`dpkg` and `id` are stand-ins on PATH that report
-/// docker-compose and prometheus missing and a non-root user.)
+/// installs what is missing and exits 1. (`dpkg-query` and `id` are stand-ins on PATH that
+/// report docker-compose unknown, prometheus removed but remembered, and a non-root user.)
 #[test]
 fn without_root_the_test_command_prints_the_sudo_command() {
     let scratch = Scratch::new("no-root");
@@ -503,8 +503,8 @@ fn without_root_the_test_command_prints_the_sudo_command() {
         assert!(chmod.status.success());
     };
     stub(
-        "dpkg",
-        "case \"$2\" in docker-compose|prometheus) exit 1;; *) exit 0;; esac",
+        "dpkg-query",
+        "case \"$3\" in docker-compose) exit 1;; prometheus) printf 'deinstall ok config-files';; *) printf 'install ok installed';; esac",
     );
     stub("id", "echo 1000");
     stub("apt-get", "echo apt-get must not run >&2; exit 99");

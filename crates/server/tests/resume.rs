@@ -344,7 +344,13 @@ async fn resume_tokens_work_once_for_their_session_only() {
 
     // Lost without leave: the participant stays.
     drop(first);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    common::eventually("the lost socket's session is parked", T, || async {
+        let parked = common::metric(&base, "chorus_signal_parked_sessions")
+            .await
+            .unwrap_or(0.0);
+        common::ok_if(parked >= 1.0, parked)
+    })
+    .await;
     assert_eq!(participants(&server).await, 1);
     let mut second = common::ws_connect(&base).await;
     let (same, rt2) = joined(resume(&mut second, &token, &id, &rt1).await);

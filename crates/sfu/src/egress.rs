@@ -107,11 +107,6 @@ impl SendHistory {
             .as_ref()
             .filter(|s| s.seq == seq)
     }
-
-    /// Forgets everything (the leg was renegotiated onto another SSRC).
-    pub fn clear(&mut self) {
-        self.slots.iter_mut().for_each(|s| *s = None);
-    }
 }
 
 /// What a downtrack's sender reports say: counts, and where its RTP clock stood.
@@ -199,8 +194,6 @@ mod tests {
         assert_eq!(h.get(65_535).map(|s| s.seq), Some(65_535));
         assert!(h.get(65_500).is_none(), "overwritten by 92");
         assert!(h.get(100).is_none(), "never sent");
-        h.clear();
-        assert!(h.get(99).is_none());
     }
 
     #[test]

@@ -219,27 +219,7 @@ impl Engine {
                     }
                 }
                 command = commands.recv() => match command {
-                    #[cfg(feature = "fault-injection")]
-                    Some(Command::PanicEngine) => panic!("injected engine fault"),
-                    Some(command) => {
-                        let start = Instant::now();
-                        self.core.handle_command(start, command);
-                        // What else is queued, up to a bound in number and time, before the
-                        // next flush: one command per turn of the loop starved signaling
-                        // (joins, answers, candidates) behind media when a room filled up;
-                        // a long run of SDP work delays ICE and DTLS answers instead.
-                        for _ in 1..COMMANDS_PER_TURN {
-                            if start.elapsed() > COMMAND_SLICE {
-                                break;
-                            }
-                            match commands.try_recv() {
-                                #[cfg(feature = "fault-injection")]
-                                Ok(Command::PanicEngine) => panic!("injected engine fault"),
-                                Ok(command) => self.core.handle_command(Instant::now(), command),
-                                Err(_) => break,
-                            }
-                        }
-                    }
+                    Some(command) => self.apply_commands(command, &mut commands),
                     None => break,
                 },
                 _ = tokio::time::sleep_until(deadline.into()) => {
@@ -260,6 +240,33 @@ impl Engine {
             self.counters.record(&flushed);
         }
         info!(engine = self.core.engine(), "media engine stopped");
+    }
+
+    /// Applies `first` and what else is queued, up to a bound in number and time, before the
+    /// next flush: one command per turn of the loop starved signaling (joins, answers,
+    /// candidates) behind media when a room filled up; a long run of SDP work delays ICE and
+    /// DTLS answers instead.
+    fn apply_commands(&mut self, first: Command, commands: &mut mpsc::Receiver<Command>) {
+        let start = Instant::now();
+        self.apply(first);
+        for _ in 1..COMMANDS_PER_TURN {
+            if start.elapsed() > COMMAND_SLICE {
+                break;
+            }
+            let Ok(command) = commands.try_recv() else {
+                break;
+            };
+            self.apply(command);
+        }
+    }
+
+    /// Applies one command (or, under fault injection, panics the engine as asked).
+    fn apply(&mut self, command: Command) {
+        #[cfg(feature = "fault-injection")]
+        if matches!(command, Command::PanicEngine) {
+            panic!("injected engine fault");
+        }
+        self.core.handle_command(Instant::now(), command);
     }
 
     /// Reads what is waiting, a few batches at most before other work gets a turn; the peers

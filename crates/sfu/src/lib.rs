@@ -15,7 +15,8 @@
 //!   [`SessionHandle`]); [`types`]: the plain types they exchange (a leaf module).
 //! - `command`: the commands a session sends, and their dispatch onto the core.
 //!
-//! The sans-IO core ([`core::Core`]: no socket, no task, no clock; every input carries `now`),
+//! The sans-IO core ([`core::Core`]: no socket, no task, no clock but the wall clock its sender
+//! reports carry; every input carries `now`),
 //! one module per thing it owns:
 //! - [`router`]: which peer connection a datagram on the shared port belongs to (by STUN ufrag,
 //!   then by learned source address).
@@ -30,9 +31,13 @@
 //! - [`forwarder`]: the per-downtrack decision and rewrite (layer, sequence numbers,
 //!   timestamps, VP8 picture ids), unit-tested without a peer connection; built on
 //!   [`simulcast`] (layer selection), [`munger`] (numbering) and [`keyframe`] (throttling).
+//! - [`egress`]: the lean egress path: a rewritten packet sealed with the subscriber
+//!   connection's own SRTP context and queued for the socket; the send history NACKs are
+//!   answered from; the counts sender reports carry.
 //! - `data`: the data-channel relay.
 //! - [`feedback`]: the interceptor that counts NACK/PLI/FIR, cuts NACKs to the connection's
-//!   retransmission budget ([`nack`]) and lets PLI/FIR through;
+//!   retransmission budget ([`nack`]) and lets PLI/FIR (and, on subscriber connections,
+//!   NACKs) through to the core;
 //!   [`stun`]: just enough STUN to route; [`metrics`], [`config`].
 //!
 //! Codec knowledge (payload descriptors, keyframe detection, sequence extension) lives in the

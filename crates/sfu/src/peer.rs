@@ -1,5 +1,6 @@
-//! Building the sans-IO peer connections the engine drives: codecs, header extensions, the
-//! interceptor chain and ICE settings shared by every participant.
+//! Building the sans-IO peer connections the engine drives: codecs, header extensions and ICE
+//! settings shared by every participant, and the interceptor chain of each role (publisher
+//! connections receive through the stack's chain; subscriber connections send past it).
 
 use std::net::SocketAddr;
 use std::time::Instant;

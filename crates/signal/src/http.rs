@@ -21,7 +21,7 @@ use tracing::{debug, info};
 use crate::auth::{bearer, constant_time_eq};
 use crate::auth::{claims, Claims, Grants};
 use crate::ice::ice_servers_for;
-use crate::{error_code, ws, HttpSession, SharedState};
+use crate::{convert, error_code, ws, HttpSession, SharedState};
 
 /// The call page.
 const INDEX_HTML: &str = include_str!("../assets/index.html");
@@ -319,7 +319,7 @@ fn authorize(
             "SDP is not UTF-8".into(),
         )
     })?;
-    let sections = ws::media_sections(sdp);
+    let sections = convert::media_sections(sdp);
     let max = state.config.max_media_sections;
     if sections > max {
         return Err(deny(

@@ -13,6 +13,7 @@
 
 pub mod admin;
 pub mod auth;
+pub mod convert;
 pub mod http;
 pub mod ice;
 pub mod limits;

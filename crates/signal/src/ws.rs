@@ -16,18 +16,15 @@ use axum::extract::ws::{close_code, CloseFrame, Message, Utf8Bytes, WebSocket, W
 use axum::extract::{ConnectInfo, State};
 use axum::http::Extensions;
 use axum::response::Response;
-use chorus_sfu::{
-    CandidateInit, Origin, ParticipantDesc, PeerRole, Permissions, RoomEvent, SessionHandle,
-    TrackDesc, TrackKind as SfuKind,
-};
+use chorus_sfu::{CandidateInit, Origin, Permissions, RoomEvent, SessionHandle};
 use tracing::{debug, info, info_span, Instrument};
 
 use crate::auth::{Claims, TokenError};
+use crate::convert::{event_message, media_sections, participant_info, role, sfu_quality};
 use crate::ice::ice_servers_for;
 use crate::limits::{ConnRefusal, ConnSlot, TokenBucket};
 use crate::protocol::{
-    ClientMessage, ErrorCode, IceCandidate, ParticipantInfo, Quality, ServerMessage, Target,
-    TrackInfo, TrackKind, MAX_MESSAGE_BYTES, PROTOCOL_VERSION,
+    ClientMessage, ErrorCode, Quality, ServerMessage, MAX_MESSAGE_BYTES, PROTOCOL_VERSION,
 };
 use crate::resume::{park, Held, Takeover, Ticket};
 use crate::{error_code, SharedState};
@@ -96,46 +93,6 @@ async fn refuse_connection(
                 .await;
         })
         .await;
-    }
-}
-
-fn sfu_quality(q: Quality) -> chorus_sfu::Quality {
-    match q {
-        Quality::Low => chorus_sfu::Quality::Low,
-        Quality::Medium => chorus_sfu::Quality::Medium,
-        Quality::High => chorus_sfu::Quality::High,
-    }
-}
-
-/// Converts a media-plane track to its protocol shape.
-pub fn track_info(t: &TrackDesc) -> TrackInfo {
-    TrackInfo {
-        id: t.id.clone(),
-        kind: match t.kind {
-            SfuKind::Audio => TrackKind::Audio,
-            SfuKind::Video => TrackKind::Video,
-        },
-        mime_type: t.mime_type.clone(),
-        publisher_track_id: t.publisher_track_id.clone(),
-        muted: t.muted,
-        layers: t.layers.clone(),
-    }
-}
-
-/// Converts a media-plane participant to its protocol shape.
-pub fn participant_info(p: &ParticipantDesc) -> ParticipantInfo {
-    ParticipantInfo {
-        id: p.id.clone(),
-        identity: p.identity.clone(),
-        name: p.name.clone(),
-        tracks: p.tracks.iter().map(track_info).collect(),
-    }
-}
-
-fn role(t: Target) -> PeerRole {
-    match t {
-        Target::Publisher => PeerRole::Publisher,
-        Target::Subscriber => PeerRole::Subscriber,
     }
 }
 
@@ -653,56 +610,6 @@ async fn run(conn: &mut Conn, mut held: Held, ticket: Option<&mut Ticket>) -> (E
     }
 }
 
-/// The message a room event becomes; `Err(reason)` for [`RoomEvent::Closed`] (the
-/// participant was removed).
-fn event_message(ev: RoomEvent) -> Result<ServerMessage, String> {
-    Ok(match ev {
-        RoomEvent::Closed { reason } => return Err(reason),
-        RoomEvent::ParticipantJoined(p) => ServerMessage::ParticipantJoined {
-            participant: participant_info(&p),
-        },
-        RoomEvent::ParticipantLeft { participant_id } => {
-            ServerMessage::ParticipantLeft { participant_id }
-        }
-        RoomEvent::TrackPublished {
-            participant_id,
-            track,
-        } => ServerMessage::TrackPublished {
-            participant_id,
-            track: track_info(&track),
-        },
-        RoomEvent::TrackUnpublished {
-            participant_id,
-            track_id,
-        } => ServerMessage::TrackUnpublished {
-            participant_id,
-            track_id,
-        },
-        RoomEvent::TrackMuted {
-            participant_id,
-            track_id,
-            muted,
-        } => ServerMessage::TrackMuted {
-            participant_id,
-            track_id,
-            muted,
-        },
-        RoomEvent::SubscriberOffer(sdp) => ServerMessage::Offer { sdp },
-        RoomEvent::Candidate { role, candidate } => ServerMessage::Candidate {
-            target: match role {
-                PeerRole::Publisher => Target::Publisher,
-                PeerRole::Subscriber => Target::Subscriber,
-            },
-            candidate: IceCandidate {
-                candidate: candidate.candidate,
-                sdp_mid: candidate.sdp_mid,
-                sdp_m_line_index: candidate.sdp_mline_index,
-                username_fragment: candidate.username_fragment,
-            },
-        },
-    })
-}
-
 /// Checks a refreshed token: valid, same identity, room and grants. Returns its expiry.
 async fn refresh(conn: &mut Conn, claims: &Claims, token: &str) -> Option<u64> {
     let fresh = match conn.state.keys.verify(token) {
@@ -722,11 +629,6 @@ async fn refresh(conn: &mut Conn, claims: &Claims, token: &str) -> Option<u64> {
     }
     debug!(exp = fresh.exp, "token refreshed");
     Some(fresh.exp)
-}
-
-/// The number of media sections in an SDP.
-pub fn media_sections(sdp: &str) -> usize {
-    sdp.lines().filter(|l| l.starts_with("m=")).count()
 }
 
 /// Handles one client message; false when the socket failed or the participant is gone.

@@ -447,7 +447,13 @@ async fn tcp_and_udp_listeners_get_the_same_stream_and_what_each_costs() {
             for l in listeners {
                 l.leave().await;
             }
-            tokio::time::sleep(Duration::from_millis(500)).await;
+            common::eventually("the listeners left", T, || async {
+                let n = common::metric(&base, "chorus_participants")
+                    .await
+                    .unwrap_or(-1.0);
+                common::ok_if(n == 1.0, n)
+            })
+            .await;
         }
     }
     // Every listener, on either transport, got the same stream over its phase (within what

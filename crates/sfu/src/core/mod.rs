@@ -7,9 +7,10 @@
 //! [`Core::take_transmits`] (UDP) and [`Core::take_tcp_transmits`] return, and sleeps until
 //! [`Core::poll_timeout`]. Each
 //! input is handed to the peer connection it belongs to ([`Router`]); the core then drains that
-//! peer (datagrams to send, events, received RTP/RTCP) and every peer the input touched (a
-//! forwarded packet touches each subscriber). Tests and benchmarks drive it directly, on a
-//! virtual clock, without a network.
+//! peer (datagrams to send, events, received RTP/RTCP) and every peer the input touched; a
+//! forwarded packet goes to the outbox directly ([`crate::egress`]), without touching the
+//! subscribers' connections. Tests and benchmarks drive it directly, on a virtual clock,
+//! without a network.
 //!
 //! The state the core holds is defined where it is described: [`crate::router`] (datagram ->
 //! peer), [`crate::peer`] (a peer connection and its negotiation state), `room` (rooms and
@@ -17,8 +18,9 @@
 //! [`crate::forwarder`] (its layer choice and rewrite). What the core does with it is split by
 //! concern into this module's children: `membership` (join, leave, room events), `negotiate`
 //! (offers and answers), `fanout` (publication, mute, the packet path, keyframe requests),
-//! `subscribe` (subscriptions and quality), `relay` (data channels), `peers` (creating and
-//! closing peer connections) and `dispatch` (session commands).
+//! `subscribe` (subscriptions and quality), `relay` (data channels), `rtcp` (subscribers'
+//! NACKs and keyframe requests, sender reports), `peers` (creating and closing peer
+//! connections) and `dispatch` (session commands).
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
